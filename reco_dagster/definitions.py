@@ -1,0 +1,46 @@
+"""The code location: every asset, resource and job, chosen for the embedded deployment."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    in_process_executor,
+    load_assets_from_modules,
+)
+from dagster_pyspark import PySparkResource
+
+from assets import evaluate, ingest, prepare, publish, train
+from resources.lake_io import LakeIOManager
+from resources.landing_zone import LandingZone
+from resources.settings import AlsSettings, data_dir, recommendation_store, spark_config
+
+batch_assets = load_assets_from_modules([ingest, prepare, train, evaluate, publish])
+
+batch_retrain = define_asset_job(
+    "batch_retrain",
+    selection=AssetSelection.all(),
+    description="Ingest new landing files, retrain ALS, evaluate it and publish its top-k lists.",
+)
+
+
+def build_resources() -> dict[str, object]:
+    root = data_dir()
+    return {
+        "landing_zone": LandingZone(data_dir=str(root)),
+        "io_manager": LakeIOManager(base_dir=str(root / "lake")),
+        "store": recommendation_store(),
+        "pyspark": PySparkResource(spark_config=spark_config()),
+        "als": AlsSettings(),
+    }
+
+
+defs = Definitions(
+    assets=batch_assets,
+    jobs=[batch_retrain],
+    resources=build_resources(),
+    # Each Spark step in its own process would start its own JVM (~30 s each): keep one run
+    # in one process, so one SparkSession serves every step.
+    executor=in_process_executor,
+)

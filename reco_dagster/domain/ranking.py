@@ -1,0 +1,86 @@
+"""Top-k ranking from latent factors, never recommending what a user has already seen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SCORING_BLOCK_USERS = 2048
+
+
+def top_k_items(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    seen_user_rows: np.ndarray,
+    seen_item_cols: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best k unseen items per user row, best first.
+
+    seen_user_rows/seen_item_cols are parallel index arrays of (user row, item column) pairs
+    to exclude. Returns item columns and scores, both (n_users, k'); k' = min(k, n_items).
+    A slot a user cannot fill (fewer unseen items than k) has item -1 and score -inf.
+    """
+    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
+    k = min(k, n_items)
+    items = np.empty((n_users, k), dtype=np.int64)
+    scores = np.empty((n_users, k), dtype=np.float32)
+    order = np.argsort(seen_user_rows, kind="stable")
+    seen_rows, seen_cols = seen_user_rows[order], seen_item_cols[order]
+    item_factors_t = np.ascontiguousarray(item_factors.T, dtype=np.float32)
+    for start in range(0, n_users, SCORING_BLOCK_USERS):
+        stop = min(start + SCORING_BLOCK_USERS, n_users)
+        block = user_factors[start:stop].astype(np.float32, copy=False) @ item_factors_t
+        lo, hi = np.searchsorted(seen_rows, [start, stop])
+        block[seen_rows[lo:hi] - start, seen_cols[lo:hi]] = -np.inf
+        best = (
+            np.argpartition(-block, k - 1, axis=1)[:, :k]
+            if k < n_items
+            else np.tile(np.arange(n_items), (stop - start, 1))
+        )
+        best_scores = np.take_along_axis(block, best, axis=1)
+        ranked = np.argsort(-best_scores, axis=1, kind="stable")
+        items[start:stop] = np.take_along_axis(best, ranked, axis=1)
+        scores[start:stop] = np.take_along_axis(best_scores, ranked, axis=1)
+    items[~np.isfinite(scores)] = -1
+    return items, scores
+
+
+def popular_items(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The cold-start list: items by number of distinct users, ties by latest activity."""
+    counts = interactions.groupby("item_id").agg(
+        users=("user_id", "nunique"), latest=("timestamp", "max")
+    )
+    top = counts.sort_values(["users", "latest"], ascending=False).head(k)
+    return pd.DataFrame(
+        {"item_id": top.index.to_numpy(), "score": top["users"].to_numpy(dtype="float64")}
+    )
+
+
+def recommend(
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    seen: pd.DataFrame,
+    k: int,
+) -> pd.DataFrame:
+    """Top-k unseen items for every user with factors: user_id, item_id, rank (1 = best), score.
+
+    `seen` (user_id, item_id) is everything to exclude; pairs naming unknown users or items
+    are ignored.
+    """
+    rows = pd.Index(user_ids).get_indexer(seen["user_id"])
+    cols = pd.Index(item_ids).get_indexer(seen["item_id"])
+    known = (rows >= 0) & (cols >= 0)
+    items, scores = top_k_items(user_factors, item_factors, rows[known], cols[known], k)
+    filled = items >= 0
+    width = items.shape[1]
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(np.asarray(user_ids), width)[filled.ravel()],
+            "item_id": np.asarray(item_ids)[items[filled]],
+            "rank": np.tile(np.arange(1, width + 1, dtype=np.int16), len(user_ids))[filled.ravel()],
+            "score": scores[filled].astype(np.float64),
+        }
+    )

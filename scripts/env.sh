@@ -1,0 +1,10 @@
+# Sourced by the scripts: where data and Dagster's instance live, and Spark's environment.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export RECO_DATA_DIR="$(realpath -m "${RECO_DATA_DIR:-$here/data}")"
+export DAGSTER_HOME="${DAGSTER_HOME:-$RECO_DATA_DIR/dagster_home}"
+export PYSPARK_PYTHON="$here/.venv/bin/python"
+export PYSPARK_DRIVER_PYTHON="$here/.venv/bin/python"
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+export PATH="$here/.venv/bin:$PATH"
+mkdir -p "$DAGSTER_HOME"
+cp "$here/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"

@@ -1,0 +1,118 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
+from reco_dagster.domain.ranking import popular_items, recommend, top_k_items
+from reco_dagster.domain.splits import chronological_split, stratified_random_split
+from reco_dagster.domain.synthetic import synthetic_events
+
+
+def events(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+def test_interactions_drop_duplicates_keep_latest_rating_and_index_ids():
+    table, duplicates = build_interactions(
+        events(
+            [
+                ("b", "x", 3.0, 10),
+                ("b", "x", 3.0, 10),  # exact duplicate from another file
+                ("b", "x", 5.0, 20),  # a later re-rating wins
+                ("a", "y", np.nan, 5),
+                ("a", "x", np.nan, 7),
+            ]
+        )
+    )
+    assert duplicates == 1
+    assert table[["user_id", "item_id", "user_idx", "item_idx"]].values.tolist() == [
+        ["a", "x", 0, 0],
+        ["a", "y", 0, 1],
+        ["b", "x", 1, 0],
+    ]
+    re_rated = table[(table.user_id == "b") & (table.item_id == "x")].iloc[0]
+    assert (re_rated.rating, re_rated.events, re_rated.timestamp) == (5.0, 2, 20)
+
+
+def test_stratified_split_keeps_three_quarters_of_each_user_and_is_seeded():
+    table, _ = build_interactions(synthetic_events(50, 200, 20, seed=1))
+    train, test = stratified_random_split(table, 0.75, seed=7)
+    assert len(train) + len(test) == len(table)
+    assert train.merge(test, on=["user_id", "item_id"]).empty
+    per_user = train.groupby("user_id").size()
+    assert (per_user == 15).all() and len(per_user) == 50
+    again, _ = stratified_random_split(table, 0.75, seed=7)
+    other, _ = stratified_random_split(table, 0.75, seed=8)
+    assert again.equals(train) and not other.equals(train)
+
+
+def test_chronological_split_tests_on_each_users_latest():
+    table = events([("u", f"i{t}", 1.0, t) for t in range(8)]).assign(events=1)
+    train, test = chronological_split(table, 0.75)
+    assert sorted(test["timestamp"]) == [6, 7] and train["timestamp"].max() == 5
+
+
+def test_split_rejects_a_ratio_outside_zero_one():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        stratified_random_split(events([("u", "i", 1.0, 1)]), 1.0)
+
+
+def test_ranking_metrics_match_hand_computed_values():
+    recommended = pd.DataFrame(
+        {
+            "user_id": ["a"] * 3 + ["b"] * 3,
+            "item_id": ["1", "2", "3", "4", "5", "6"],
+            "rank": [1, 2, 3] * 2,
+        }
+    )
+    relevant = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": ["1", "3", "9", "1"]})
+    metrics = ranking_metrics(recommended, relevant, k=3)
+    # user a: hits at ranks 1 and 3 of 2 relevant; user b: none; user c has no recommendations.
+    assert metrics["precision_at_k"] == pytest.approx((2 / 3 + 0) / 2)
+    assert metrics["recall_at_k"] == pytest.approx((1.0 + 0) / 2)
+    ndcg_a = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert metrics["ndcg_at_k"] == pytest.approx(ndcg_a / 2)
+    assert metrics["map_at_k"] == pytest.approx(((1 / 1 + 2 / 3) / 2) / 2)
+
+
+def test_rating_errors():
+    assert rmse(np.array([1.0, 3.0]), np.array([2.0, 5.0])) == pytest.approx(np.sqrt(2.5))
+    assert mae(np.array([1.0, 3.0]), np.array([2.0, 5.0])) == pytest.approx(1.5)
+
+
+def test_top_k_never_returns_seen_items_and_orders_by_score():
+    users = np.array([[1.0, 0.0], [0.0, 1.0]])
+    items = np.array([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    top, scores = top_k_items(users, items, np.array([0, 1]), np.array([0, 3]), k=2)
+    assert top.tolist() == [[1, 2], [0, 1]]
+    assert scores[0].tolist() == [2.0, 1.0]
+
+
+def test_top_k_marks_slots_a_user_cannot_fill():
+    top, scores = top_k_items(
+        np.ones((1, 2)), np.ones((3, 2)), np.array([0, 0]), np.array([0, 1]), k=3
+    )
+    assert top.tolist() == [[2, -1, -1]] and np.isneginf(scores[0, 1:]).all()
+
+
+def test_recommend_maps_ids_and_skips_everything_seen():
+    ranked = recommend(
+        np.array(["a", "b"]),
+        np.array(["x", "y", "z"]),
+        np.array([[1.0], [2.0]]),
+        np.array([[3.0], [2.0], [1.0]]),
+        seen=pd.DataFrame({"user_id": ["a", "b", "ghost"], "item_id": ["x", "z", "x"]}),
+        k=5,
+    )
+    assert ranked.values.tolist() == [
+        ["a", "y", 1, 2.0],
+        ["a", "z", 2, 1.0],
+        ["b", "x", 1, 6.0],
+        ["b", "y", 2, 4.0],
+    ]
+
+
+def test_popular_items_rank_by_distinct_users():
+    table = events([("a", "x", 1, 1), ("b", "x", 1, 2), ("a", "y", 1, 3)])
+    assert popular_items(table, 5)["item_id"].tolist() == ["x", "y"]

@@ -1,0 +1,110 @@
+"""The embedded SQLite store on a real file: atomic switches, failed publishes, retention."""
+
+import threading
+
+import pytest
+
+from resources.store import SqliteRecommendationStore, VersionNotPublishableError
+
+
+def lists(version: str, users: int = 50):
+    """Every item id names its version, so a reader can tell which version it saw."""
+    return [
+        (f"u{n}", [{"item_id": f"{version}-{n}-{r}", "score": 1.0 - r / 10} for r in range(10)])
+        for n in range(users)
+    ]
+
+
+POPULAR = [{"item_id": "p1", "score": 9.0, "title": "Popular One"}, {"item_id": "p2", "score": 8.0}]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
+
+
+def test_nothing_is_served_before_the_first_activation(store):
+    assert store.lookup("u1", 10) is None and store.live_version() is None
+    store.write_version("v1", lists("v1"), POPULAR, {})
+    assert store.lookup("u1", 10) is None
+    store.activate("v1")
+    assert store.live_version() == "v1"
+
+
+def test_known_users_get_their_list_and_unknown_users_the_popular_one(store):
+    store.write_version("v1", lists("v1"), POPULAR, {"evaluation": {"precision_at_10": 0.4}})
+    store.activate("v1")
+    mine = store.lookup("u3", 4)
+    assert (mine.model_version, mine.source) == ("v1", "personal")
+    assert [item["item_id"] for item in mine.items] == [f"v1-3-{r}" for r in range(4)]
+    stranger = store.lookup("nobody", 10)
+    assert stranger.source == "popular" and stranger.items == POPULAR
+    [record] = store.versions()
+    assert record.status == "live" and record.info["evaluation"]["precision_at_10"] == 0.4
+
+
+def test_readers_see_one_whole_version_during_a_publish(store, tmp_path):
+    store.write_version("v1", lists("v1"), POPULAR, {})
+    store.activate("v1")
+    seen, problems, done = set(), [], threading.Event()
+
+    def read():
+        reader = SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
+        while not done.is_set():
+            found = reader.lookup("u7", 10)
+            if found is None or len(found.items) != 10:
+                problems.append(found)
+                continue
+            versions = {item["item_id"].split("-")[0] for item in found.items}
+            if versions != {found.model_version}:
+                problems.append(found)
+            seen.add(found.model_version)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    for version in ("v2", "v3", "v4"):
+        store.write_version(version, lists(version, users=2000), POPULAR, {})
+        store.activate(version)
+    done.set()
+    thread.join()
+    assert problems == []
+    assert "v4" in seen and store.lookup("u7", 1).model_version == "v4"
+
+
+def test_a_publish_that_dies_half_way_leaves_the_live_version_and_can_be_rerun(store):
+    store.write_version("v1", lists("v1"), POPULAR, {})
+    store.activate("v1")
+
+    def dying():
+        yield from lists("v2")[:10]
+        raise ConnectionError("worker lost")
+
+    with pytest.raises(ConnectionError):
+        store.write_version("v2", dying(), POPULAR, {})
+    with pytest.raises(VersionNotPublishableError, match="not been written completely"):
+        store.activate("v2")
+    assert store.lookup("u1", 1).model_version == "v1"
+    assert store.write_version("v2", lists("v2"), POPULAR, {}) == 50
+    assert store.write_version("v2", lists("v2"), POPULAR, {}) == 50
+    store.activate("v2")
+    assert [v.status for v in store.versions()] == ["live", "retired"]
+
+
+def test_the_live_version_cannot_be_overwritten(store):
+    store.write_version("v1", lists("v1"), POPULAR, {})
+    store.activate("v1")
+    with pytest.raises(VersionNotPublishableError, match="is live"):
+        store.write_version("v1", lists("v1"), POPULAR, {})
+
+
+def test_retention_purges_old_retired_versions_but_keeps_their_records(store):
+    for version in ("v1", "v2", "v3", "v4"):
+        store.write_version(version, lists(version), POPULAR, {})
+        store.activate(version)
+    assert store.purge_retired(keep=1) == ["v2", "v1"]
+    assert store.purge_retired(keep=1) == []
+    with pytest.raises(VersionNotPublishableError):
+        store.activate("v1")
+    store.activate("v3")  # the kept retired version is a rollback target
+    assert store.lookup("u0", 1).model_version == "v3"
+    assert len(store.versions()) == 4
