@@ -12,12 +12,14 @@ def synthetic_events(
     events_per_user: int,
     *,
     taste_clusters: int = 8,
+    taste_affinity: float = 30.0,
     seed: int = 0,
     start_s: int = 1_600_000_000,
     span_s: int = 90 * 86_400,
 ) -> pd.DataFrame:
     """Events in the landing-zone contract. Each user belongs to one taste cluster and takes
-    most of their items from that cluster's share of the catalogue, popular ones more often;
+    most of their items from that cluster's share of the catalogue (an in-taste item is
+    `taste_affinity` times likelier than another), popular ones more often;
     ratings are higher inside the cluster. Ids are strings: "u<n>", "i<n>"."""
     rng = np.random.default_rng(seed)
     cluster_of_item = rng.integers(0, taste_clusters, n_items)
@@ -26,7 +28,7 @@ def synthetic_events(
     rows_user, rows_item, rows_rating = [], [], []
     for user in range(n_users):
         cluster = user % taste_clusters
-        in_taste = np.where(cluster_of_item == cluster, 8.0, 1.0) * popularity
+        in_taste = np.where(cluster_of_item == cluster, taste_affinity, 1.0) * popularity
         picks = rng.choice(
             n_items, size=min(events_per_user, n_items), replace=False, p=in_taste / in_taste.sum()
         )

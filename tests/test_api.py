@@ -1,0 +1,65 @@
+"""The API in a real uvicorn process over a real SQLite store, called over HTTP."""
+
+import httpx
+import pytest
+
+from resources.store import SqliteRecommendationStore
+from tests.conftest import running_api
+
+POPULAR = [{"item_id": "50", "score": 583.0, "title": "Star Wars (1977)"}]
+
+
+def personal(version: str) -> list:
+    return [("196", [{"item_id": f"{version}-{r}", "score": 1 - r / 100} for r in range(100)])]
+
+
+@pytest.fixture
+def store(data_dir):
+    return SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+
+
+def test_before_any_publish_the_api_says_so_clearly(data_dir, store):
+    store.versions()  # creates the empty database file
+    with running_api(data_dir) as url:
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 503
+        assert "no model has been published yet" in health.json()["detail"]
+        lookup = httpx.get(f"{url}/users/196/recommendations")
+        assert lookup.status_code == 503 and "batch_retrain" in lookup.json()["detail"]
+
+
+def test_lookups_validation_and_live_switches(data_dir, store):
+    store.write_version("v1", personal("v1"), POPULAR, {})
+    store.activate("v1")
+    with running_api(data_dir) as url:
+        client = httpx.Client(base_url=url)
+        assert client.get("/health").json() == {"status": "ok", "model_version": "v1"}
+
+        body = client.get("/users/196/recommendations").json()
+        assert (body["user_id"], body["model_version"], body["source"]) == ("196", "v1", "personal")
+        assert [item["item_id"] for item in body["items"]] == [f"v1-{r}" for r in range(10)]
+        assert "title" not in body["items"][0]
+        assert (
+            len(client.get("/users/196/recommendations", params={"k": 100}).json()["items"]) == 100
+        )
+
+        stranger = client.get("/users/someone-new/recommendations", params={"k": 5})
+        assert stranger.status_code == 200
+        assert stranger.json()["source"] == "popular"
+        assert stranger.json()["items"] == POPULAR
+
+        for bad_k in ("0", "101", "ten"):
+            response = client.get("/users/196/recommendations", params={"k": bad_k})
+            assert response.status_code == 400 and "k" in response.text
+        too_long = client.get(f"/users/{'x' * 257}/recommendations")
+        assert too_long.status_code == 400
+        assert too_long.json()["detail"] == "user_id is longer than 256 characters"
+        assert client.get("/nowhere").status_code == 404
+        assert client.post("/users/196/recommendations").status_code == 405
+        schema = client.get("/schema/openapi.json").json()
+        assert "/users/{user_id}/recommendations" in schema["paths"]
+
+        store.write_version("v2", personal("v2"), POPULAR, {})
+        store.activate("v2")
+        switched = client.get("/users/196/recommendations", params={"k": 1}).json()
+        assert switched["model_version"] == "v2" and switched["items"][0]["item_id"] == "v2-0"
