@@ -20,14 +20,7 @@ def model_evaluation(
 ) -> Output[dict]:
     """precision/recall/nDCG/MAP@10 ranking the items each user did not train on, plus
     RMSE/MAE of predicted ratings for explicit-feedback models."""
-    ranked = recommend(
-        evaluation_model.user_ids,
-        evaluation_model.item_ids,
-        evaluation_model.user_factors,
-        evaluation_model.item_factors,
-        seen=train_interactions,
-        k=TOP_K,
-    )
+    ranked = evaluation_model.recommend(seen=train_interactions, k=TOP_K)
     metrics = _named(ranking_metrics(ranked, test_interactions, TOP_K))
     baseline = _named(
         ranking_metrics(_popularity_ranking(train_interactions), test_interactions, TOP_K)

@@ -8,7 +8,6 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from assets.evaluate import model_evaluation
 from reco_dagster.domain.als import FactorModel
 from reco_dagster.domain.ranking import popular_items as most_popular
-from reco_dagster.domain.ranking import recommend
 from resources.store import Item, RecommendationStore
 
 PUBLISHED_DEPTH = 100
@@ -28,14 +27,9 @@ def user_recommendations(
 ) -> Output[pd.DataFrame]:
     """Every known user's best unseen items, ranked from all of their history."""
     started = time.perf_counter()
-    ranked = recommend(
-        als_model.user_ids,
-        als_model.item_ids,
-        als_model.user_factors,
-        als_model.item_factors,
-        seen=interactions,
-        k=PUBLISHED_DEPTH,
-    ).assign(model_version=als_model.version)
+    ranked = als_model.recommend(seen=interactions, k=PUBLISHED_DEPTH).assign(
+        model_version=als_model.version
+    )
     return Output(
         ranked,
         metadata={

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from reco_dagster.domain.ranking import recommend
+
 SPARK_MODEL_DIR = "spark_model"
 
 
@@ -35,6 +37,12 @@ class FactorModel:
             "ij,ij->i", self.user_factors[users[known]], self.item_factors[items[known]]
         )
         return scores
+
+    def recommend(self, seen: pd.DataFrame, k: int) -> pd.DataFrame:
+        """Every user's top-k items outside `seen` (user_id, item_id, rank, score)."""
+        return recommend(
+            self.user_ids, self.item_ids, self.user_factors, self.item_factors, seen, k
+        )
 
 
 @dataclass(frozen=True)
