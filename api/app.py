@@ -5,18 +5,28 @@ uvicorn api.app:app   (or `reco-api`; RECO_API_HOST, RECO_API_PORT, RECO_DATA_DI
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import hmac
+import os
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Litestar, Response, get
+from litestar import Litestar, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.exceptions import ValidationException
+from litestar.exceptions import (
+    ClientException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
 
 from reco_dagster.domain.events import MAX_ID_LENGTH
 from resources.settings import recommendation_store
-from resources.store import RecommendationStore
+from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
 
 MAX_K = 100
 NOTHING_LIVE = "no model has been published yet: materialize the batch_retrain job"
@@ -44,6 +54,35 @@ class Health(msgspec.Struct, omit_defaults=True):
 class Problem(msgspec.Struct):
     status_code: int
     detail: str
+
+
+class ModelRecord(msgspec.Struct):
+    version: str
+    status: str
+    created_at: str
+    activated_at: str | None
+    has_lists: bool
+    family: str | None
+    settings: dict[str, Any]
+    data_fingerprint: str | None
+    metrics: dict[str, float]
+    rejected_because: str | None
+
+    @classmethod
+    def of(cls, record: ModelVersion) -> ModelRecord:
+        info = record.info
+        return cls(
+            version=record.version,
+            status=record.status,
+            created_at=record.created_at,
+            activated_at=record.activated_at,
+            has_lists=record.has_lists,
+            family=info.get("family"),
+            settings=info.get("settings", {}),
+            data_fingerprint=info.get("data_fingerprint"),
+            metrics=info.get("metrics", {}),
+            rejected_because=info.get("rejected_because"),
+        )
 
 
 @get("/users/{user_id:str}/recommendations", sync_to_thread=False)
@@ -77,9 +116,55 @@ def health(state: State) -> Response[Health]:
     return Response(Health("ok", model_version=version))
 
 
+@get("/models", sync_to_thread=False)
+def models(state: State) -> list[ModelRecord]:
+    """The model registry, newest first."""
+    return [ModelRecord.of(record) for record in state.store.versions()]
+
+
+@get("/models/{version:str}", sync_to_thread=False)
+def model(state: State, version: str) -> ModelRecord:
+    record = state.store.version(version)
+    if record is None:
+        raise NotFoundException(f"no model version {version!r}")
+    return ModelRecord.of(record)
+
+
+def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Bearer RECO_ADMIN_TOKEN; with no token configured nobody may change the live model."""
+    expected = os.environ.get("RECO_ADMIN_TOKEN", "")
+    scheme, _, given = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise NotAuthorizedException("a bearer token is required")
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise PermissionDeniedException(
+            "this token may not activate models"
+            if expected
+            else "activation is disabled: RECO_ADMIN_TOKEN is not set on the server"
+        )
+
+
+@post(
+    "/models/{version:str}/activate",
+    guards=[require_admin_token],
+    sync_to_thread=False,
+    status_code=200,
+)
+def activate(state: State, version: str) -> ModelRecord:
+    """Roll back or forward to a kept version: it goes live in one switch."""
+    store: RecommendationStore = state.store
+    if store.version(version) is None:
+        raise NotFoundException(f"no model version {version!r}")
+    try:
+        store.activate(version)
+    except VersionNotPublishableError as error:
+        raise ClientException(str(error), status_code=409) from error
+    return ModelRecord.of(store.version(version))
+
+
 def create_app(store: RecommendationStore | None = None) -> Litestar:
     return Litestar(
-        route_handlers=[user_recommendations, health],
+        route_handlers=[user_recommendations, health, models, model, activate],
         state=State({"store": store or recommendation_store()}),
         openapi_config=OpenAPIConfig(title="reco-dagster recommendations", version="1.0.0"),
     )

@@ -1,72 +1,51 @@
-"""Stage 4: offline evaluation of the ALS settings on the held-out test split."""
+"""Stage 4: every model family scored on the held-out test split, and the quality gate that
+decides whether a new model may go live."""
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
+from dagster._core.definitions.asset_checks.asset_checks_definition import AssetChecksDefinition
 
-from reco_dagster.domain.als import FactorModel
+from assets.train import FAMILIES
+from reco_dagster.domain.gate import gate_failures
 from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
+from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import recommend
+from resources.settings import QualityGate
+from resources.store import RecommendationStore
 
 TOP_K = 10
 
 
-@asset(group_name="evaluate", kinds={"pandas"})
-def model_evaluation(
-    context: AssetExecutionContext,
-    evaluation_model: FactorModel,
-    train_interactions: pd.DataFrame,
-    test_interactions: pd.DataFrame,
-) -> Output[dict]:
-    """precision/recall/nDCG/MAP@10 ranking the items each user did not train on, plus
-    RMSE/MAE of predicted ratings for explicit-feedback models."""
-    ranked = evaluation_model.recommend(seen=train_interactions, k=TOP_K)
-    metrics = _named(ranking_metrics(ranked, test_interactions, TOP_K))
-    baseline = _named(
-        ranking_metrics(_popularity_ranking(train_interactions), test_interactions, TOP_K)
-    )
-    if not evaluation_model.settings.get("implicit_prefs", True):
-        rated = test_interactions[test_interactions["rating"].notna()]
-        predicted = evaluation_model.predict(rated["user_id"], rated["item_id"])
+def evaluate(candidate: FactorModel, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+    """precision/recall/nDCG/MAP@10 over the items each user did not train on, plus RMSE and
+    MAE of predicted ratings for explicit-feedback models."""
+    metrics = _named(ranking_metrics(candidate.recommend(seen=train, k=TOP_K), test, TOP_K))
+    if not candidate.card.settings.get("implicit_prefs", True):
+        rated = test[test["rating"].notna()]
+        predicted = candidate.predict(rated["user_id"], rated["item_id"])
         known = ~np.isnan(predicted)
         metrics["rmse"] = rmse(rated["rating"].to_numpy()[known], predicted[known])
         metrics["mae"] = mae(rated["rating"].to_numpy()[known], predicted[known])
-    evaluated_users = len(np.intersect1d(ranked["user_id"].unique(), test_interactions["user_id"]))
-    catalog_coverage = ranked["item_id"].nunique() / len(evaluation_model.item_ids)
-    context.log.info(", ".join(f"{name}={value:.4f}" for name, value in metrics.items()))
-    lift = metrics["precision_at_10"] / max(baseline["precision_at_10"], 1e-12)
-    return Output(
-        {
-            **metrics,
-            "evaluated_users": evaluated_users,
-            "model_version": evaluation_model.version,
-            "popularity_baseline": baseline,
-        },
-        metadata={
-            **{name: MetadataValue.float(value) for name, value in metrics.items()},
-            **{f"popularity_{name}": MetadataValue.float(v) for name, v in baseline.items()},
-            "precision_lift_over_popularity": round(lift, 2),
-            "evaluated_users": evaluated_users,
-            "test_interactions": len(test_interactions),
-            "catalog_coverage": catalog_coverage,
-            "rating_metrics": (
-                "computed"
-                if "rmse" in metrics
-                else "n/a: implicit-feedback model ranks, it does not predict ratings"
-            ),
-        },
-    )
+    return metrics
 
 
-def _named(metrics: dict[str, float]) -> dict[str, float]:
-    return {name.replace("_at_k", f"_at_{TOP_K}"): value for name, value in metrics.items()}
-
-
-def _popularity_ranking(train: pd.DataFrame) -> pd.DataFrame:
-    """The baseline: every user gets the most popular training items they have not seen."""
+def popularity_baseline(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+    """Every user gets the most popular training items they have not seen."""
     popularity = train.groupby("item_id")["user_id"].nunique()
     users = train["user_id"].unique()
-    return recommend(
+    ranked = recommend(
         users,
         popularity.index.to_numpy(),
         np.ones((len(users), 1)),
@@ -74,3 +53,99 @@ def _popularity_ranking(train: pd.DataFrame) -> pd.DataFrame:
         seen=train,
         k=TOP_K,
     )
+    return _named(ranking_metrics(ranked, test, TOP_K))
+
+
+def _named(metrics: dict[str, float]) -> dict[str, float]:
+    return {name.replace("_at_k", f"_at_{TOP_K}"): value for name, value in metrics.items()}
+
+
+def build_evaluation(family: str) -> tuple[AssetsDefinition, AssetChecksDefinition]:
+    @asset(
+        name=f"{family}_evaluation",
+        group_name="evaluate",
+        kinds={"pandas"},
+        ins={
+            "candidate": AssetIn(f"{family}_evaluation_model"),
+            "served": AssetIn(f"{family}_model"),
+        },
+    )
+    def evaluation(
+        context: AssetExecutionContext,
+        candidate: FactorModel,
+        served: FactorModel,
+        train_interactions: pd.DataFrame,
+        test_interactions: pd.DataFrame,
+    ) -> Output[dict]:
+        """The family's settings fitted on the training split, scored on the test split; the
+        result is recorded for the served model version those settings produced."""
+        metrics = evaluate(candidate, train_interactions, test_interactions)
+        baseline = popularity_baseline(train_interactions, test_interactions)
+        lift = metrics["precision_at_10"] / max(baseline["precision_at_10"], 1e-12)
+        context.log.info(", ".join(f"{name}={value:.4f}" for name, value in metrics.items()))
+        return Output(
+            {
+                "model_version": served.version,
+                "family": family,
+                "settings": served.card.settings,
+                "data_fingerprint": served.card.data_fingerprint,
+                "metrics": metrics,
+                "popularity_baseline": baseline,
+            },
+            metadata={
+                "model_version": served.version,
+                **{name: MetadataValue.float(value) for name, value in metrics.items()},
+                **{f"popularity_{name}": MetadataValue.float(v) for name, v in baseline.items()},
+                "precision_lift_over_popularity": round(lift, 2),
+                "evaluated_users": test_interactions["user_id"].nunique(),
+                "rating_metrics": "computed" if "rmse" in metrics else "n/a: implicit feedback",
+            },
+        )
+
+    @asset_check(asset=evaluation, name="quality_gate", blocking=True)
+    def quality_gate_check(
+        context: AssetCheckExecutionContext,
+        quality_gate: QualityGate,
+        store: RecommendationStore,
+        evaluation: dict,
+    ) -> AssetCheckResult:
+        """Floors, and no regression beyond the tolerance against the live model; records the
+        verdict in the model registry. A failure blocks this family's publish."""
+        live = store.version(store.live_version() or "")
+        compared = live if live and live.version != evaluation["model_version"] else None
+        metrics, baseline = evaluation["metrics"], evaluation["popularity_baseline"]
+        floors = dict(quality_gate.floors)
+        floors["precision_at_10"] = max(
+            floors.get("precision_at_10", 0.0),
+            quality_gate.min_lift_over_popularity * baseline["precision_at_10"],
+        )
+        failures = gate_failures(
+            metrics,
+            floors,
+            compared.info.get("metrics") if compared else None,
+            compared.version if compared else None,
+            quality_gate.tolerance,
+        )
+        store.register(
+            evaluation["model_version"], evaluation, rejected_because="; ".join(failures) or None
+        )
+        for failure in failures:
+            context.log.error(f"{evaluation['model_version']} rejected: {failure}")
+        return AssetCheckResult(
+            passed=not failures,
+            severity=AssetCheckSeverity.ERROR,
+            description="; ".join(failures) or "passed every floor and the live comparison",
+            metadata={
+                "model_version": evaluation["model_version"],
+                "compared_with": compared.version if compared else "no other live version",
+                "failures": MetadataValue.md("\n".join(f"- {f}" for f in failures) or "none"),
+                **{f"floor_{name}": value for name, value in floors.items()},
+            },
+        )
+
+    return evaluation, quality_gate_check
+
+
+evaluations = [build_evaluation(family) for family in FAMILIES]
+evaluation_assets = [evaluation for evaluation, _ in evaluations]
+quality_gates = [check for _, check in evaluations]

@@ -1,13 +1,23 @@
-"""Stage 5: the cold-start list, every user's ranked list, and the atomic publish to the store."""
+"""Stage 5: the cold-start list, every family's ranked lists, and the publish to the store:
+written beside the live version, then made live in one switch when the family is served."""
 
 import time
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, Output, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    asset,
+)
 
-from assets.evaluate import model_evaluation
-from reco_dagster.domain.als import FactorModel
+from assets.train import FAMILIES
+from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import popular_items as most_popular
+from resources.settings import Serving
 from resources.store import Item, RecommendationStore
 
 PUBLISHED_DEPTH = 100
@@ -21,67 +31,75 @@ def popular_items(interactions: pd.DataFrame) -> Output[pd.DataFrame]:
     return Output(popular, metadata={"dagster/row_count": len(popular)})
 
 
-@asset(group_name="publish", kinds={"pandas"})
-def user_recommendations(
-    als_model: FactorModel, interactions: pd.DataFrame
-) -> Output[pd.DataFrame]:
-    """Every known user's best unseen items, ranked from all of their history."""
-    started = time.perf_counter()
-    ranked = als_model.recommend(seen=interactions, k=PUBLISHED_DEPTH).assign(
-        model_version=als_model.version
+def build_publish(family: str) -> list[AssetsDefinition]:
+    @asset(
+        name=f"{family}_recommendations",
+        group_name="publish",
+        kinds={"pandas"},
+        ins={"model": AssetIn(f"{family}_model")},
     )
-    return Output(
-        ranked,
-        metadata={
-            "dagster/row_count": len(ranked),
-            "users": ranked["user_id"].nunique(),
-            "model_version": als_model.version,
-            "scoring_s": round(time.perf_counter() - started, 3),
-        },
+    def recommendations(model: FactorModel, interactions: pd.DataFrame) -> Output[pd.DataFrame]:
+        """Every known user's best unseen items, ranked from all of their history."""
+        started = time.perf_counter()
+        ranked = model.recommend(seen=interactions, k=PUBLISHED_DEPTH).assign(
+            model_version=model.version
+        )
+        return Output(
+            ranked,
+            metadata={
+                "dagster/row_count": len(ranked),
+                "users": ranked["user_id"].nunique(),
+                "model_version": model.version,
+                "scoring_s": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    @asset(
+        name=f"{family}_published",
+        group_name="publish",
+        kinds={"sqlite"},
+        deps=[f"{family}_evaluation"],
+        ins={"ranked": AssetIn(f"{family}_recommendations")},
     )
+    def published(
+        context: AssetExecutionContext,
+        store: RecommendationStore,
+        serving: Serving,
+        ranked: pd.DataFrame,
+        popular_items: pd.DataFrame,
+        item_catalog: pd.DataFrame,
+    ) -> MaterializeResult:
+        """Writes this version's lists beside the live ones; if this family is the served one,
+        makes it live in one switch. Then drops the lists of versions past retention."""
+        version = str(ranked["model_version"].iloc[0])
+        previous = store.live_version()
+        titles = dict(zip(item_catalog["item_id"], item_catalog["title"], strict=True))
+        if previous == version:
+            context.log.info(f"{version} (same data and settings) is live already")
+            return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
+        started = time.perf_counter()
+        written = store.write_version(
+            version, _user_lists(ranked, titles), _items(popular_items, titles)
+        )
+        write_s = time.perf_counter() - started
+        if serving.family == family:
+            store.activate(version)
+            context.log.info(f"Model version {version} is live (was {previous}); {written} users")
+        purged = store.purge_old_versions(serving.keep_versions)
+        return MaterializeResult(
+            metadata={
+                "model_version": version,
+                "outcome": "live" if serving.family == family else "candidate (not served)",
+                "previous_live_version": previous or "none",
+                "users_published": written,
+                "write_s": round(write_s, 3),
+                "users_per_s": round(written / max(write_s, 1e-9)),
+                "purged_versions": ", ".join(purged) or "none",
+                "preview": MetadataValue.md(_preview(ranked, titles)),
+            }
+        )
 
-
-class PublishConfig(Config):
-    keep_retired_versions: int = 2
-    """Retired versions whose lists stay in the store for a quick rollback."""
-
-
-@asset(group_name="publish", deps=[model_evaluation], kinds={"sqlite"})
-def published_recommendations(
-    context: AssetExecutionContext,
-    config: PublishConfig,
-    store: RecommendationStore,
-    user_recommendations: pd.DataFrame,
-    popular_items: pd.DataFrame,
-    item_catalog: pd.DataFrame,
-    model_evaluation: dict,
-) -> MaterializeResult:
-    """Writes the new version beside the live one, then makes it live in one switch."""
-    version = str(user_recommendations["model_version"].iloc[0])
-    previous = store.live_version()
-    titles = dict(zip(item_catalog["item_id"], item_catalog["title"], strict=True))
-    started = time.perf_counter()
-    written = store.write_version(
-        version,
-        _user_lists(user_recommendations, titles),
-        _items(popular_items, titles),
-        info={"evaluation": model_evaluation},
-    )
-    write_s = time.perf_counter() - started
-    store.activate(version)
-    purged = store.purge_retired(config.keep_retired_versions)
-    context.log.info(f"Model version {version} is live (was {previous}); {written} users")
-    return MaterializeResult(
-        metadata={
-            "model_version": version,
-            "previous_version": previous or "none",
-            "users_published": written,
-            "write_s": round(write_s, 3),
-            "users_per_s": round(written / max(write_s, 1e-9)),
-            "purged_versions": ", ".join(purged) or "none",
-            "preview": MetadataValue.md(_preview(user_recommendations, titles)),
-        }
-    )
+    return [recommendations, published]
 
 
 def _items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
@@ -110,3 +128,6 @@ def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: in
         ]
         sections.append(f"**user {user_id}**\n\n" + "\n".join(lines))
     return "\n\n".join(sections)
+
+
+publish_assets = [asset_def for family in FAMILIES for asset_def in build_publish(family)]

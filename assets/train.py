@@ -1,74 +1,152 @@
-"""Stage 3: Spark ML ALS, once on the training split (to evaluate) and once on everything
-(to serve), with the same settings."""
+"""Stage 3: model families, each fitted once on the training split (to be evaluated) and once
+on every interaction (to be served), with the same settings.
+
+- ALS (Spark ML): scales out on any Spark cluster; settings from `als_hyperparameters`.
+- EASE (numpy): closed-form item-item model for catalogues that fit one machine.
+"""
 
 import time
-from datetime import UTC, datetime
 
-import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, Output, asset
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
 from dagster_pyspark import PySparkResource
 
 from reco_dagster.domain.als import TrainedAls, fit_als
-from resources.settings import AlsSettings
+from reco_dagster.domain.ease import fit_ease
+from reco_dagster.domain.hyperparameters import search_als
+from reco_dagster.domain.metrics import ranking_metrics
+from reco_dagster.domain.models import FactorModel, ModelCard
+from reco_dagster.domain.splits import stratified_random_split
+from resources.settings import AlsSettings, EaseSettings
+
+FAMILIES = ("als", "ease")
 
 
-def _train(
+class SearchConfig(Config):
+    time_budget_s: float = 0.0
+    """0 trains with the configured `als` settings as they are; the full search is opt-in
+    (e.g. 600)."""
+    max_trials: int = 50
+    validation_ratio: float = 0.25
+    """Share of each user's training interactions held out to score trials."""
+
+
+@asset(group_name="train", kinds={"spark"})
+def als_hyperparameters(
     context: AssetExecutionContext,
+    config: SearchConfig,
     pyspark: PySparkResource,
     als: AlsSettings,
-    table: pd.DataFrame,
-) -> Output[TrainedAls]:
-    started = time.perf_counter()
-    model = fit_als(pyspark.spark_session, table, **als.model_dump())
-    fit_s = time.perf_counter() - started
-    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
-    trained = TrainedAls(
-        version=version,
-        spark_model=model,
-        user_ids=_ids_by_index(table, "user"),
-        item_ids=_ids_by_index(table, "item"),
-        settings=als.model_dump(),
+    train_interactions: pd.DataFrame,
+) -> Output[dict]:
+    """The ALS settings to train with: the configured ones, or the best of a time-boxed
+    search scored on a validation split carved out of the training split (never the test
+    split)."""
+    configured = als.model_dump()
+    if config.time_budget_s <= 0:
+        return Output(
+            configured,
+            metadata={
+                "search": "skipped: time_budget_s is 0, the configured settings are used",
+                **_settings_metadata(configured),
+            },
+        )
+    fit_part, validation = stratified_random_split(
+        train_interactions, 1.0 - config.validation_ratio, seed=configured["seed"] + 1
     )
+
+    def score(settings: dict) -> dict[str, float]:
+        card = ModelCard.describe("als", settings, fit_part)
+        model = fit_als(pyspark.spark_session, fit_part, card, **settings).factor_model()
+        return ranking_metrics(model.recommend(fit_part, 10), validation, 10)
+
+    search = search_als(configured, score, config.time_budget_s, config.max_trials)
+    context.log.info(f"{len(search.trials)} trials; best: {search.best}")
     return Output(
-        trained,
+        search.best,
         metadata={
-            "model_version": version,
-            "fit_s": round(fit_s, 2),
-            "interactions": len(table),
-            "users": table["user_id"].nunique(),
-            "items": table["item_id"].nunique(),
-            "spark_master": pyspark.spark_context.master,
-            **{f"als_{key}": value for key, value in als.model_dump().items()},
+            "search": f"{len(search.trials)} trials in {search.elapsed_s:.0f} s",
+            "trials": MetadataValue.md(search.table()),
+            "validation_ndcg_by_trial": MetadataValue.md(search.bar_chart()),
+            **_settings_metadata(search.best),
         },
     )
 
 
-def _ids_by_index(table: pd.DataFrame, entity: str) -> np.ndarray:
-    """The string id for every integer index (a split may leave gaps: those stay empty)."""
-    index = table[f"{entity}_idx"].to_numpy()
-    ids = np.full(index.max() + 1, "", dtype=object)
-    ids[index] = table[f"{entity}_id"].to_numpy()
-    return ids
+def _settings_metadata(settings: dict) -> dict:
+    return {f"als_{key}": value for key, value in settings.items()}
+
+
+def _fit_als(
+    context: AssetExecutionContext,
+    pyspark: PySparkResource,
+    settings: dict,
+    table: pd.DataFrame,
+) -> Output[TrainedAls]:
+    started = time.perf_counter()
+    card = ModelCard.describe("als", settings, table)
+    trained = fit_als(pyspark.spark_session, table, card, **settings)
+    return Output(
+        trained,
+        metadata={
+            "model_version": card.version,
+            "data_fingerprint": card.data_fingerprint,
+            "fit_s": round(time.perf_counter() - started, 2),
+            "interactions": len(table),
+            "spark_master": pyspark.spark_context.master,
+            **_settings_metadata(settings),
+        },
+    )
 
 
 @asset(group_name="train", kinds={"spark"})
-def evaluation_model(
+def als_evaluation_model(
     context: AssetExecutionContext,
     pyspark: PySparkResource,
-    als: AlsSettings,
+    als_hyperparameters: dict,
     train_interactions: pd.DataFrame,
 ) -> Output[TrainedAls]:
-    """ALS fitted on the training split only; the evaluation scores it on the test split."""
-    return _train(context, pyspark, als, train_interactions)
+    """ALS fitted on the training split only; `als_evaluation` scores it on the test split."""
+    return _fit_als(context, pyspark, als_hyperparameters, train_interactions)
 
 
 @asset(group_name="train", kinds={"spark"})
 def als_model(
     context: AssetExecutionContext,
     pyspark: PySparkResource,
-    als: AlsSettings,
+    als_hyperparameters: dict,
     interactions: pd.DataFrame,
 ) -> Output[TrainedAls]:
     """ALS fitted on every interaction: the model whose recommendations are served."""
-    return _train(context, pyspark, als, interactions)
+    return _fit_als(context, pyspark, als_hyperparameters, interactions)
+
+
+def _fit_ease(ease: EaseSettings, table: pd.DataFrame) -> Output[FactorModel]:
+    started = time.perf_counter()
+    settings = ease.model_dump()
+    card = ModelCard.describe("ease", {"l2": settings["l2"]}, table)
+    model = fit_ease(table, card, l2=ease.l2, max_items=ease.max_items)
+    return Output(
+        model,
+        metadata={
+            "model_version": card.version,
+            "data_fingerprint": card.data_fingerprint,
+            "fit_s": round(time.perf_counter() - started, 2),
+            "items": len(model.item_ids),
+            "ease_l2": ease.l2,
+        },
+    )
+
+
+@asset(group_name="train", kinds={"numpy"})
+def ease_evaluation_model(
+    ease: EaseSettings, train_interactions: pd.DataFrame
+) -> Output[FactorModel]:
+    """EASE fitted on the training split only; `ease_evaluation` scores it on the test split."""
+    return _fit_ease(ease, train_interactions)
+
+
+@asset(group_name="train", kinds={"numpy"}, ins={"interactions": AssetIn()})
+def ease_model(ease: EaseSettings, interactions: pd.DataFrame) -> Output[FactorModel]:
+    """EASE fitted on every interaction."""
+    return _fit_ease(ease, interactions)

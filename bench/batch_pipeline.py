@@ -69,7 +69,8 @@ def main() -> None:
     als = definitions.defs.resources["als"]
     with DagsterInstance.ephemeral() as instance:
         started = time.perf_counter()
-        result = definitions.defs.get_job_def("batch_retrain").execute_in_process(instance=instance)
+        job = definitions.defs.resolve_job_def("batch_retrain")
+        result = job.execute_in_process(instance=instance)
         total_s = time.perf_counter() - started
         assert result.success, "batch_retrain failed"
         stages = _stage_seconds(instance.all_logs(result.run_id), DagsterEventType)

@@ -14,9 +14,18 @@ from dagster_pyspark import PySparkResource
 from assets import evaluate, ingest, prepare, publish, train
 from resources.lake_io import LakeIOManager
 from resources.landing_zone import LandingZone
-from resources.settings import AlsSettings, data_dir, recommendation_store, spark_config
+from resources.settings import (
+    AlsSettings,
+    EaseSettings,
+    QualityGate,
+    Serving,
+    data_dir,
+    recommendation_store,
+    spark_config,
+)
 
 batch_assets = load_assets_from_modules([ingest, prepare, train, evaluate, publish])
+quality_gates = evaluate.quality_gates
 
 batch_retrain = define_asset_job(
     "batch_retrain",
@@ -33,11 +42,15 @@ def build_resources() -> dict[str, object]:
         "store": recommendation_store(),
         "pyspark": PySparkResource(spark_config=spark_config()),
         "als": AlsSettings(),
+        "ease": EaseSettings(),
+        "quality_gate": QualityGate(),
+        "serving": Serving(),
     }
 
 
 defs = Definitions(
     assets=batch_assets,
+    asset_checks=quality_gates,
     jobs=[batch_retrain],
     resources=build_resources(),
     # Each Spark step in its own process would start its own JVM (~30 s each): keep one run

@@ -11,11 +11,13 @@ from typing import Any
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from reco_dagster.domain.als import TrainedAls, load_factor_model
+from reco_dagster.domain.als import TrainedAls, is_spark_model_dir, load_als_factors
+from reco_dagster.domain.models import FactorModel
 
 
 class LakeIOManager(ConfigurableIOManager):
-    """DataFrames as parquet, trained ALS models in Spark's model format, dicts as JSON."""
+    """DataFrames as parquet, dicts as JSON, ALS models in Spark's model format and other
+    factor models as numpy arrays; every model loads as a FactorModel."""
 
     base_dir: str
 
@@ -27,7 +29,7 @@ class LakeIOManager(ConfigurableIOManager):
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(obj, pd.DataFrame):
             obj.to_parquet(path.with_suffix(".parquet"), index=False)
-        elif isinstance(obj, TrainedAls):
+        elif isinstance(obj, TrainedAls | FactorModel):
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir()
             obj.save(path)
@@ -41,7 +43,7 @@ class LakeIOManager(ConfigurableIOManager):
         if path.with_suffix(".parquet").exists():
             return pd.read_parquet(path.with_suffix(".parquet"))
         if path.is_dir():
-            return load_factor_model(path)
+            return load_als_factors(path) if is_spark_model_dir(path) else FactorModel.load(path)
         if path.with_suffix(".json").exists():
             return json.loads(path.with_suffix(".json").read_text())
         raise FileNotFoundError(

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
+from reco_dagster.domain.als import Confidence
 from resources.store import RecommendationStore, SqliteRecommendationStore
 
 
@@ -48,13 +50,39 @@ def recommendation_store() -> RecommendationStore:
 
 
 class AlsSettings(ConfigurableResource):
-    """One set of ALS settings for both the evaluated and the served model, so the metrics
-    describe the model users get. The defaults won on MovieLens 100K within the pipeline's
-    one-minute budget (see README)."""
+    """The ALS settings to train with, and the starting point of the hyperparameter search.
+    One set serves the evaluated and the served model, so the metrics describe the model users
+    get. The defaults won on MovieLens 100K within the pipeline's one-minute budget (README)."""
 
     rank: int = 128
     max_iter: int = 6
     reg_param: float = 1.0
-    alpha: float = 40.0
+    alpha: float = 20.0
     implicit_prefs: bool = True
+    confidence: Confidence = "rating"
+    popularity_prior: float = 0.05
     seed: int = 42
+
+
+class EaseSettings(ConfigurableResource):
+    l2: float = 300.0
+    max_items: int = 20_000
+    """EASE inverts an items-by-items matrix; larger catalogues are refused (use ALS)."""
+
+
+class QualityGate(ConfigurableResource):
+    """What a new model must show before it may go live."""
+
+    floors: dict[str, float] = Field(default_factory=dict)
+    """Minimum values, e.g. {"precision_at_10": 0.3}."""
+    min_lift_over_popularity: float = 1.0
+    """precision@10 must be at least this multiple of the popularity baseline's."""
+    tolerance: float = 0.05
+    """How far below the live model's ranking metrics (a fraction) a new model may fall."""
+
+
+class Serving(ConfigurableResource):
+    family: str = "als"
+    """The model family whose versions go live when they pass the gate."""
+    keep_versions: int = 4
+    """Versions besides the live one whose lists stay in the store (rollback, A/B)."""

@@ -26,6 +26,9 @@ class VersionNotPublishableError(RuntimeError):
     pass
 
 
+Status = Literal["candidate", "live", "rejected", "retired"]
+
+
 @dataclass(frozen=True)
 class Lookup:
     model_version: str
@@ -35,28 +38,39 @@ class Lookup:
 
 @dataclass(frozen=True)
 class ModelVersion:
+    """A registry record: info holds family, settings, data fingerprint, metrics, verdict."""
+
     version: str
-    status: Literal["writing", "candidate", "live", "retired"]
+    status: Status
     created_at: str
     activated_at: str | None
+    has_lists: bool
     info: dict[str, Any]
 
 
 class RecommendationStore(ConfigurableResource):
-    """The interface every store implements (SQLite embedded, Cosmos DB in production)."""
+    """The interface every store implements (SQLite embedded, Cosmos DB in production).
+
+    A model's life: `register` (candidate, or rejected by the quality gate) → `write_version`
+    (its lists, beside the live ones) → `activate` (the switch) → retired when another
+    version goes live → `purge_old_versions` drops its lists, the record stays.
+    """
+
+    def register(
+        self, version: str, info: Mapping[str, Any], rejected_because: str | None = None
+    ) -> None:
+        """Record a trained model; a live version stays live (its info is refreshed)."""
+        raise NotImplementedError
 
     def write_version(
-        self,
-        version: str,
-        user_lists: Iterable[tuple[str, list[Item]]],
-        popular: list[Item],
-        info: Mapping[str, Any],
+        self, version: str, user_lists: Iterable[tuple[str, list[Item]]], popular: list[Item]
     ) -> int:
-        """Store a complete version, not yet live; re-running replaces it. Returns users."""
+        """Store a registered candidate's lists, not yet live; re-running replaces them.
+        Returns the number of users written."""
         raise NotImplementedError
 
     def activate(self, version: str) -> None:
-        """Make a completely written version live; the previous live version is retired."""
+        """Make a version with stored lists live; the previous live version is retired."""
         raise NotImplementedError
 
     def live_version(self) -> str | None:
@@ -68,11 +82,15 @@ class RecommendationStore(ConfigurableResource):
         raise NotImplementedError
 
     def versions(self) -> list[ModelVersion]:
-        """All versions ever written, newest first."""
+        """The registry, newest first."""
         raise NotImplementedError
 
-    def purge_retired(self, keep: int) -> list[str]:
-        """Delete the lists of all but the newest `keep` retired versions; returns the purged."""
+    def version(self, version: str) -> ModelVersion | None:
+        return next((record for record in self.versions() if record.version == version), None)
+
+    def purge_old_versions(self, keep: int) -> list[str]:
+        """Delete the lists of all but the newest `keep` versions that are not live (retired
+        ones and candidates never served); returns the purged versions."""
         raise NotImplementedError
 
 
@@ -132,56 +150,66 @@ class SqliteRecommendationStore(RecommendationStore):
             self._local.connection = connection
         return connection
 
+    def register(
+        self, version: str, info: Mapping[str, Any], rejected_because: str | None = None
+    ) -> None:
+        status = "rejected" if rejected_because else "candidate"
+        record = {**info, "rejected_because": rejected_because}
+        self._transaction(
+            (
+                "INSERT INTO model_versions VALUES (?, ?, ?, NULL, ?) "
+                "ON CONFLICT (version) DO UPDATE SET info = excluded.info, "
+                "status = CASE WHEN status = 'live' THEN 'live' ELSE excluded.status END",
+                (version, status, _now(), json.dumps(record)),
+            )
+        )
+
     def write_version(
-        self,
-        version: str,
-        user_lists: Iterable[tuple[str, list[Item]]],
-        popular: list[Item],
-        info: Mapping[str, Any],
+        self, version: str, user_lists: Iterable[tuple[str, list[Item]]], popular: list[Item]
     ) -> int:
-        connection = self._connection()
-        if self.live_version() == version:
-            raise VersionNotPublishableError(f"version {version} is live; publish a new version")
+        record = self.version(version)
+        if record is None or record.status in ("live", "rejected"):
+            state = "not registered" if record is None else record.status
+            raise VersionNotPublishableError(f"version {version} is {state}; it cannot be written")
         rows = [(version, user_id, json.dumps(items)) for user_id, items in user_lists]
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.execute("DELETE FROM user_recommendations WHERE version = ?", (version,))
-            connection.executemany("INSERT INTO user_recommendations VALUES (?, ?, ?)", rows)
-            connection.execute(
-                "INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, json.dumps(popular))
-            )
-            connection.execute(
-                "INSERT OR REPLACE INTO model_versions VALUES (?, 'candidate', ?, NULL, ?)",
-                (version, _now(), json.dumps(dict(info))),
-            )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+        self._transaction(
+            ("DELETE FROM user_recommendations WHERE version = ?", (version,)),
+            ("INSERT INTO user_recommendations VALUES (?, ?, ?)", rows),
+            ("INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, json.dumps(popular))),
+            ("UPDATE model_versions SET status = 'candidate' WHERE version = ?", (version,)),
+        )
         return len(rows)
 
     def activate(self, version: str) -> None:
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            complete = connection.execute(
-                "SELECT 1 FROM model_versions JOIN popular_items USING (version) WHERE version = ?",
-                (version,),
-            ).fetchone()
-            if complete is None:
-                raise VersionNotPublishableError(
-                    f"version {version} has not been written completely"
-                )
-            connection.execute(
+        record = self.version(version)
+        if record is None or not record.has_lists or record.status == "rejected":
+            raise VersionNotPublishableError(
+                f"version {version} has no complete lists in the store"
+                + (f" (it is {record.status})" if record else " (unknown version)")
+            )
+        self._transaction(
+            (
                 "UPDATE model_versions SET status = 'retired' "
                 "WHERE status = 'live' AND version != ?",
                 (version,),
-            )
-            connection.execute(
+            ),
+            (
                 "UPDATE model_versions SET status = 'live', activated_at = ? WHERE version = ?",
                 (_now(), version),
-            )
-            connection.execute("INSERT OR REPLACE INTO live VALUES (1, ?)", (version,))
+            ),
+            ("INSERT OR REPLACE INTO live VALUES (1, ?)", (version,)),
+        )
+
+    def _transaction(self, *statements: tuple[str, Any]) -> None:
+        """Run statements in one write transaction: all of them happen, or none."""
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, parameters in statements:
+                if isinstance(parameters, list):
+                    connection.executemany(sql, parameters)
+                else:
+                    connection.execute(sql, parameters)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -204,24 +232,25 @@ class SqliteRecommendationStore(RecommendationStore):
 
     def versions(self) -> list[ModelVersion]:
         rows = self._connection().execute(
-            "SELECT version, status, created_at, activated_at, info FROM model_versions "
-            "ORDER BY created_at DESC, version DESC"
+            "SELECT version, status, created_at, activated_at, "
+            "EXISTS (SELECT 1 FROM popular_items AS p WHERE p.version = m.version), info "
+            "FROM model_versions AS m ORDER BY created_at DESC, version DESC"
         )
         return [
-            ModelVersion(version, status, created_at, activated_at, json.loads(info))
-            for version, status, created_at, activated_at, info in rows
+            ModelVersion(
+                version, status, created_at, activated_at, bool(has_lists), json.loads(info)
+            )
+            for version, status, created_at, activated_at, has_lists, info in rows
         ]
 
-    def purge_retired(self, keep: int) -> list[str]:
-        connection = self._connection()
-        retired_with_lists = connection.execute(
-            "SELECT version FROM model_versions JOIN popular_items USING (version) "
-            "WHERE status = 'retired' ORDER BY created_at DESC, version DESC"
-        ).fetchall()
-        purged = [version for (version,) in retired_with_lists[keep:]]
-        connection.execute("BEGIN IMMEDIATE")
-        for version in purged:
-            connection.execute("DELETE FROM user_recommendations WHERE version = ?", (version,))
-            connection.execute("DELETE FROM popular_items WHERE version = ?", (version,))
-        connection.execute("COMMIT")
+    def purge_old_versions(self, keep: int) -> list[str]:
+        kept = [v.version for v in self.versions() if v.status != "live" and v.has_lists]
+        purged = kept[keep:]
+        self._transaction(
+            *(
+                (f"DELETE FROM {table} WHERE version = ?", (version,))
+                for version in purged
+                for table in ("user_recommendations", "popular_items")
+            )
+        )
         return purged

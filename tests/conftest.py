@@ -20,10 +20,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_api(data_dir: Path) -> Iterator[str]:
+def running_api(data_dir: Path, **extra_env: str) -> Iterator[str]:
     """The real API in its own uvicorn process over `data_dir`; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "RECO_DATA_DIR": str(data_dir), "RECO_API_PORT": str(port)}
+    env = {**os.environ, "RECO_DATA_DIR": str(data_dir), "RECO_API_PORT": str(port), **extra_env}
+    env.pop("RECO_ADMIN_TOKEN", None) if "RECO_ADMIN_TOKEN" not in extra_env else None
     server = subprocess.Popen(
         [sys.executable, "-m", "api.serve"], cwd=REPO, env=env, start_new_session=True
     )

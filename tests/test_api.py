@@ -29,7 +29,8 @@ def test_before_any_publish_the_api_says_so_clearly(data_dir, store):
 
 
 def test_lookups_validation_and_live_switches(data_dir, store):
-    store.write_version("v1", personal("v1"), POPULAR, {})
+    store.register("v1", {"family": "als"})
+    store.write_version("v1", personal("v1"), POPULAR)
     store.activate("v1")
     with running_api(data_dir) as url:
         client = httpx.Client(base_url=url)
@@ -59,7 +60,54 @@ def test_lookups_validation_and_live_switches(data_dir, store):
         schema = client.get("/schema/openapi.json").json()
         assert "/users/{user_id}/recommendations" in schema["paths"]
 
-        store.write_version("v2", personal("v2"), POPULAR, {})
+        store.register("v2", {"family": "als"})
+        store.write_version("v2", personal("v2"), POPULAR)
         store.activate("v2")
         switched = client.get("/users/196/recommendations", params={"k": 1}).json()
         assert switched["model_version"] == "v2" and switched["items"][0]["item_id"] == "v2-0"
+
+
+def registered(store, version: str, **info) -> None:
+    store.register(version, {"family": "als", "settings": {"rank": 8}, **info})
+    store.write_version(version, personal(version), POPULAR)
+
+
+def test_the_model_registry_is_public(data_dir, store):
+    registered(store, "v1", metrics={"precision_at_10": 0.41}, data_fingerprint="abc")
+    store.activate("v1")
+    store.register("v2", {"family": "als"}, rejected_because="ndcg_at_10 below the floor")
+    with running_api(data_dir) as url:
+        listed = httpx.get(f"{url}/models").json()
+        assert [(m["version"], m["status"]) for m in listed] == [("v2", "rejected"), ("v1", "live")]
+        one = httpx.get(f"{url}/models/v1").json()
+        assert one["metrics"] == {"precision_at_10": 0.41} and one["data_fingerprint"] == "abc"
+        assert httpx.get(f"{url}/models/v2").json()["rejected_because"].startswith("ndcg_at_10")
+        assert httpx.get(f"{url}/models/nope").status_code == 404
+
+
+def test_activation_needs_the_admin_token(data_dir, store):
+    registered(store, "v1")
+    registered(store, "v2")
+    store.activate("v2")
+    store.register("bad", {"family": "als"}, rejected_because="worse than live")
+    with running_api(data_dir, RECO_ADMIN_TOKEN="s3cret") as url:
+        activate = f"{url}/models/v1/activate"
+        assert httpx.post(activate).status_code == 401
+        assert httpx.post(activate, headers={"Authorization": "Bearer wrong"}).status_code == 403
+        assert httpx.post(activate, headers={"Authorization": "Basic s3cret"}).status_code == 401
+        assert store.live_version() == "v2"
+        admin = {"Authorization": "Bearer s3cret"}
+        rolled_back = httpx.post(activate, headers=admin)
+        assert rolled_back.status_code == 200 and rolled_back.json()["status"] == "live"
+        assert httpx.get(f"{url}/users/196/recommendations").json()["model_version"] == "v1"
+        assert httpx.post(f"{url}/models/bad/activate", headers=admin).status_code == 409
+        assert httpx.post(f"{url}/models/ghost/activate", headers=admin).status_code == 404
+        assert store.live_version() == "v1"
+
+
+def test_without_a_configured_token_nobody_may_activate(data_dir, store):
+    registered(store, "v1")
+    with running_api(data_dir) as url:
+        response = httpx.post(f"{url}/models/v1/activate", headers={"Authorization": "Bearer x"})
+        assert response.status_code == 403 and "RECO_ADMIN_TOKEN is not set" in response.text
+        assert store.live_version() is None

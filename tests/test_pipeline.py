@@ -16,15 +16,17 @@ from reco_dagster.domain.synthetic import synthetic_events
 from resources.store import SqliteRecommendationStore
 from tests.conftest import REPO, running_api
 
-SMALL_ALS = {"resources": {"als": {"config": {"rank": 16, "max_iter": 8, "alpha": 10.0}}}}
+SMALL_ALS = {"rank": 16, "max_iter": 8, "alpha": 10.0, "confidence": "binary"}
 
 
-def run_batch_retrain(data_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_batch_retrain(
+    data_dir: Path, tmp_path: Path, als: dict = SMALL_ALS
+) -> subprocess.CompletedProcess:
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir(exist_ok=True)
     (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     config = tmp_path / "run_config.json"
-    config.write_text(json.dumps(SMALL_ALS))
+    config.write_text(json.dumps({"resources": {"als": {"config": als}}}))
     env = {
         **os.environ,
         "RECO_DATA_DIR": str(data_dir),
@@ -91,19 +93,22 @@ def test_definitions_load_with_the_batch_job():
 def test_the_job_publishes_a_model_that_beats_popularity(first_run):
     _, data_dir, events, result = first_run
     assert "Quarantined broken.csv whole: missing required column(s)" in result.stderr
-    evaluation = json.loads((data_dir / "lake" / "model_evaluation.json").read_text())
-    baseline = evaluation["popularity_baseline"]
-    assert evaluation["evaluated_users"] == 300
-    assert evaluation["precision_at_10"] > 1.5 * baseline["precision_at_10"]
-    assert evaluation["ndcg_at_10"] > baseline["ndcg_at_10"]
+    evaluation = json.loads((data_dir / "lake" / "als_evaluation.json").read_text())
+    metrics, baseline = evaluation["metrics"], evaluation["popularity_baseline"]
+    assert metrics["precision_at_10"] > 1.5 * baseline["precision_at_10"]
+    assert metrics["ndcg_at_10"] > baseline["ndcg_at_10"]
+    ease = json.loads((data_dir / "lake" / "ease_evaluation.json").read_text())
+    assert ease["metrics"]["precision_at_10"] > 1.5 * baseline["precision_at_10"]
     test_split = pd.read_parquet(data_dir / "lake" / "test_interactions.parquet")
     train_split = pd.read_parquet(data_dir / "lake" / "train_interactions.parquet")
     assert len(test_split) + len(train_split) == len(events)
 
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
-    [version] = store.versions()
-    assert version.status == "live"
-    assert version.info["evaluation"]["precision_at_10"] == evaluation["precision_at_10"]
+    live = store.version(store.live_version())
+    assert live.version == evaluation["model_version"] and live.version.startswith("als-")
+    assert live.info["metrics"] == metrics and live.info["settings"]["rank"] == 16
+    ease_record = store.version(ease["model_version"])
+    assert (ease_record.status, ease_record.has_lists) == ("candidate", True)
     seen = events.groupby("user_id")["item_id"].apply(set)
     for user_id in ("u0", "u1", "u150", "u299"):
         found = store.lookup(user_id, 100)
@@ -145,7 +150,21 @@ def test_a_second_run_ingests_only_new_files_and_switches_versions(first_run):
     assert "Ingested 5 events from 1 new file(s)" in result.stderr
     second_version = store.live_version()
     assert second_version != first_version
-    assert [v.status for v in store.versions()] == ["live", "retired"]
+    assert store.version(first_version).status == "retired"
     newcomer = store.lookup("newcomer", 10)
     assert newcomer.source == "personal"
     assert not {item["item_id"] for item in newcomer.items} & set(new_user["item_id"])
+
+
+def test_the_gate_rejects_a_bad_model_and_the_live_version_stays(first_run):
+    tmp_path, data_dir, _, _ = first_run
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    live = store.live_version()
+    result = run_batch_retrain(data_dir, tmp_path, {**SMALL_ALS, "rank": 1, "max_iter": 1})
+    assert result.returncode != 0
+    assert "rejected: precision_at_10" in result.stderr
+    assert f"below live version {live}" in result.stderr
+    assert store.live_version() == live
+    [rejected] = [v for v in store.versions() if v.status == "rejected"]
+    assert rejected.info["settings"]["rank"] == 1 and not rejected.has_lists
+    assert "beyond the 5% tolerance" in rejected.info["rejected_because"]

@@ -23,16 +23,21 @@ def store(tmp_path):
     return SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
 
 
+def publish(store, version, user_lists=None, info=None):
+    store.register(version, info or {"family": "als"})
+    return store.write_version(version, user_lists or lists(version), POPULAR)
+
+
 def test_nothing_is_served_before_the_first_activation(store):
     assert store.lookup("u1", 10) is None and store.live_version() is None
-    store.write_version("v1", lists("v1"), POPULAR, {})
+    publish(store, "v1")
     assert store.lookup("u1", 10) is None
     store.activate("v1")
     assert store.live_version() == "v1"
 
 
 def test_known_users_get_their_list_and_unknown_users_the_popular_one(store):
-    store.write_version("v1", lists("v1"), POPULAR, {"evaluation": {"precision_at_10": 0.4}})
+    publish(store, "v1", info={"metrics": {"precision_at_10": 0.4}})
     store.activate("v1")
     mine = store.lookup("u3", 4)
     assert (mine.model_version, mine.source) == ("v1", "personal")
@@ -40,11 +45,11 @@ def test_known_users_get_their_list_and_unknown_users_the_popular_one(store):
     stranger = store.lookup("nobody", 10)
     assert stranger.source == "popular" and stranger.items == POPULAR
     [record] = store.versions()
-    assert record.status == "live" and record.info["evaluation"]["precision_at_10"] == 0.4
+    assert record.status == "live" and record.info["metrics"]["precision_at_10"] == 0.4
 
 
 def test_readers_see_one_whole_version_during_a_publish(store, tmp_path):
-    store.write_version("v1", lists("v1"), POPULAR, {})
+    publish(store, "v1")
     store.activate("v1")
     seen, problems, done = set(), [], threading.Event()
 
@@ -63,7 +68,7 @@ def test_readers_see_one_whole_version_during_a_publish(store, tmp_path):
     thread = threading.Thread(target=read)
     thread.start()
     for version in ("v2", "v3", "v4"):
-        store.write_version(version, lists(version, users=2000), POPULAR, {})
+        publish(store, version, lists(version, users=2000))
         store.activate(version)
     done.set()
     thread.join()
@@ -72,7 +77,7 @@ def test_readers_see_one_whole_version_during_a_publish(store, tmp_path):
 
 
 def test_a_publish_that_dies_half_way_leaves_the_live_version_and_can_be_rerun(store):
-    store.write_version("v1", lists("v1"), POPULAR, {})
+    publish(store, "v1")
     store.activate("v1")
 
     def dying():
@@ -80,31 +85,53 @@ def test_a_publish_that_dies_half_way_leaves_the_live_version_and_can_be_rerun(s
         raise ConnectionError("worker lost")
 
     with pytest.raises(ConnectionError):
-        store.write_version("v2", dying(), POPULAR, {})
-    with pytest.raises(VersionNotPublishableError, match="not been written completely"):
+        publish(store, "v2", dying())
+    with pytest.raises(VersionNotPublishableError, match="no complete lists"):
         store.activate("v2")
     assert store.lookup("u1", 1).model_version == "v1"
-    assert store.write_version("v2", lists("v2"), POPULAR, {}) == 50
-    assert store.write_version("v2", lists("v2"), POPULAR, {}) == 50
+    assert publish(store, "v2") == 50
+    assert publish(store, "v2") == 50
     store.activate("v2")
     assert [v.status for v in store.versions()] == ["live", "retired"]
 
 
 def test_the_live_version_cannot_be_overwritten(store):
-    store.write_version("v1", lists("v1"), POPULAR, {})
+    publish(store, "v1")
     store.activate("v1")
     with pytest.raises(VersionNotPublishableError, match="is live"):
-        store.write_version("v1", lists("v1"), POPULAR, {})
+        publish(store, "v1")
 
 
 def test_retention_purges_old_retired_versions_but_keeps_their_records(store):
     for version in ("v1", "v2", "v3", "v4"):
-        store.write_version(version, lists(version), POPULAR, {})
+        publish(store, version)
         store.activate(version)
-    assert store.purge_retired(keep=1) == ["v2", "v1"]
-    assert store.purge_retired(keep=1) == []
+    assert store.purge_old_versions(keep=1) == ["v2", "v1"]
+    assert store.purge_old_versions(keep=1) == []
     with pytest.raises(VersionNotPublishableError):
         store.activate("v1")
     store.activate("v3")  # the kept retired version is a rollback target
     assert store.lookup("u0", 1).model_version == "v3"
     assert len(store.versions()) == 4
+
+
+def test_rejected_models_are_recorded_but_never_written_or_activated(store):
+    publish(store, "v1")
+    store.activate("v1")
+    store.register("bad", {"family": "als"}, rejected_because="precision_at_10 below floor")
+    with pytest.raises(VersionNotPublishableError, match="rejected"):
+        store.write_version("bad", lists("bad"), POPULAR)
+    with pytest.raises(VersionNotPublishableError, match="rejected"):
+        store.activate("bad")
+    bad = store.version("bad")
+    assert (bad.status, bad.has_lists) == ("rejected", False)
+    assert bad.info["rejected_because"] == "precision_at_10 below floor"
+    assert store.live_version() == "v1"
+
+
+def test_registering_the_live_version_again_keeps_it_live(store):
+    publish(store, "v1")
+    store.activate("v1")
+    store.register("v1", {"family": "als", "metrics": {"precision_at_10": 0.5}})
+    assert store.version("v1").status == "live"
+    assert store.version("v1").info["metrics"] == {"precision_at_10": 0.5}

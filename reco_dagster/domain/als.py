@@ -1,88 +1,94 @@
-"""Spark ML ALS fitting, and the factor model the rest of the product scores with in numpy."""
+"""Spark ML ALS: fitting with confidence weighting, saving in Spark's model format, and
+reading the factors back without a JVM."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 
-from reco_dagster.domain.ranking import recommend
+from reco_dagster.domain.models import FactorModel, ModelCard, ids_by_index
 
 SPARK_MODEL_DIR = "spark_model"
-
-
-@dataclass(frozen=True)
-class FactorModel:
-    """ALS factors keyed by the product's own string ids, loaded without a JVM."""
-
-    version: str
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    user_factors: np.ndarray
-    item_factors: np.ndarray
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def predict(self, user_ids: pd.Series, item_ids: pd.Series) -> np.ndarray:
-        """Predicted rating/preference per pair; NaN where the user or the item is unknown."""
-        users = pd.Index(self.user_ids).get_indexer(user_ids)
-        items = pd.Index(self.item_ids).get_indexer(item_ids)
-        known = (users >= 0) & (items >= 0)
-        scores = np.full(len(users), np.nan)
-        scores[known] = np.einsum(
-            "ij,ij->i", self.user_factors[users[known]], self.item_factors[items[known]]
-        )
-        return scores
-
-    def recommend(self, seen: pd.DataFrame, k: int) -> pd.DataFrame:
-        """Every user's top-k items outside `seen` (user_id, item_id, rank, score)."""
-        return recommend(
-            self.user_ids, self.item_ids, self.user_factors, self.item_factors, seen, k
-        )
+Confidence = Literal["binary", "rating"]
 
 
 @dataclass(frozen=True)
 class TrainedAls:
     """A freshly fitted Spark model with the id mapping its integer indices refer to."""
 
-    version: str
+    card: ModelCard
     spark_model: Any
     user_ids: np.ndarray
     item_ids: np.ndarray
-    settings: dict[str, Any]
+    item_users: np.ndarray
+    """Distinct training users per item index: the popularity prior's input."""
 
     def save(self, directory: Path) -> None:
         self.spark_model.write().overwrite().save(str(directory / SPARK_MODEL_DIR))
         pd.DataFrame({"user_id": self.user_ids}).to_parquet(directory / "user_ids.parquet")
-        pd.DataFrame({"item_id": self.item_ids}).to_parquet(directory / "item_ids.parquet")
-        (directory / "model.json").write_text(
-            json.dumps({"version": self.version, "settings": self.settings}, indent=2)
+        pd.DataFrame({"item_id": self.item_ids, "users": self.item_users}).to_parquet(
+            directory / "item_ids.parquet"
+        )
+        self.card.save(directory)
+
+    def factor_model(self) -> FactorModel:
+        """The factors as a saved copy would load them, straight from the fitted model."""
+        return _assemble(
+            self.card,
+            self.user_ids,
+            self.item_ids,
+            self.item_users,
+            _factors(pa.Table.from_pandas(self.spark_model.userFactors.toPandas())),
+            _factors(pa.Table.from_pandas(self.spark_model.itemFactors.toPandas())),
         )
 
 
-def load_factor_model(directory: Path) -> FactorModel:
+def is_spark_model_dir(directory: Path) -> bool:
+    return (directory / SPARK_MODEL_DIR).is_dir()
+
+
+def load_als_factors(directory: Path) -> FactorModel:
     """Read a saved model's factors straight from the parquet inside Spark's model format."""
-    user_ids = pd.read_parquet(directory / "user_ids.parquet")["user_id"].to_numpy()
-    item_ids = pd.read_parquet(directory / "item_ids.parquet")["item_id"].to_numpy()
-    described = json.loads((directory / "model.json").read_text())
-    user_idx, user_factors = _factors(directory / SPARK_MODEL_DIR / "userFactors")
-    item_idx, item_factors = _factors(directory / SPARK_MODEL_DIR / "itemFactors")
-    return FactorModel(
-        version=described["version"],
-        user_ids=user_ids[user_idx],
-        item_ids=item_ids[item_idx],
-        user_factors=user_factors,
-        item_factors=item_factors,
-        settings=described["settings"],
+    items = pd.read_parquet(directory / "item_ids.parquet")
+    return _assemble(
+        ModelCard.load(directory),
+        pd.read_parquet(directory / "user_ids.parquet")["user_id"].to_numpy(),
+        items["item_id"].to_numpy(),
+        items["users"].to_numpy(),
+        _factors(pads.dataset(directory / SPARK_MODEL_DIR / "userFactors").to_table()),
+        _factors(pads.dataset(directory / SPARK_MODEL_DIR / "itemFactors").to_table()),
     )
 
 
-def _factors(directory: Path) -> tuple[np.ndarray, np.ndarray]:
-    table = pads.dataset(directory, format="parquet").to_table()
+def _assemble(
+    card: ModelCard,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    item_users: np.ndarray,
+    users: tuple[np.ndarray, np.ndarray],
+    items: tuple[np.ndarray, np.ndarray],
+) -> FactorModel:
+    """Factors keyed by string ids. An implicit model's popularity prior rides along as one
+    more factor: a constant `popularity_prior` for every user times log(training users) for
+    every item, so score = u·v + popularity_prior · log(item users), no special case when
+    ranking."""
+    (user_idx, user_factors), (item_idx, item_factors) = users, items
+    prior = card.settings.get("popularity_prior", 0.0) if card.settings["implicit_prefs"] else 0.0
+    if prior:
+        log_users = np.log(np.maximum(item_users[item_idx], 1)).astype(np.float32)
+        user_factors = np.hstack([user_factors, np.full((len(user_idx), 1), prior, np.float32)])
+        item_factors = np.hstack([item_factors, log_users[:, None]])
+    return FactorModel(card, user_ids[user_idx], item_ids[item_idx], user_factors, item_factors)
+
+
+def _factors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, factor matrix) from Spark's (id, features) factor table, ordered by id."""
     ids = table.column("id").to_numpy()
     features = table.column("features").combine_chunks()
     rank = len(features[0]) if len(features) else 0
@@ -91,24 +97,42 @@ def _factors(directory: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], matrix[order]
 
 
+def rating_confidence(ratings: pd.Series) -> np.ndarray:
+    """Preference strength from explicit ratings on a 5-point scale: a liked item (4+)
+    counts fully, a lukewarm 3 half, a disliked one a little (it was still chosen); an
+    implicit event (no rating) counts fully."""
+    values = ratings.to_numpy(dtype=np.float64)
+    weights = np.select([values >= 4, values >= 3, values < 3], [1.0, 0.5, 0.2], default=1.0)
+    return weights.astype(np.float32)
+
+
 def fit_als(
     spark: Any,
     interactions: pd.DataFrame,
+    card: ModelCard,
     *,
     rank: int,
     max_iter: int,
     reg_param: float,
     alpha: float,
     implicit_prefs: bool,
+    confidence: Confidence,
+    popularity_prior: float,
     seed: int,
-) -> Any:
-    """Fit Spark ML ALS on (user_idx, item_idx). Implicit feedback uses binary confidence
-    (every interaction counts once, scaled by alpha); explicit feedback fits the ratings."""
+) -> TrainedAls:
+    """Fit Spark ML ALS on (user_idx, item_idx). Implicit feedback weighs each interaction by
+    `confidence` (binary: all alike; rating: see rating_confidence), scaled by alpha;
+    explicit feedback fits the ratings themselves. `popularity_prior` is applied when the
+    factors are loaded (load_als_factors)."""
     from pyspark.ml.recommendation import ALS
 
     if implicit_prefs:
-        preference = np.ones(len(interactions), dtype=np.float32)
         rows = interactions
+        preference = (
+            rating_confidence(rows["rating"])
+            if confidence == "rating"
+            else np.ones(len(rows), dtype=np.float32)
+        )
     else:
         rows = interactions[interactions["rating"].notna()]
         preference = rows["rating"].to_numpy(dtype=np.float32)
@@ -138,4 +162,12 @@ def fit_als(
         ratingCol="preference",
         coldStartStrategy="drop",
     )
-    return estimator.fit(training)
+    item_ids = ids_by_index(interactions, "item")
+    item_users = np.bincount(interactions["item_idx"].to_numpy(), minlength=len(item_ids))
+    return TrainedAls(
+        card=card,
+        spark_model=estimator.fit(training),
+        user_ids=ids_by_index(interactions, "user"),
+        item_ids=item_ids,
+        item_users=item_users,
+    )

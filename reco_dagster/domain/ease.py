@@ -1,0 +1,45 @@
+"""EASE (Steck, 2019): a closed-form item-item linear model for catalogues that fit one machine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from reco_dagster.domain.models import FactorModel, ModelCard, ids_by_index
+
+
+class CatalogueTooLargeError(ValueError):
+    pass
+
+
+def fit_ease(
+    interactions: pd.DataFrame, card: ModelCard, *, l2: float, max_items: int
+) -> FactorModel:
+    """B = argmin ||X - XB||² + l2·||B||² with diag(B) = 0, on binary feedback X.
+
+    Fitting inverts an items x items matrix: O(items³) time and items² memory, so a catalogue
+    over `max_items` is refused rather than left to run for hours or exhaust memory.
+    """
+    users, rows = np.unique(interactions["user_idx"].to_numpy(), return_inverse=True)
+    items, cols = np.unique(interactions["item_idx"].to_numpy(), return_inverse=True)
+    n_items = len(items)
+    if n_items > max_items:
+        raise CatalogueTooLargeError(
+            f"EASE needs an {n_items:,} x {n_items:,} matrix inverse "
+            f"(O(items³)); this catalogue is over max_items={max_items:,}. "
+            "Use ALS, or raise max_items if the machine can take it."
+        )
+    user_rows = np.zeros((len(users), n_items), dtype=np.float32)
+    user_rows[rows, cols] = 1.0
+    gram = (user_rows.T @ user_rows).astype(np.float64)
+    gram[np.diag_indices(n_items)] += l2
+    precision = np.linalg.inv(gram)
+    weights = -precision / np.diag(precision)
+    weights[np.diag_indices(n_items)] = 0.0
+    return FactorModel(
+        card=card,
+        user_ids=ids_by_index(interactions, "user")[users],
+        item_ids=ids_by_index(interactions, "item")[items],
+        user_factors=user_rows,
+        item_factors=np.ascontiguousarray(weights.T, dtype=np.float32),
+    )

@@ -1,0 +1,114 @@
+"""What every model family produces: a card naming it, and factors scored in numpy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reco_dagster.domain.ranking import recommend
+
+CARD_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The same family, settings and data always give the same version id."""
+
+    version: str
+    family: str
+    settings: dict[str, Any]
+    data_fingerprint: str
+
+    @classmethod
+    def describe(
+        cls, family: str, settings: dict[str, Any], training_data: pd.DataFrame
+    ) -> ModelCard:
+        fingerprint = data_fingerprint(training_data)
+        identity = json.dumps([family, settings, fingerprint], sort_keys=True).encode()
+        version = f"{family}-{hashlib.sha256(identity).hexdigest()[:12]}"
+        return cls(version, family, settings, fingerprint)
+
+    def save(self, directory: Path) -> None:
+        (directory / CARD_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelCard:
+        return cls(**json.loads((directory / CARD_FILE).read_text()))
+
+
+def data_fingerprint(interactions: pd.DataFrame) -> str:
+    """A hash of the (user, item, rating, timestamp) rows, independent of their order."""
+    columns = interactions[["user_id", "item_id", "rating", "timestamp"]]
+    row_hashes = np.sort(pd.util.hash_pandas_object(columns, index=False).to_numpy())
+    return hashlib.sha256(row_hashes.tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FactorModel:
+    """Scores are user_factors @ item_factors.T, keyed by the product's own string ids.
+
+    ALS: latent factors. EASE: a user's interaction row and the item-item weight matrix.
+    """
+
+    card: ModelCard
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    def predict(self, user_ids: pd.Series, item_ids: pd.Series) -> np.ndarray:
+        """Predicted rating/preference per pair; NaN where the user or the item is unknown."""
+        users = pd.Index(self.user_ids).get_indexer(user_ids)
+        items = pd.Index(self.item_ids).get_indexer(item_ids)
+        known = (users >= 0) & (items >= 0)
+        scores = np.full(len(users), np.nan)
+        scores[known] = np.einsum(
+            "ij,ij->i", self.user_factors[users[known]], self.item_factors[items[known]]
+        )
+        return scores
+
+    def recommend(self, seen: pd.DataFrame, k: int) -> pd.DataFrame:
+        """Every user's top-k items outside `seen` (user_id, item_id, rank, score)."""
+        return recommend(
+            self.user_ids, self.item_ids, self.user_factors, self.item_factors, seen, k
+        )
+
+    def save(self, directory: Path) -> None:
+        self.card.save(directory)
+        np.savez(
+            directory / "factors.npz",
+            user_ids=self.user_ids.astype(str),
+            item_ids=self.item_ids.astype(str),
+            user_factors=self.user_factors,
+            item_factors=self.item_factors,
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> FactorModel:
+        with np.load(directory / "factors.npz") as saved:
+            return cls(
+                ModelCard.load(directory),
+                saved["user_ids"].astype(object),
+                saved["item_ids"].astype(object),
+                saved["user_factors"],
+                saved["item_factors"],
+            )
+
+
+def ids_by_index(table: pd.DataFrame, entity: str) -> np.ndarray:
+    """The string id for every integer index of `entity` ("user" or "item") in `table`
+    (indices a subset does not use stay empty)."""
+    index = table[f"{entity}_idx"].to_numpy()
+    ids = np.full(index.max() + 1, "", dtype=object)
+    ids[index] = table[f"{entity}_id"].to_numpy()
+    return ids
