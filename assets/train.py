@@ -124,8 +124,9 @@ def als_model(
 def _fit_ease(ease: EaseSettings, table: pd.DataFrame) -> Output[FactorModel]:
     started = time.perf_counter()
     settings = ease.model_dump()
-    card = ModelCard.describe("ease", {"l2": settings["l2"]}, table)
-    model = fit_ease(table, card, l2=ease.l2, max_items=ease.max_items)
+    del settings["max_items"]  # a limit, not part of what makes the model
+    card = ModelCard.describe("ease", settings, table)
+    model = fit_ease(table, card, max_items=ease.max_items, **settings)
     return Output(
         model,
         metadata={
@@ -133,7 +134,7 @@ def _fit_ease(ease: EaseSettings, table: pd.DataFrame) -> Output[FactorModel]:
             "data_fingerprint": card.data_fingerprint,
             "fit_s": round(time.perf_counter() - started, 2),
             "items": len(model.item_ids),
-            "ease_l2": ease.l2,
+            **{f"ease_{key}": value for key, value in settings.items()},
         },
     )
 

@@ -75,18 +75,24 @@ def main() -> None:
         assert result.success, "batch_retrain failed"
         stages = _stage_seconds(instance.all_logs(result.run_id), DagsterEventType)
 
-    evaluation = json.loads((data_dir / "lake" / "model_evaluation.json").read_text())
+    evaluations = {
+        family: json.loads((data_dir / "lake" / f"{family}_evaluation.json").read_text())
+        for family in ("als", "ease")
+    }
     figures: dict[str, float | int | str] = {
         "total_s": round(total_s, 2),
         **{f"{stage}_s": round(seconds, 2) for stage, seconds in stages.items()},
         "dataset_fetch_s": round(fetch_s, 2),
-        **{key: round(value, 4) for key, value in evaluation.items() if isinstance(value, float)},
+        **{
+            f"{family}_{key}": round(value, 4)
+            for family, evaluation in evaluations.items()
+            for key, value in evaluation["metrics"].items()
+        },
         **{
             f"popularity_{key}": round(value, 4)
-            for key, value in evaluation["popularity_baseline"].items()
+            for key, value in evaluations["als"]["popularity_baseline"].items()
         },
-        "als_settings": f"rank={als.rank} max_iter={als.max_iter} reg={als.reg_param} "
-        f"alpha={als.alpha} implicit={als.implicit_prefs}",
+        "als_settings": json.dumps(evaluations["als"]["settings"], sort_keys=True),
     }
     if not args.no_reference:
         figures["reference_plain_spark_2x_fit_and_recommend_s"] = round(

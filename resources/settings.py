@@ -66,6 +66,7 @@ class AlsSettings(ConfigurableResource):
 
 class EaseSettings(ConfigurableResource):
     l2: float = 300.0
+    rating_weighted: bool = True
     max_items: int = 20_000
     """EASE inverts an items-by-items matrix; larger catalogues are refused (use ALS)."""
 

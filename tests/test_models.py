@@ -30,7 +30,7 @@ def test_the_same_data_and_settings_make_the_same_version(interactions):
 
 def test_ease_ranks_unseen_items_and_round_trips(interactions, tmp_path):
     card = ModelCard.describe("ease", {"l2": 10.0}, interactions)
-    model = fit_ease(interactions, card, l2=10.0, max_items=1000)
+    model = fit_ease(interactions, card, l2=10.0, max_items=1000, rating_weighted=True)
     assert np.allclose(np.diag(model.item_factors), 0.0)
     ranked = model.recommend(interactions, k=5)
     assert ranked.merge(interactions, on=["user_id", "item_id"]).empty
@@ -43,7 +43,7 @@ def test_ease_ranks_unseen_items_and_round_trips(interactions, tmp_path):
 def test_ease_refuses_an_oversized_catalogue_clearly(interactions):
     card = ModelCard.describe("ease", {"l2": 10.0}, interactions)
     with pytest.raises(CatalogueTooLargeError, match=r"over max_items=50\. Use ALS"):
-        fit_ease(interactions, card, l2=10.0, max_items=50)
+        fit_ease(interactions, card, l2=10.0, max_items=50, rating_weighted=False)
 
 
 def test_the_gate_names_each_failed_metric_and_by_how_much():

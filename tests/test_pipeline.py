@@ -20,13 +20,21 @@ SMALL_ALS = {"rank": 16, "max_iter": 8, "alpha": 10.0, "confidence": "binary"}
 
 
 def run_batch_retrain(
-    data_dir: Path, tmp_path: Path, als: dict = SMALL_ALS
+    data_dir: Path, tmp_path: Path, als: dict = SMALL_ALS, search_trials: int = 0
 ) -> subprocess.CompletedProcess:
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir(exist_ok=True)
     (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     config = tmp_path / "run_config.json"
-    config.write_text(json.dumps({"resources": {"als": {"config": als}}}))
+    search = {"time_budget_s": 60.0 if search_trials else 0.0, "max_trials": search_trials or 1}
+    config.write_text(
+        json.dumps(
+            {
+                "resources": {"als": {"config": als}},
+                "ops": {"als_hyperparameters": {"config": search}},
+            }
+        )
+    )
     env = {
         **os.environ,
         "RECO_DATA_DIR": str(data_dir),
@@ -68,7 +76,7 @@ def first_run(tmp_path_factory):
     pd.DataFrame(
         {"item_id": [f"i{n}" for n in range(400)], "title": [f"Title {n}" for n in range(400)]}
     ).to_parquet(data_dir / "catalog" / "items.parquet")
-    result = run_batch_retrain(data_dir, tmp_path)
+    result = run_batch_retrain(data_dir, tmp_path, search_trials=2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path, data_dir, events, result
 
@@ -106,7 +114,9 @@ def test_the_job_publishes_a_model_that_beats_popularity(first_run):
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     live = store.version(store.live_version())
     assert live.version == evaluation["model_version"] and live.version.startswith("als-")
-    assert live.info["metrics"] == metrics and live.info["settings"]["rank"] == 16
+    chosen = json.loads((data_dir / "lake" / "als_hyperparameters.json").read_text())
+    assert "2 trials; best:" in result.stderr
+    assert live.info["metrics"] == metrics and live.info["settings"] == chosen
     ease_record = store.version(ease["model_version"])
     assert (ease_record.status, ease_record.has_lists) == ("candidate", True)
     seen = events.groupby("user_id")["item_id"].apply(set)
