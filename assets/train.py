@@ -73,8 +73,22 @@ def als_hyperparameters(
     )
 
 
-def _settings_metadata(settings: dict) -> dict:
-    return {f"als_{key}": value for key, value in settings.items()}
+def _settings_metadata(settings: dict, family: str = "als") -> dict:
+    return {f"{family}_{key}": value for key, value in settings.items()}
+
+
+def _trained(model: TrainedAls | FactorModel, started: float, **metadata) -> Output:
+    """A fitted model with what identifies it and what it cost."""
+    return Output(
+        model,
+        metadata={
+            "model_version": model.card.version,
+            "data_fingerprint": model.card.data_fingerprint,
+            "fit_s": round(time.perf_counter() - started, 2),
+            **metadata,
+            **_settings_metadata(model.card.settings, model.card.family),
+        },
+    )
 
 
 def _fit_als(
@@ -86,16 +100,8 @@ def _fit_als(
     started = time.perf_counter()
     card = ModelCard.describe("als", settings, table)
     trained = fit_als(pyspark.spark_session, table, card, **settings)
-    return Output(
-        trained,
-        metadata={
-            "model_version": card.version,
-            "data_fingerprint": card.data_fingerprint,
-            "fit_s": round(time.perf_counter() - started, 2),
-            "interactions": len(table),
-            "spark_master": pyspark.spark_context.master,
-            **_settings_metadata(settings),
-        },
+    return _trained(
+        trained, started, interactions=len(table), spark_master=pyspark.spark_context.master
     )
 
 
@@ -127,16 +133,7 @@ def _fit_ease(ease: EaseSettings, table: pd.DataFrame) -> Output[FactorModel]:
     del settings["max_items"]  # a limit, not part of what makes the model
     card = ModelCard.describe("ease", settings, table)
     model = fit_ease(table, card, max_items=ease.max_items, **settings)
-    return Output(
-        model,
-        metadata={
-            "model_version": card.version,
-            "data_fingerprint": card.data_fingerprint,
-            "fit_s": round(time.perf_counter() - started, 2),
-            "items": len(model.item_ids),
-            **{f"ease_{key}": value for key, value in settings.items()},
-        },
-    )
+    return _trained(model, started, interactions=len(table), items=len(model.item_ids))
 
 
 @asset(group_name="train", kinds={"numpy"})

@@ -13,6 +13,16 @@ from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.domain.synthetic import synthetic_events
 
+CONFIGURED = {
+    "rank": 8,
+    "max_iter": 6,
+    "reg_param": 1.0,
+    "alpha": 20.0,
+    "confidence": "rating",
+    "popularity_prior": 0.0,
+    "seed": 1,
+}
+
 
 @pytest.fixture(scope="module")
 def interactions():
@@ -68,25 +78,16 @@ def test_the_gate_passes_a_model_within_tolerance_of_the_live_one():
 
 
 def test_the_search_starts_from_the_configured_settings_and_keeps_the_best():
-    configured = {
-        "rank": 8,
-        "max_iter": 6,
-        "reg_param": 1.0,
-        "alpha": 20.0,
-        "confidence": "rating",
-        "popularity_prior": 0.0,
-        "seed": 1,
-    }
     scores = iter([0.30, 0.35, 0.20, 0.10, 0.10])
 
     def score(settings):
         value = next(scores)
         return {"precision_at_k": value, "ndcg_at_k": value, "map_at_k": value}
 
-    search = search_als(configured, score, time_budget_s=3600, max_trials=5)
+    search = search_als(CONFIGURED, score, time_budget_s=3600, max_trials=5)
     assert len(search.trials) == 5
-    assert search.trials[0].settings == configured
-    assert search.best == search.trials[1].settings != configured
+    assert search.trials[0].settings == CONFIGURED
+    assert search.best == search.trials[1].settings != CONFIGURED
     assert "← best" in search.bar_chart() and search.table().count("\n") == len(search.trials) + 1
 
 
@@ -95,14 +96,5 @@ def test_the_search_stops_before_a_trial_would_overrun_the_budget():
         time.sleep(0.3)
         return {"precision_at_k": 0.1, "ndcg_at_k": 0.1, "map_at_k": 0.1}
 
-    configured = {
-        "rank": 8,
-        "max_iter": 6,
-        "reg_param": 1.0,
-        "alpha": 20.0,
-        "confidence": "rating",
-        "popularity_prior": 0.0,
-        "seed": 1,
-    }
-    search = search_als(configured, slow, time_budget_s=0.5, max_trials=10)
-    assert len(search.trials) == 1 and search.best == configured
+    search = search_als(CONFIGURED, slow, time_budget_s=0.5, max_trials=10)
+    assert len(search.trials) == 1 and search.best == CONFIGURED
