@@ -89,6 +89,7 @@ def build_evaluation(family: str) -> tuple[AssetsDefinition, AssetChecksDefiniti
                 "family": family,
                 "settings": served.card.settings,
                 "data_fingerprint": served.card.data_fingerprint,
+                "training_rows": served.card.training_rows,
                 "metrics": metrics,
                 "popularity_baseline": baseline,
             },

@@ -2,6 +2,7 @@
 written beside the live version, then made live in one switch when the family is served."""
 
 import time
+from collections.abc import Iterator
 
 import pandas as pd
 from dagster import (
@@ -17,6 +18,7 @@ from dagster import (
 from assets.train import FAMILIES
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import popular_items as most_popular
+from resources.model_archive import ModelArchive
 from resources.settings import Serving
 from resources.store import Item, RecommendationStore
 
@@ -59,27 +61,31 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         group_name="publish",
         kinds={"sqlite"},
         deps=[f"{family}_evaluation"],
-        ins={"ranked": AssetIn(f"{family}_recommendations")},
+        ins={"ranked": AssetIn(f"{family}_recommendations"), "model": AssetIn(f"{family}_model")},
     )
     def published(
         context: AssetExecutionContext,
         store: RecommendationStore,
         serving: Serving,
+        archive: ModelArchive,
         ranked: pd.DataFrame,
+        model: FactorModel,
         popular_items: pd.DataFrame,
         item_catalog: pd.DataFrame,
     ) -> MaterializeResult:
-        """Writes this version's lists beside the live ones; if this family is the served one,
-        makes it live in one switch. Then drops the lists of versions past retention."""
+        """Archives the model (the micro-batch folds users into it), writes this version's
+        lists beside the live ones and, if this family is the served one, makes it live in one
+        switch. Then drops the lists of versions past retention."""
         version = str(ranked["model_version"].iloc[0])
         previous = store.live_version()
         titles = dict(zip(item_catalog["item_id"], item_catalog["title"], strict=True))
+        archive.save(model)
         if previous == version:
             context.log.info(f"{version} (same data and settings) is live already")
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
         started = time.perf_counter()
         written = store.write_version(
-            version, _user_lists(ranked, titles), _items(popular_items, titles)
+            version, user_lists(ranked, titles), listed_items(popular_items, titles)
         )
         write_s = time.perf_counter() - started
         if serving.family == family:
@@ -102,7 +108,8 @@ def build_publish(family: str) -> list[AssetsDefinition]:
     return [recommendations, published]
 
 
-def _items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
+def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
+    """Ranked rows as the store keeps them: item_id, score, and the title when known."""
     items: list[Item] = []
     for item_id, score in zip(ranked["item_id"], ranked["score"], strict=True):
         item: Item = {"item_id": item_id, "score": round(float(score), 5)}
@@ -112,10 +119,10 @@ def _items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
     return items
 
 
-def _user_lists(ranked: pd.DataFrame, titles: dict[str, str]):
+def user_lists(ranked: pd.DataFrame, titles: dict[str, str]) -> Iterator[tuple[str, list[Item]]]:
     ordered = ranked.sort_values(["user_id", "rank"], kind="stable")
     for user_id, group in ordered.groupby("user_id", sort=False):
-        yield user_id, _items(group, titles)
+        yield user_id, listed_items(group, titles)
 
 
 def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: int = 10) -> str:

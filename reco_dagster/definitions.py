@@ -12,8 +12,17 @@ from dagster import (
 from dagster_pyspark import PySparkResource
 
 from assets import evaluate, ingest, prepare, publish, train
+from reco_dagster.automation import (
+    BATCH_RETRAIN,
+    landing_zone_sensor,
+    nightly_retrain,
+    record_failed_runs,
+    retrain_on_new_data,
+)
+from reco_dagster.micro_batch import micro_batch
 from resources.lake_io import LakeIOManager
 from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
 from resources.settings import (
     AlsSettings,
     EaseSettings,
@@ -28,8 +37,10 @@ batch_assets = load_assets_from_modules([ingest, prepare, train, evaluate, publi
 quality_gates = evaluate.quality_gates
 
 batch_retrain = define_asset_job(
-    "batch_retrain",
+    BATCH_RETRAIN,
     selection=AssetSelection.all(),
+    # dagster.yaml allows one run per value of this tag at a time: never two retrains.
+    tags={"reco/run": "batch-retrain"},
     description="Ingest new landing files, retrain ALS, evaluate it and publish its top-k lists.",
 )
 
@@ -39,6 +50,7 @@ def build_resources() -> dict[str, object]:
     return {
         "landing_zone": LandingZone(data_dir=str(root)),
         "io_manager": LakeIOManager(base_dir=str(root / "lake")),
+        "archive": ModelArchive(base_dir=str(root / "lake" / "versions")),
         "store": recommendation_store(),
         "pyspark": PySparkResource(spark_config=spark_config()),
         "als": AlsSettings(),
@@ -51,7 +63,9 @@ def build_resources() -> dict[str, object]:
 defs = Definitions(
     assets=batch_assets,
     asset_checks=quality_gates,
-    jobs=[batch_retrain],
+    jobs=[batch_retrain, micro_batch],
+    schedules=[nightly_retrain],
+    sensors=[landing_zone_sensor, retrain_on_new_data, record_failed_runs],
     resources=build_resources(),
     # Each Spark step in its own process would start its own JVM (~30 s each): keep one run
     # in one process, so one SparkSession serves every step.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,17 +73,29 @@ class LandingZone(ConfigurableResource):
     def _ledger_dir(self) -> Path:
         return Path(self.data_dir) / "lake" / "ingested"
 
-    def landed_files(self) -> Iterator[LandingFile]:
-        """Event files in the landing zone (any depth), in name order."""
+    def landed_files(self, only: Collection[str] | None = None) -> Iterator[LandingFile]:
+        """Event files in the landing zone (any depth), in name order; `only` names a subset."""
+        for name in self.landed_names():
+            if only is None or name in only:
+                yield LandingFile(name=name, data=(self.landing_dir / name).read_bytes())
+
+    def landed_names(self) -> list[str]:
+        """Event file names, in name order, without reading them."""
         if not self.landing_dir.exists():
-            return
-        for path in sorted(self.landing_dir.rglob("*")):
-            name = path.relative_to(self.landing_dir).as_posix()
-            if path.is_file() and is_event_file(name) and not path.name.startswith("."):
-                yield LandingFile(name=name, data=path.read_bytes())
+            return []
+        return [
+            path.relative_to(self.landing_dir).as_posix()
+            for path in sorted(self.landing_dir.rglob("*"))
+            if path.is_file() and is_event_file(path.name) and not path.name.startswith(".")
+        ]
+
+    def stat(self, name: str) -> tuple[int, int]:
+        """(size in bytes, modification time in ns) of a landing file."""
+        info = (self.landing_dir / name).stat()
+        return info.st_size, info.st_mtime_ns
 
     def is_empty(self) -> bool:
-        return next(self.landed_files(), None) is None
+        return not self.landed_names()
 
     def ingested(self) -> dict[str, dict]:
         """Ledger entries by content hash."""
@@ -141,6 +153,32 @@ class LandingZone(ConfigurableResource):
             return EVENT_SCHEMA.empty_table().to_pandas()
         history = pads.dataset(self._events_dir, schema=EVENT_SCHEMA, format="parquet")
         return history.to_table().to_pandas()
+
+    def ingested_since(self, moment: str) -> pd.DataFrame:
+        """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
+        return self._events_where(lambda entry: entry["ingested_at"] > moment)
+
+    def events_of(self, names: Collection[str]) -> pd.DataFrame:
+        """The validated events ingested from these landing files (any earlier run too)."""
+        return self._events_where(lambda entry: entry["file"] in names)
+
+    def _events_where(self, wanted: Callable[[dict], bool]) -> pd.DataFrame:
+        paths = [
+            self._events_dir / f"{digest}.parquet"
+            for digest, entry in self.ingested().items()
+            if entry["status"] == "ingested" and wanted(entry)
+        ]
+        if not paths:
+            return EVENT_SCHEMA.empty_table().to_pandas()
+        return pads.dataset(paths, schema=EVENT_SCHEMA, format="parquet").to_table().to_pandas()
+
+    def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
+        """Every ingested event of these users."""
+        if not self._events_dir.exists():
+            return EVENT_SCHEMA.empty_table().to_pandas()
+        history = pads.dataset(self._events_dir, schema=EVENT_SCHEMA, format="parquet")
+        users = pa.array(list(user_ids), type=pa.string())
+        return history.to_table(filter=pads.field("user_id").isin(users)).to_pandas()
 
     def _write_ledger(self, file: LandingFile, **entry: object) -> None:
         self._ledger_dir.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,12 @@ class RecommendationStore(ConfigurableResource):
         """Make a version with stored lists live; the previous live version is retired."""
         raise NotImplementedError
 
+    def update_live_users(self, version: str, user_lists: list[tuple[str, list[Item]]]) -> bool:
+        """Replace some users' lists in `version` if, and only if, it is still the live
+        version when the write happens; each user's list changes atomically. Returns False
+        (nothing written) when another version went live meanwhile."""
+        raise NotImplementedError
+
     def live_version(self) -> str | None:
         raise NotImplementedError
 
@@ -199,6 +205,24 @@ class SqliteRecommendationStore(RecommendationStore):
             ),
             ("INSERT OR REPLACE INTO live VALUES (1, ?)", (version,)),
         )
+
+    def update_live_users(self, version: str, user_lists: list[tuple[str, list[Item]]]) -> bool:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            live = connection.execute("SELECT version FROM live WHERE id = 1").fetchone()
+            if live is None or live[0] != version:
+                connection.execute("ROLLBACK")
+                return False
+            connection.executemany(
+                "INSERT OR REPLACE INTO user_recommendations VALUES (?, ?, ?)",
+                [(version, user_id, json.dumps(items)) for user_id, items in user_lists],
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return True
 
     def _transaction(self, *statements: tuple[str, Any]) -> None:
         """Run statements in one write transaction: all of them happen, or none."""

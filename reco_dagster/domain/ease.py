@@ -39,7 +39,7 @@ def fit_ease(
             "Use ALS, or raise max_items if the machine can take it."
         )
     user_rows = np.zeros((len(users), n_items), dtype=np.float32)
-    user_rows[rows, cols] = _weights(interactions["rating"]) if rating_weighted else 1.0
+    user_rows[rows, cols] = ease_weights(interactions["rating"]) if rating_weighted else 1.0
     gram = (user_rows.T @ user_rows).astype(np.float64)
     gram[np.diag_indices(n_items)] += l2
     precision = np.linalg.inv(gram)
@@ -54,7 +54,8 @@ def fit_ease(
     )
 
 
-def _weights(ratings: pd.Series) -> np.ndarray:
+def ease_weights(ratings: pd.Series) -> np.ndarray:
+    """sqrt(rating / the highest rating); implicit events (no rating) weigh 1."""
     top = ratings.max()
     if not top or np.isnan(top):
         return np.ones(len(ratings), dtype=np.float32)

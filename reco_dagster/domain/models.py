@@ -24,6 +24,7 @@ class ModelCard:
     family: str
     settings: dict[str, Any]
     data_fingerprint: str
+    training_rows: int
 
     @classmethod
     def describe(
@@ -32,7 +33,7 @@ class ModelCard:
         fingerprint = data_fingerprint(training_data)
         identity = json.dumps([family, settings, fingerprint], sort_keys=True).encode()
         version = f"{family}-{hashlib.sha256(identity).hexdigest()[:12]}"
-        return cls(version, family, settings, fingerprint)
+        return cls(version, family, settings, fingerprint, len(training_data))
 
     def save(self, directory: Path) -> None:
         (directory / CARD_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -1,0 +1,160 @@
+"""Schedules and sensors: micro-batches for new files, retrains on a timetable and when the
+data has moved, and a record of every failed run."""
+
+import json
+import os
+import urllib.request
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+
+from dagster import (
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+
+from reco_dagster.micro_batch import micro_batch
+from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
+from resources.settings import data_dir
+from resources.store import RecommendationStore
+
+BATCH_RETRAIN = "batch_retrain"
+# Dagster's sensor daemon evaluates sensors at most every 5 s whatever is asked; asking for
+# 1 s makes this sensor run on every daemon pass.
+LANDING_POLL_S = 1
+
+
+def new_landing_files(
+    landing_zone: LandingZone, cursor: str | None
+) -> tuple[list[tuple[str, int, int]], str]:
+    """Files changed since the cursor, as (name, size, mtime_ns), and the next cursor.
+
+    The cursor is a high-water mark: the newest modification time seen and the names seen
+    at exactly that time, so a file is reported once however often the sensor runs.
+    """
+    mark = json.loads(cursor) if cursor else {"mtime_ns": -1, "names": []}
+    fresh = []
+    for name in landing_zone.landed_names():
+        size, mtime_ns = landing_zone.stat(name)
+        if mtime_ns > mark["mtime_ns"] or (
+            mtime_ns == mark["mtime_ns"] and name not in mark["names"]
+        ):
+            fresh.append((name, size, mtime_ns))
+    if not fresh:
+        return [], json.dumps(mark)
+    newest = max(mtime for _, _, mtime in fresh)
+    names = [name for name, _, mtime in fresh if mtime == newest]
+    if newest == mark["mtime_ns"]:
+        names += mark["names"]
+    return fresh, json.dumps({"mtime_ns": newest, "names": sorted(names)})
+
+
+@sensor(
+    job=micro_batch,
+    minimum_interval_seconds=LANDING_POLL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def landing_zone_sensor(context: SensorEvaluationContext, landing_zone: LandingZone):
+    """Launches a micro-batch for landing files it has not seen (cursor), once per file set
+    (run key), also across daemon restarts."""
+    fresh, cursor = new_landing_files(landing_zone, context.cursor)
+    if not fresh:
+        return SensorResult(skip_reason=SkipReason("no new landing files"), cursor=cursor)
+    run_key = sha256(json.dumps(fresh).encode()).hexdigest()[:20]
+    config = {"ops": {"score_new_events": {"config": {"files": [name for name, _, _ in fresh]}}}}
+    return SensorResult(
+        run_requests=[RunRequest(run_key=run_key, run_config=config)], cursor=cursor
+    )
+
+
+def retrain_reason(
+    store: RecommendationStore,
+    landing_zone: LandingZone,
+    archive: ModelArchive,
+    min_new_fraction: float,
+    max_unknown_item_events: int,
+) -> str | SkipReason:
+    """Why a full retrain is due, or a SkipReason saying why not."""
+    live = store.version(store.live_version() or "")
+    if live is None:
+        return "no model is live yet"
+    new_events = landing_zone.ingested_since(live.created_at)
+    trained_on = live.info.get("training_rows") or 1
+    fraction = len(new_events) / trained_on
+    unknown = int((~new_events["item_id"].isin(archive.load(live.version).item_ids)).sum())
+    if fraction >= min_new_fraction:
+        return f"{len(new_events)} new events are {fraction:.1%} of the live model's training set"
+    if unknown > max_unknown_item_events:
+        return f"{unknown} new events name items the live model does not know"
+    return SkipReason(
+        f"{len(new_events)} new events ({fraction:.1%} of {trained_on}; retrain at "
+        f"{min_new_fraction:.0%}) and {unknown} on unknown items (retrain above "
+        f"{max_unknown_item_events}) since {live.version} was trained"
+    )
+
+
+@sensor(job_name=BATCH_RETRAIN, minimum_interval_seconds=60)
+def retrain_on_new_data(
+    context: SensorEvaluationContext,
+    store: RecommendationStore,
+    landing_zone: LandingZone,
+    archive: ModelArchive,
+):
+    """Launches batch_retrain once enough has changed since the live model was trained:
+    RECO_RETRAIN_NEW_FRACTION (0.1) of its training set in new events, or more than
+    RECO_RETRAIN_UNKNOWN_ITEMS (100) events on items it does not know."""
+    reason = retrain_reason(
+        store,
+        landing_zone,
+        archive,
+        float(os.environ.get("RECO_RETRAIN_NEW_FRACTION", "0.1")),
+        int(os.environ.get("RECO_RETRAIN_UNKNOWN_ITEMS", "100")),
+    )
+    if isinstance(reason, SkipReason):
+        return reason
+    live = store.live_version()
+    return RunRequest(run_key=f"after-{live}", tags={"reco/retrain-reason": reason[:200]})
+
+
+nightly_retrain = ScheduleDefinition(
+    name="nightly_retrain",
+    job_name=BATCH_RETRAIN,
+    cron_schedule=os.environ.get("RECO_RETRAIN_CRON", "0 2 * * *"),
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="The full batch retrain; RECO_RETRAIN_CRON changes the timetable (UTC).",
+)
+
+
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING)
+def record_failed_runs(context: RunFailureSensorContext) -> None:
+    """Appends every failed run to $RECO_DATA_DIR/failed_runs.jsonl and, when
+    RECO_FAILURE_WEBHOOK_URL is set, posts the same record there as JSON."""
+    record = {
+        "run_id": context.dagster_run.run_id,
+        "job": context.dagster_run.job_name,
+        "failed_at": datetime.now(UTC).isoformat(),
+        "message": context.failure_event.message,
+    }
+    log = Path(data_dir()) / "failed_runs.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    webhook = os.environ.get("RECO_FAILURE_WEBHOOK_URL")
+    if webhook:
+        request = urllib.request.Request(
+            webhook,
+            data=json.dumps(record).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass

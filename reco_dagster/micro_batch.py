@@ -1,0 +1,114 @@
+"""Micro-batch scoring: new landing files → the affected users' lists in the live version,
+in seconds, without Spark and without retraining."""
+
+import time
+
+import numpy as np
+import pandas as pd
+from dagster import Failure, OpExecutionContext, in_process_executor, job, op
+
+from assets.ingest import IngestConfig, ingest_landed_files
+from assets.publish import PUBLISHED_DEPTH, user_lists
+from reco_dagster.domain.foldin import fold_in
+from reco_dagster.domain.interactions import build_interactions
+from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
+from resources.store import RecommendationStore
+
+MICRO_BATCH_TAGS = {"reco/run": "micro-batch"}
+
+
+class MicroBatchConfig(IngestConfig):
+    files: list[str] | None = None
+    """Landing files to handle (the sensor names them); None: every file not ingested yet."""
+
+
+@op
+def score_new_events(
+    context: OpExecutionContext,
+    config: MicroBatchConfig,
+    landing_zone: LandingZone,
+    store: RecommendationStore,
+    archive: ModelArchive,
+) -> None:
+    """Validates and ingests the new files (the batch path's rules and quarantine), folds the
+    affected users into the live model, re-ranks their unseen items, and writes their lists
+    into the live version, atomically per user."""
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stages[f"{stage}_ms"] = round(1000 * (now - clock), 1)
+        clock = now
+
+    report = ingest_landed_files(
+        landing_zone, config.rules(), context.log.warning, only=config.files or None
+    )
+    lap("ingest")
+    metadata = report.metadata(landing_zone)
+    # The named files' events, also when an earlier attempt ingested them and then failed.
+    if config.files:
+        new_events = landing_zone.events_of(config.files)
+    else:
+        new_events = pd.concat(report.new_events) if report.new_events else pd.DataFrame()
+    if new_events.empty:
+        context.log.info("No new events in these files")
+        context.add_output_metadata({**metadata, "users_refreshed": 0})
+        return
+    # A publish may switch the live version while we score; the store refuses to write into
+    # a version that is no longer live, and the users are scored again against the new one.
+    for _ in range(2):
+        version = store.live_version()
+        if version is None:
+            context.log.warning(
+                "No model is live: the events wait in the history for batch_retrain"
+            )
+            context.add_output_metadata({**metadata, "users_refreshed": 0})
+            return
+        model = archive.load(version)
+        lap("load_model")
+        refreshed, counts = _rerank(model, landing_zone, new_events)
+        lap("fold_in_and_rank")
+        titles = _titles(landing_zone)
+        if store.update_live_users(version, list(user_lists(refreshed, titles))):
+            lap("write")
+            break
+        context.log.warning(f"{version} stopped being live during the micro-batch; scoring again")
+    else:
+        raise Failure("the live version changed twice during one micro-batch; the sensor retries")
+    context.log.info(
+        f"Refreshed {counts['users_refreshed']} users in {version} from "
+        f"{counts['events_applied']} events ({counts['unknown_item_events']} on unknown items)"
+    )
+    context.add_output_metadata({**metadata, **counts, "model_version": version, **stages})
+
+
+def _rerank(model, landing_zone: LandingZone, new_events: pd.DataFrame):
+    """Fold the new events' users into `model` from their whole history; rank unseen items."""
+    users = new_events["user_id"].unique()
+    history, _ = build_interactions(landing_zone.user_history(users))
+    refolded = fold_in(model, history[["user_id", "item_id", "rating"]])
+    personal = refolded.user_factors.any(axis=1)
+    ranked = refolded.recommend(seen=history, k=PUBLISHED_DEPTH)
+    ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
+    known_items = new_events["item_id"].isin(model.item_ids)
+    return ranked, {
+        "users_refreshed": int(personal.sum()),
+        "new_users": int((~np.isin(users, model.user_ids)).sum()),
+        "users_without_known_items": int((~personal).sum()),
+        "events_applied": int(known_items.sum()),
+        "unknown_item_events": int((~known_items).sum()),
+    }
+
+
+def _titles(landing_zone: LandingZone) -> dict[str, str]:
+    catalog, _ = landing_zone.item_catalog()
+    return dict(zip(catalog["item_id"], catalog["title"], strict=True))
+
+
+@job(executor_def=in_process_executor, tags=MICRO_BATCH_TAGS)
+def micro_batch():
+    """Refresh the lists of just the users with new events (launched by landing_zone_sensor)."""
+    score_new_events()

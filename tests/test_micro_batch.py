@@ -1,0 +1,193 @@
+"""Micro-batch scoring and the automation around it, on real files, a real SQLite store and
+the real Dagster machinery (sensor contexts, in-process runs); no Spark needed."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import DagsterInstance, SkipReason, build_sensor_context
+
+from assets.publish import listed_items
+from reco_dagster.automation import landing_zone_sensor, new_landing_files, retrain_reason
+from reco_dagster.domain.models import FactorModel, ModelCard
+from reco_dagster.micro_batch import micro_batch
+from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
+from resources.store import SqliteRecommendationStore
+
+SETTINGS = {
+    "rank": 3,
+    "max_iter": 5,
+    "reg_param": 0.1,
+    "alpha": 10.0,
+    "implicit_prefs": True,
+    "confidence": "rating",
+    "popularity_prior": 0.0,
+    "seed": 1,
+}
+ITEMS = [f"i{n}" for n in range(12)]
+
+
+@pytest.fixture
+def world(data_dir):
+    """A live ALS version trained on u0..u9 (known to the store, archive and history)."""
+    zone = LandingZone(data_dir=str(data_dir))
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    archive = ModelArchive(base_dir=str(data_dir / "lake" / "versions"))
+    rng = np.random.default_rng(0)
+    history = pd.DataFrame(
+        {
+            "user_id": [f"u{n // 3}" for n in range(30)],
+            "item_id": [ITEMS[(n * 5) % 12] for n in range(30)],
+            "rating": 4.0,
+            "timestamp": 1_600_000_000 + np.arange(30),
+        }
+    )
+    land(data_dir, "history.csv", history)
+    micro_batch.execute_in_process(resources=resources(zone, store, archive))
+    card = ModelCard.describe("als", SETTINGS, history)
+    model = FactorModel(
+        card,
+        np.array([f"u{n}" for n in range(10)], dtype=object),
+        np.array(ITEMS, dtype=object),
+        rng.normal(size=(10, 3)).astype(np.float32),
+        rng.normal(size=(12, 3)).astype(np.float32),
+    )
+    archive.save(model)
+    store.register(card.version, {"family": "als", "training_rows": 30})
+    ranked = model.recommend(history, k=5)
+    store.write_version(
+        card.version,
+        [(u, listed_items(g, {})) for u, g in ranked.groupby("user_id")],
+        [{"item_id": "i0", "score": 9.0}],
+    )
+    store.activate(card.version)
+    return zone, store, archive, card.version
+
+
+def resources(zone, store, archive):
+    return {"landing_zone": zone, "store": store, "archive": archive}
+
+
+def land(data_dir, name, frame):
+    (data_dir / "landing").mkdir(parents=True, exist_ok=True)
+    frame.to_csv(data_dir / "landing" / name, index=False)
+
+
+def run(world, files=None):
+    zone, store, archive, _ = world
+    config = {"ops": {"score_new_events": {"config": {"files": files}}}}
+    result = micro_batch.execute_in_process(
+        run_config=config, resources=resources(zone, store, archive)
+    )
+    assert result.success
+    [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {key: value.value for key, value in output.step_output_data.metadata.items()}
+
+
+def test_new_events_refresh_just_the_affected_users(world, data_dir):
+    zone, store, _, version = world
+    before = {u: store.lookup(u, 5).items for u in ("u1", "u2")}
+    land(
+        data_dir,
+        "drop.csv",
+        pd.DataFrame(
+            {
+                "user_id": ["u1", "u1", "newbie", "newbie", "stranger", "u1"],
+                "item_id": ["i1", "i2", "i3", "i4", "no-such-item", "bad"],
+                "rating": [5, 5, 4, 5, 3, 99],
+                "timestamp": 1_700_000_000,
+            }
+        ),
+    )
+    metadata = run(world, ["drop.csv"])
+    assert metadata["users_refreshed"] == 2 and metadata["new_users"] == 2
+    assert metadata["unknown_item_events"] == 1 and metadata["users_without_known_items"] == 1
+    assert metadata["rows_quarantined"] == 1
+    assert store.lookup("u1", 5).items != before["u1"]
+    assert store.lookup("u2", 5).items == before["u2"]
+    newbie = store.lookup("newbie", 12)
+    assert newbie.source == "personal" and newbie.model_version == version
+    assert not {item["item_id"] for item in newbie.items} & {"i3", "i4"}
+    seen_by_u1 = set(zone.user_history(["u1"])["item_id"])
+    assert not {item["item_id"] for item in store.lookup("u1", 12).items} & seen_by_u1
+    assert store.lookup("stranger", 5).source == "popular"
+    # Handling the same files again changes nothing and ingests nothing twice.
+    again = run(world, ["drop.csv"])
+    assert again["rows_ingested"] == 0 and again["users_refreshed"] == 2
+    assert len(zone.event_history()) == 30 + 5
+
+
+def test_the_store_refuses_micro_batch_writes_into_a_replaced_version(world):
+    _, store, _, version = world
+    store.register("next", {"family": "als"})
+    store.write_version("next", [("u1", [{"item_id": "i9", "score": 1.0}])], [])
+    store.activate("next")
+    assert store.update_live_users(version, [("u1", [{"item_id": "stale", "score": 1.0}])]) is False
+    assert store.lookup("u1", 1).items == [{"item_id": "i9", "score": 1.0}]
+    assert store.update_live_users("next", [("u1", [{"item_id": "i8", "score": 2.0}])]) is True
+
+
+def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
+    zone = world[0]
+    instance = DagsterInstance.ephemeral()
+    first = landing_zone_sensor(
+        build_sensor_context(instance=instance, resources={"landing_zone": zone})
+    )
+    [request] = first.run_requests
+    assert request.run_config["ops"]["score_new_events"]["config"]["files"] == ["history.csv"]
+    idle = landing_zone_sensor(
+        build_sensor_context(
+            cursor=first.cursor, instance=instance, resources={"landing_zone": zone}
+        )
+    )
+    assert not idle.run_requests and "no new landing files" in idle.skip_reason.skip_message
+    land(
+        data_dir, "late.csv", pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1]})
+    )
+    os.utime(data_dir / "landing" / "late.csv", ns=(2_000_000_000 * 10**9,) * 2)
+    later = landing_zone_sensor(
+        build_sensor_context(
+            cursor=idle.cursor, instance=instance, resources={"landing_zone": zone}
+        )
+    )
+    [request] = later.run_requests
+    assert request.run_config["ops"]["score_new_events"]["config"]["files"] == ["late.csv"]
+    assert request.run_key != first.run_requests[0].run_key
+
+
+def test_the_cursor_keeps_files_that_share_a_modification_time(data_dir):
+    zone = LandingZone(data_dir=str(data_dir))
+    frame = pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "timestamp": [1]})
+    for name in ("a.csv", "b.csv"):
+        land(data_dir, name, frame)
+        os.utime(data_dir / "landing" / name, ns=(5, 5))
+    fresh, cursor = new_landing_files(zone, None)
+    assert [name for name, _, _ in fresh] == ["a.csv", "b.csv"]
+    land(data_dir, "c.csv", frame)
+    os.utime(data_dir / "landing" / "c.csv", ns=(5, 5))
+    fresh, cursor = new_landing_files(zone, cursor)
+    assert [name for name, _, _ in fresh] == ["c.csv"]
+    assert json.loads(cursor) == {"mtime_ns": 5, "names": ["a.csv", "b.csv", "c.csv"]}
+    assert new_landing_files(zone, cursor)[0] == []
+
+
+def test_the_retrain_sensor_says_why_it_waits_and_fires_when_the_data_moved(world, data_dir):
+    zone, store, archive, _ = world
+    waiting = retrain_reason(store, zone, archive, min_new_fraction=0.5, max_unknown_item_events=2)
+    assert isinstance(waiting, SkipReason)
+    assert "0 new events (0.0% of 30; retrain at 50%)" in waiting.skip_message
+    land(
+        data_dir,
+        "more.csv",
+        pd.DataFrame(
+            {"user_id": ["u1"] * 3, "item_id": ["x1", "x2", "x3"], "timestamp": [1, 2, 3]}
+        ),
+    )
+    run(world, ["more.csv"])
+    assert retrain_reason(store, zone, archive, 0.5, 2) == (
+        "3 new events name items the live model does not know"
+    )
+    assert retrain_reason(store, zone, archive, 0.05, 100).startswith("3 new events are 10.0%")
