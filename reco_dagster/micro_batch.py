@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pandas as pd
 from dagster import Failure, OpExecutionContext, in_process_executor, job, op
+from threadpoolctl import threadpool_limits
 
 from assets.ingest import IngestConfig, ingest_landed_files
 from assets.publish import PUBLISHED_DEPTH, user_lists
@@ -69,7 +70,9 @@ def score_new_events(
             return
         model = archive.load(version)
         lap("load_model")
-        refreshed, counts = _rerank(model, landing_zone, new_events)
+        # Many small matrices: BLAS threads only fight the API for the same cores.
+        with threadpool_limits(limits=1):
+            refreshed, counts = _rerank(model, landing_zone, new_events)
         lap("fold_in_and_rank")
         titles = _titles(landing_zone)
         if store.update_live_users(version, list(user_lists(refreshed, titles))):

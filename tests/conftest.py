@@ -8,7 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
+
+from assets.publish import listed_items
+from reco_dagster.domain.models import FactorModel, ModelCard
+from reco_dagster.micro_batch import micro_batch
+from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
+from resources.store import SqliteRecommendationStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +52,65 @@ def running_api(data_dir: Path, **extra_env: str) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+SETTINGS = {
+    "rank": 3,
+    "max_iter": 5,
+    "reg_param": 0.1,
+    "alpha": 10.0,
+    "implicit_prefs": True,
+    "confidence": "rating",
+    "popularity_prior": 0.0,
+    "seed": 1,
+}
+ITEMS = [f"i{n}" for n in range(12)]
+
+
+def live_world(data_dir: Path):
+    """A live ALS version trained on u0..u9: in the store, the model archive and the event
+    history (ingested by a micro-batch run while no model was live)."""
+    zone = LandingZone(data_dir=str(data_dir))
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    archive = ModelArchive(base_dir=str(data_dir / "lake" / "versions"))
+    rng = np.random.default_rng(0)
+    history = pd.DataFrame(
+        {
+            "user_id": [f"u{n // 3}" for n in range(30)],
+            "item_id": [ITEMS[(n * 5) % 12] for n in range(30)],
+            "rating": 4.0,
+            "timestamp": 1_600_000_000 + np.arange(30),
+        }
+    )
+    land(data_dir, "history.csv", history)
+    micro_batch.execute_in_process(resources=resources(zone, store, archive))
+    card = ModelCard.describe("als", SETTINGS, history)
+    model = FactorModel(
+        card,
+        np.array([f"u{n}" for n in range(10)], dtype=object),
+        np.array(ITEMS, dtype=object),
+        rng.normal(size=(10, 3)).astype(np.float32),
+        rng.normal(size=(12, 3)).astype(np.float32),
+    )
+    archive.save(model)
+    store.register(card.version, {"family": "als", "training_rows": 30})
+    ranked = model.recommend(history, k=5)
+    store.write_version(
+        card.version,
+        [(u, listed_items(g, {})) for u, g in ranked.groupby("user_id")],
+        [{"item_id": "i0", "score": 9.0}],
+    )
+    store.activate(card.version)
+    return zone, store, archive, card.version
+
+
+def resources(zone, store, archive):
+    return {"landing_zone": zone, "store": store, "archive": archive}
+
+
+def land(data_dir, name, frame):
+    (data_dir / "landing").mkdir(parents=True, exist_ok=True)
+    frame.to_csv(data_dir / "landing" / name, index=False)
 
 
 @pytest.fixture

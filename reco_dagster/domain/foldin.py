@@ -33,25 +33,31 @@ def fold_in_als(
     """
     rank = item_factors.shape[1]
     factors = item_factors.astype(np.float64)
-    gram = factors.T @ factors if implicit_prefs else None
+    gram = factors.T @ factors if implicit_prefs else np.zeros((rank, rank))
     users = np.zeros((len(item_columns), rank), dtype=np.float32)
-    for row, (columns, prefs) in enumerate(zip(item_columns, preferences, strict=True)):
-        if len(columns) == 0:
-            continue
-        chosen = factors[columns]
-        prefs = np.asarray(prefs, dtype=np.float64)
+    active = [row for row, columns in enumerate(item_columns) if len(columns)]
+    if not active:
+        return users
+    normals = np.empty((len(active), rank, rank))
+    targets = np.empty((len(active), rank))
+    for slot, row in enumerate(active):
+        chosen = factors[item_columns[row]]
+        prefs = np.asarray(preferences[row], dtype=np.float64)
         if implicit_prefs:
             confidence = alpha * np.abs(prefs)
             positive = prefs > 0
-            normal = gram + (chosen * confidence[:, None]).T @ chosen
-            target = chosen.T @ np.where(positive, 1.0 + confidence, 0.0)
-            count = int(positive.sum())
+            weights, target, count = (
+                confidence,
+                np.where(positive, 1.0 + confidence, 0.0),
+                positive.sum(),
+            )
         else:
-            normal = chosen.T @ chosen
-            target = chosen.T @ prefs
-            count = len(prefs)
-        normal[np.diag_indices(rank)] += reg_param * count
-        users[row] = np.linalg.solve(normal, target)
+            weights, target, count = np.ones(len(prefs)), prefs, len(prefs)
+        normals[slot] = gram + (chosen * weights[:, None]).T @ chosen
+        normals[slot][np.diag_indices(rank)] += reg_param * count
+        targets[slot] = chosen.T @ target
+    # One batched solve: every user's normal equations at once.
+    users[active] = np.linalg.solve(normals, targets[..., None])[..., 0]
     return users
 
 
