@@ -102,7 +102,11 @@ def retrain_reason(
     )
 
 
-@sensor(job_name=BATCH_RETRAIN, minimum_interval_seconds=60)
+@sensor(
+    job_name=BATCH_RETRAIN,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+)
 def retrain_on_new_data(
     context: SensorEvaluationContext,
     store: RecommendationStore,
@@ -130,7 +134,7 @@ nightly_retrain = ScheduleDefinition(
     job_name=BATCH_RETRAIN,
     cron_schedule=os.environ.get("RECO_RETRAIN_CRON", "0 2 * * *"),
     execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,
+    default_status=DefaultScheduleStatus.RUNNING,
     description="The full batch retrain; RECO_RETRAIN_CRON changes the timetable (UTC).",
 )
 

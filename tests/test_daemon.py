@@ -19,7 +19,13 @@ def test_a_dropped_file_changes_what_the_api_serves(data_dir, tmp_path):
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    env = {**os.environ, "RECO_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(dagster_home)}
+    env = {
+        **os.environ,
+        "RECO_DATA_DIR": str(data_dir),
+        "DAGSTER_HOME": str(dagster_home),
+        # This test is about micro-batches: the new file must not also start a full retrain.
+        "RECO_RETRAIN_NEW_FRACTION": "1000",
+    }
     log = tmp_path / "daemon.log"
     with log.open("w") as daemon_log:
         daemon = subprocess.Popen(
