@@ -36,25 +36,28 @@ LANDING_POLL_S = 1
 def new_landing_files(
     landing_zone: LandingZone, cursor: str | None
 ) -> tuple[list[tuple[str, int, int]], str]:
-    """Files changed since the cursor, as (name, size, mtime_ns), and the next cursor.
+    """Files changed since the cursor and not ingested already (say, by batch_retrain), as
+    (name, size, mtime_ns), and the next cursor.
 
     The cursor is a high-water mark: the newest modification time seen and the names seen
     at exactly that time, so a file is reported once however often the sensor runs.
     """
     mark = json.loads(cursor) if cursor else {"mtime_ns": -1, "names": []}
-    fresh = []
+    changed = []
     for name in landing_zone.landed_names():
         size, mtime_ns = landing_zone.stat(name)
         if mtime_ns > mark["mtime_ns"] or (
             mtime_ns == mark["mtime_ns"] and name not in mark["names"]
         ):
-            fresh.append((name, size, mtime_ns))
-    if not fresh:
+            changed.append((name, size, mtime_ns))
+    if not changed:
         return [], json.dumps(mark)
-    newest = max(mtime for _, _, mtime in fresh)
-    names = [name for name, _, mtime in fresh if mtime == newest]
+    newest = max(mtime for _, _, mtime in changed)
+    names = [name for name, _, mtime in changed if mtime == newest]
     if newest == mark["mtime_ns"]:
         names += mark["names"]
+    ingested = {(entry["file"], entry.get("size")) for entry in landing_zone.ingested().values()}
+    fresh = [change for change in changed if change[:2] not in ingested]
     return fresh, json.dumps({"mtime_ns": newest, "names": sorted(names)})
 
 
@@ -68,7 +71,10 @@ def landing_zone_sensor(context: SensorEvaluationContext, landing_zone: LandingZ
     (run key), also across daemon restarts."""
     fresh, cursor = new_landing_files(landing_zone, context.cursor)
     if not fresh:
-        return SensorResult(skip_reason=SkipReason("no new landing files"), cursor=cursor)
+        return SensorResult(
+            skip_reason=SkipReason("no new landing files (none changed, or all ingested)"),
+            cursor=cursor,
+        )
     run_key = sha256(json.dumps(fresh).encode()).hexdigest()[:20]
     config = {"ops": {"score_new_events": {"config": {"files": [name for name, _, _ in fresh]}}}}
     return SensorResult(

@@ -182,7 +182,12 @@ class LandingZone(ConfigurableResource):
 
     def _write_ledger(self, file: LandingFile, **entry: object) -> None:
         self._ledger_dir.mkdir(parents=True, exist_ok=True)
-        record = {"file": file.name, "ingested_at": datetime.now(UTC).isoformat(), **entry}
+        record = {
+            "file": file.name,
+            "size": len(file.data),
+            "ingested_at": datetime.now(UTC).isoformat(),
+            **entry,
+        }
         (self._ledger_dir / f"{file.sha256}.json").write_text(json.dumps(record))
 
 
