@@ -55,15 +55,16 @@ def test_readers_see_one_whole_version_during_a_publish(store, tmp_path):
 
     def read():
         reader = SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
-        while not done.is_set():
+        while True:
+            finished = done.is_set()  # one last read after the final switch
             found = reader.lookup("u7", 10)
-            if found is None or len(found.items) != 10:
+            versions = {item["item_id"].split("-")[0] for item in found.items} if found else {}
+            if found is None or len(found.items) != 10 or versions != {found.model_version}:
                 problems.append(found)
-                continue
-            versions = {item["item_id"].split("-")[0] for item in found.items}
-            if versions != {found.model_version}:
-                problems.append(found)
-            seen.add(found.model_version)
+            else:
+                seen.add(found.model_version)
+            if finished:
+                return
 
     thread = threading.Thread(target=read)
     thread.start()
