@@ -82,6 +82,11 @@ class RecommendationStore(ConfigurableResource):
     def live_version(self) -> str | None:
         raise NotImplementedError
 
+    def change_token(self) -> int:
+        """A value that changes whenever another process writes to the store (a publish, a
+        switch, a micro-batch): caches in front of `lookup` compare it on every request."""
+        raise NotImplementedError
+
     def lookup(self, user_id: str, k: int) -> Lookup | None:
         """The live version's list for a user, or its popular list for an unknown user;
         None while nothing is live."""
@@ -238,6 +243,10 @@ class SqliteRecommendationStore(RecommendationStore):
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+
+    def change_token(self) -> int:
+        # Changes when any other connection commits; read from shared memory, no disk I/O.
+        return self._connection().execute("PRAGMA data_version").fetchone()[0]
 
     def live_version(self) -> str | None:
         row = self._connection().execute("SELECT version FROM live WHERE id = 1").fetchone()

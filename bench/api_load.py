@@ -1,0 +1,169 @@
+"""Benchmark: the lookup API under load, against a bare Litestar route in the same run.
+
+    .venv/bin/python bench/api_load.py [--data-dir DIR] [--duration 10]
+
+Needs `wrk` (Debian package). With MovieLens 100K live in the embedded store (a fresh data
+dir runs batch_retrain first), wrk -t2 asks for random users' top-10: throughput at 200
+connections, p99 latency at 20; the bare route (bench/bare_app.py, same server) is measured
+the same way in the same run. The last line is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LUA = """
+local users = {%s}
+request = function()
+  return wrk.format("GET", "/users/" .. users[math.random(#users)] .. "/recommendations")
+end
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=Path, help="a data dir with a live model already")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
+    args = parser.parse_args()
+
+    from tests.conftest import free_port
+
+    data_dir = args.data_dir or _fresh_data_dir()
+    users = _user_ids(data_dir)
+    script = Path(tempfile.mkdtemp()) / "users.lua"
+    script.write_text(LUA % ", ".join(f'"{user}"' for user in users))
+
+    figures: dict[str, float] = {}
+    for name, app in (("bare", "bench.bare_app:app"), ("api", "api.app:app")):
+        port = free_port()
+        with _server(args.server, app, port, data_dir):
+            url = f"http://127.0.0.1:{port}"
+            _wrk(url, 50, 3, script)  # warm-up
+            busy = _wrk(url, 200, args.duration, script)
+            calm = _wrk(url, 20, args.duration, script)
+        figures[f"{name}_rps_200c"] = busy["rps"]
+        figures[f"{name}_errors_200c"] = busy["errors"]
+        figures[f"{name}_p50_ms_20c"] = calm["p50_ms"]
+        figures[f"{name}_p99_ms_20c"] = calm["p99_ms"]
+        figures[f"{name}_rps_20c"] = calm["rps"]
+    figures["api_to_bare_throughput"] = round(figures["api_rps_200c"] / figures["bare_rps_200c"], 3)
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        print(f"{name:<{width}}  {value}")
+    print(json.dumps(figures))
+
+
+def _fresh_data_dir() -> Path:
+    data_dir = Path(tempfile.mkdtemp(prefix="reco-api-load-"))
+    env = {**os.environ, "RECO_DATA_DIR": str(data_dir), "SPARK_LOCAL_IP": "127.0.0.1"}
+    subprocess.run(
+        [sys.executable, "-m", "reco_dagster.datasets", "movielens-100k"], env=env, check=True
+    )
+    subprocess.run(
+        [
+            Path(sys.executable).with_name("dagster"),
+            "job",
+            "execute",
+            "-m",
+            "reco_dagster.definitions",
+            "-j",
+            "batch_retrain",
+        ],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return data_dir
+
+
+def _user_ids(data_dir: Path) -> list[str]:
+    import pandas as pd
+
+    return sorted(pd.read_parquet(data_dir / "lake" / "interactions.parquet")["user_id"].unique())
+
+
+@contextmanager
+def _server(name: str, app: str, port: int, data_dir: Path):
+    env = {**os.environ, "RECO_DATA_DIR": str(data_dir)}
+    command = {
+        "uvicorn": [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        "granian": [
+            Path(sys.executable).with_name("granian"),
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            app,
+        ],
+    }[name]
+    server = subprocess.Popen(command, cwd=REPO, env=env)
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/users/1/recommendations", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "rps": rps,
+        "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", output).group(1)),
+        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", output).group(1)),
+    }
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+    return round(float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
+
+
+if __name__ == "__main__":
+    main()
