@@ -1,5 +1,9 @@
 """The API in a real uvicorn process over a real SQLite store, called over HTTP."""
 
+import random
+import threading
+import time
+
 import httpx
 import pytest
 
@@ -111,3 +115,54 @@ def test_without_a_configured_token_nobody_may_activate(data_dir, store):
         response = httpx.post(f"{url}/models/v1/activate", headers={"Authorization": "Bearer x"})
         assert response.status_code == 403 and "RECO_ADMIN_TOKEN is not set" in response.text
         assert store.live_version() is None
+
+
+def test_switching_versions_under_load_drops_nothing_and_mixes_nothing(data_dir, store):
+    users = [f"u{n}" for n in range(200)]
+
+    def lists(version: str):
+        return [
+            (u, [{"item_id": f"{version}:{r}", "score": 1.0} for r in range(10)]) for u in users
+        ]
+
+    store.register("v1", {"family": "als"})
+    store.write_version("v1", lists("v1"), POPULAR)
+    store.activate("v1")
+    failures, mixed, answered = [], [], []
+    switched_at: dict[str, float] = {}
+    stop = threading.Event()
+
+    def hammer(url: str, seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=url) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = client.get(f"/users/{rng.choice(users)}/recommendations")
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+                    continue
+                body = response.json()
+                versions = {item["item_id"].split(":")[0] for item in body["items"]}
+                if versions != {body["model_version"]}:
+                    mixed.append(body)
+                answered.append((started, body["model_version"]))
+
+    with running_api(data_dir) as url:
+        threads = [threading.Thread(target=hammer, args=(url, n)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for version in ("v2", "v3"):
+            time.sleep(0.5)
+            store.register(version, {"family": "als"})
+            store.write_version(version, lists(version), POPULAR)
+            store.activate(version)
+            switched_at[version] = time.monotonic()
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and mixed == []
+    # A request that started after a switch is answered from that version or a newer one.
+    for version, moment in switched_at.items():
+        later = {served for started, served in answered if started > moment}
+        assert later and later <= {"v2", "v3"} and (version == "v2" or later == {"v3"})
