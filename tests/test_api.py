@@ -1,8 +1,12 @@
 """The API in a real uvicorn process over a real SQLite store, called over HTTP."""
 
 import random
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -166,3 +170,28 @@ def test_switching_versions_under_load_drops_nothing_and_mixes_nothing(data_dir,
     for version, moment in switched_at.items():
         later = {served for started, served in answered if started > moment}
         assert later and later <= {"v2", "v3"} and (version == "v2" or later == {"v3"})
+
+
+def test_fuzzing_the_openapi_schema_finds_no_server_error(data_dir, store):
+    registered(store, "v1")
+    store.activate("v1")
+    with running_api(data_dir, RECO_ADMIN_TOKEN="s3cret") as url:
+        result = subprocess.run(
+            [
+                Path(sys.executable).with_name("schemathesis"),
+                "run",
+                f"{url}/schema/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "50",
+                "--seed",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"\d+ generated, \d+ passed", result.stdout)
+    assert store.live_version() == "v1"  # fuzzed activations without the token changed nothing
