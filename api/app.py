@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import hmac
 import os
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -45,6 +46,12 @@ class Recommendations(msgspec.Struct):
     user_id: str
     model_version: str
     source: Literal["personal", "popular"]
+    items: list[RecommendedItem]
+
+
+class SimilarItems(msgspec.Struct):
+    item_id: str
+    model_version: str
     items: list[RecommendedItem]
 
 
@@ -89,7 +96,7 @@ class ModelRecord(msgspec.Struct):
 
 
 class ResponseCache:
-    """Encoded responses by (user, k), dropped whenever the store reports a change.
+    """Encoded responses by key (route, id, k), dropped whenever the store reports a change.
 
     Every request first compares the store's change token (for SQLite, `PRAGMA data_version`,
     read from shared memory), so a cached response is never older than the last write to the
@@ -100,29 +107,22 @@ class ResponseCache:
     def __init__(self, store: RecommendationStore, max_entries: int = 200_000) -> None:
         self.store, self.max_entries = store, max_entries
         self.token: int | None = None
-        self.responses: dict[tuple[str, int], bytes] = {}
+        self.responses: dict[tuple[str, str, int], bytes] = {}
 
-    def get(self, user_id: str, k: int) -> bytes | None:
+    def get(self, key: tuple[str, str, int], render: Callable[[], bytes | None]) -> bytes | None:
+        """The cached response, or `render()`'s (cached unless None: nothing is live)."""
         token = self.store.change_token()
         if token != self.token:
             self.responses.clear()
             self.token = token
-        key = (user_id, k)
         cached = self.responses.get(key)
         if cached is None:
-            found = self.store.lookup(user_id, k)
-            if found is None:
+            cached = render()
+            if cached is None:
                 return None
             if len(self.responses) >= self.max_entries:
                 self.responses.clear()
-            cached = self.responses[key] = _encode(
-                Recommendations(
-                    user_id=user_id,
-                    model_version=found.model_version,
-                    source=found.source,
-                    items=[RecommendedItem(**item) for item in found.items],
-                )
-            )
+            self.responses[key] = cached
         return cached
 
     def clear(self) -> None:
@@ -132,9 +132,9 @@ class ResponseCache:
 _encode = msgspec.json.Encoder().encode
 
 
-def lookup_route(cache: ResponseCache) -> HTTPRouteHandler:
-    """The hot path, bound to its cache directly: Litestar's `state` injection costs a fifth
-    of this route's throughput."""
+def lookup_routes(cache: ResponseCache) -> list[HTTPRouteHandler]:
+    """The hot paths, bound to their cache directly: Litestar's `state` injection costs a
+    fifth of a lookup's throughput."""
 
     @get(
         "/users/{user_id:str}/recommendations",
@@ -150,12 +150,60 @@ def lookup_route(cache: ResponseCache) -> HTTPRouteHandler:
         list. Served as JSON encoded once per (user, k) and version."""
         if len(user_id) > MAX_ID_LENGTH:
             raise ValidationException(f"user_id is longer than {MAX_ID_LENGTH} characters")
-        body = cache.get(user_id, k)
+        body = cache.get(("user", user_id, k), lambda: _render_user(cache.store, user_id, k))
         if body is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
         return body
 
-    return user_recommendations
+    @get(
+        "/items/{item_id:str}/similar",
+        sync_to_thread=False,
+        media_type=MediaType.JSON,
+        responses={200: ResponseSpec(SimilarItems, description="the item's neighbours")},
+    )
+    def similar_items(
+        item_id: str,
+        k: Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")] = 10,
+    ) -> bytes:
+        """The items most like this one (cosine of the live model's item factors)."""
+        if len(item_id) > MAX_ID_LENGTH:
+            raise ValidationException(f"item_id is longer than {MAX_ID_LENGTH} characters")
+        body = cache.get(("similar", item_id, k), lambda: _render_similar(cache.store, item_id, k))
+        if body is None:
+            raise ServiceUnavailableException(NOTHING_LIVE)
+        return body
+
+    return [user_recommendations, similar_items]
+
+
+def _render_user(store: RecommendationStore, user_id: str, k: int) -> bytes | None:
+    found = store.lookup(user_id, k)
+    if found is None:
+        return None
+    return _encode(
+        Recommendations(
+            user_id=user_id,
+            model_version=found.model_version,
+            source=found.source,
+            items=[RecommendedItem(**item) for item in found.items],
+        )
+    )
+
+
+def _render_similar(store: RecommendationStore, item_id: str, k: int) -> bytes | None:
+    found = store.similar(item_id, k)
+    if found is None:
+        return None
+    version, items = found
+    if items is None:
+        raise NotFoundException(f"item {item_id!r} is not in live model version {version}")
+    return _encode(
+        SimilarItems(
+            item_id=item_id,
+            model_version=version,
+            items=[RecommendedItem(**item) for item in items],
+        )
+    )
 
 
 @get("/health", sync_to_thread=False)
@@ -217,7 +265,7 @@ def create_app(store: RecommendationStore | None = None) -> Litestar:
     store = store or recommendation_store()
     cache = ResponseCache(store)
     return Litestar(
-        route_handlers=[lookup_route(cache), health, models, model, activate],
+        route_handlers=[*lookup_routes(cache), health, models, model, activate],
         state=State({"store": store, "cache": cache}),
         # Everything imported so far lives as long as the process: keep the collector from
         # walking it again and again under load (fewer, shorter pauses).

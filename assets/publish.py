@@ -24,6 +24,8 @@ from resources.store import Item, RecommendationStore
 
 PUBLISHED_DEPTH = 100
 """Items stored per user: the API serves any k up to this without touching the model."""
+SIMILAR_DEPTH = 100
+"""Similar items stored per item."""
 
 
 @asset(group_name="publish", kinds={"pandas"})
@@ -57,11 +59,35 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         )
 
     @asset(
+        name=f"{family}_similar_items",
+        group_name="publish",
+        kinds={"numpy"},
+        ins={"model": AssetIn(f"{family}_model")},
+    )
+    def similar_items(model: FactorModel) -> Output[pd.DataFrame]:
+        """Each item's most similar items (cosine of the model's item factors), served by
+        GET /items/{item_id}/similar."""
+        started = time.perf_counter()
+        similar = model.similar_items(SIMILAR_DEPTH)
+        return Output(
+            similar,
+            metadata={
+                "dagster/row_count": len(similar),
+                "items": similar["source_item_id"].nunique(),
+                "scoring_s": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    @asset(
         name=f"{family}_published",
         group_name="publish",
         kinds={"sqlite"},
         deps=[f"{family}_evaluation"],
-        ins={"ranked": AssetIn(f"{family}_recommendations"), "model": AssetIn(f"{family}_model")},
+        ins={
+            "ranked": AssetIn(f"{family}_recommendations"),
+            "model": AssetIn(f"{family}_model"),
+            "similar": AssetIn(f"{family}_similar_items"),
+        },
     )
     def published(
         context: AssetExecutionContext,
@@ -70,6 +96,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         archive: ModelArchive,
         ranked: pd.DataFrame,
         model: FactorModel,
+        similar: pd.DataFrame,
         popular_items: pd.DataFrame,
         item_catalog: pd.DataFrame,
     ) -> MaterializeResult:
@@ -85,7 +112,10 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
         started = time.perf_counter()
         written = store.write_version(
-            version, user_lists(ranked, titles), listed_items(popular_items, titles)
+            version,
+            ranked_lists(ranked, "user_id", titles),
+            listed_items(popular_items, titles),
+            ranked_lists(similar, "source_item_id", titles),
         )
         write_s = time.perf_counter() - started
         if serving.family == family:
@@ -105,7 +135,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             }
         )
 
-    return [recommendations, published]
+    return [recommendations, similar_items, published]
 
 
 def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
@@ -119,10 +149,13 @@ def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
     return items
 
 
-def user_lists(ranked: pd.DataFrame, titles: dict[str, str]) -> Iterator[tuple[str, list[Item]]]:
-    ordered = ranked.sort_values(["user_id", "rank"], kind="stable")
-    for user_id, group in ordered.groupby("user_id", sort=False):
-        yield user_id, listed_items(group, titles)
+def ranked_lists(
+    ranked: pd.DataFrame, by: str, titles: dict[str, str]
+) -> Iterator[tuple[str, list[Item]]]:
+    """One list per value of `by` (a user, or an item for its similar items), best first."""
+    ordered = ranked.sort_values([by, "rank"], kind="stable")
+    for key, group in ordered.groupby(by, sort=False):
+        yield key, listed_items(group, titles)
 
 
 def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: int = 10) -> str:

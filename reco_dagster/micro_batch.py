@@ -9,7 +9,7 @@ from dagster import Failure, OpExecutionContext, in_process_executor, job, op
 from threadpoolctl import threadpool_limits
 
 from assets.ingest import IngestConfig, ingest_landed_files
-from assets.publish import PUBLISHED_DEPTH, user_lists
+from assets.publish import PUBLISHED_DEPTH, ranked_lists
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
 from resources.landing_zone import LandingZone
@@ -75,7 +75,7 @@ def score_new_events(
             refreshed, counts = _rerank(model, landing_zone, new_events)
         lap("fold_in_and_rank")
         titles = _titles(landing_zone)
-        if store.update_live_users(version, list(user_lists(refreshed, titles))):
+        if store.update_live_users(version, list(ranked_lists(refreshed, "user_id", titles))):
             lap("write")
             break
         context.log.warning(f"{version} stopped being live during the micro-batch; scoring again")

@@ -63,10 +63,14 @@ class RecommendationStore(ConfigurableResource):
         raise NotImplementedError
 
     def write_version(
-        self, version: str, user_lists: Iterable[tuple[str, list[Item]]], popular: list[Item]
+        self,
+        version: str,
+        user_lists: Iterable[tuple[str, list[Item]]],
+        popular: list[Item],
+        similar: Iterable[tuple[str, list[Item]]] = (),
     ) -> int:
-        """Store a registered candidate's lists, not yet live; re-running replaces them.
-        Returns the number of users written."""
+        """Store a registered candidate's lists (per user, popular, per item similar items),
+        not yet live; re-running replaces them. Returns the number of users written."""
         raise NotImplementedError
 
     def activate(self, version: str) -> None:
@@ -90,6 +94,11 @@ class RecommendationStore(ConfigurableResource):
     def lookup(self, user_id: str, k: int) -> Lookup | None:
         """The live version's list for a user, or its popular list for an unknown user;
         None while nothing is live."""
+        raise NotImplementedError
+
+    def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
+        """(live version, the item's most similar items or None for an unknown item); None
+        while nothing is live."""
         raise NotImplementedError
 
     def versions(self) -> list[ModelVersion]:
@@ -118,6 +127,12 @@ CREATE TABLE IF NOT EXISTS user_recommendations (
     user_id TEXT NOT NULL,
     items TEXT NOT NULL,
     PRIMARY KEY (version, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS similar_items (
+    version TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    items TEXT NOT NULL,
+    PRIMARY KEY (version, item_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS popular_items (
     version TEXT PRIMARY KEY,
@@ -176,16 +191,23 @@ class SqliteRecommendationStore(RecommendationStore):
         )
 
     def write_version(
-        self, version: str, user_lists: Iterable[tuple[str, list[Item]]], popular: list[Item]
+        self,
+        version: str,
+        user_lists: Iterable[tuple[str, list[Item]]],
+        popular: list[Item],
+        similar: Iterable[tuple[str, list[Item]]] = (),
     ) -> int:
         record = self.version(version)
         if record is None or record.status in ("live", "rejected"):
             state = "not registered" if record is None else record.status
             raise VersionNotPublishableError(f"version {version} is {state}; it cannot be written")
         rows = [(version, user_id, json.dumps(items)) for user_id, items in user_lists]
+        neighbours = [(version, item_id, json.dumps(items)) for item_id, items in similar]
         self._transaction(
             ("DELETE FROM user_recommendations WHERE version = ?", (version,)),
             ("INSERT INTO user_recommendations VALUES (?, ?, ?)", rows),
+            ("DELETE FROM similar_items WHERE version = ?", (version,)),
+            ("INSERT INTO similar_items VALUES (?, ?, ?)", neighbours),
             ("INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, json.dumps(popular))),
             ("UPDATE model_versions SET status = 'candidate' WHERE version = ?", (version,)),
         )
@@ -263,6 +285,22 @@ class SqliteRecommendationStore(RecommendationStore):
             items=json.loads(items)[:k],
         )
 
+    def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT live.version, neighbours.items FROM live LEFT JOIN similar_items AS "
+                "neighbours ON neighbours.version = live.version AND neighbours.item_id = ? "
+                "WHERE live.id = 1",
+                (item_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        version, items = row
+        return version, json.loads(items)[:k] if items else None
+
     def versions(self) -> list[ModelVersion]:
         rows = self._connection().execute(
             "SELECT version, status, created_at, activated_at, "
@@ -283,7 +321,7 @@ class SqliteRecommendationStore(RecommendationStore):
             *(
                 (f"DELETE FROM {table} WHERE version = ?", (version,))
                 for version in purged
-                for table in ("user_recommendations", "popular_items")
+                for table in ("user_recommendations", "similar_items", "popular_items")
             )
         )
         return purged

@@ -77,7 +77,16 @@ def test_lookups_validation_and_live_switches(data_dir, store):
 
 def registered(store, version: str, **info) -> None:
     store.register(version, {"family": "als", "settings": {"rank": 8}, **info})
-    store.write_version(version, personal(version), POPULAR)
+    similar = [
+        (
+            "50",
+            [
+                {"item_id": "181", "score": 0.9, "title": "Return of the Jedi (1983)"},
+                {"item_id": "1", "score": 0.5},
+            ],
+        )
+    ]
+    store.write_version(version, personal(version), POPULAR, similar)
 
 
 def test_the_model_registry_is_public(data_dir, store):
@@ -195,3 +204,18 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(data_dir, store):
     assert result.returncode == 0, result.stdout[-3000:]
     assert re.search(r"\d+ generated, \d+ passed", result.stdout)
     assert store.live_version() == "v1"  # fuzzed activations without the token changed nothing
+
+
+def test_similar_items_of_the_live_version(data_dir, store):
+    registered(store, "v1")
+    store.activate("v1")
+    with running_api(data_dir) as url:
+        body = httpx.get(f"{url}/items/50/similar", params={"k": 1}).json()
+        assert body == {
+            "item_id": "50",
+            "model_version": "v1",
+            "items": [{"item_id": "181", "score": 0.9, "title": "Return of the Jedi (1983)"}],
+        }
+        unknown = httpx.get(f"{url}/items/nope/similar")
+        assert unknown.status_code == 404 and "not in live model version v1" in unknown.text
+        assert httpx.get(f"{url}/items/50/similar", params={"k": 0}).status_code == 400

@@ -98,3 +98,25 @@ def test_the_search_stops_before_a_trial_would_overrun_the_budget():
 
     search = search_als(CONFIGURED, slow, time_budget_s=0.5, max_trials=10)
     assert len(search.trials) == 1 and search.best == CONFIGURED
+
+
+def test_similar_items_rank_by_cosine_without_the_item_itself_or_the_prior(interactions):
+    settings = {"implicit_prefs": True, "popularity_prior": 0.5}
+    card = ModelCard("als-x", "als", settings, "f", 3)
+    item_factors = np.array(
+        # learned factors | popularity prior column (must not count)
+        [[1.0, 0.0, 9.0], [0.9, 0.1, 0.0], [0.0, 1.0, 9.0], [-1.0, 0.0, 9.0]],
+        dtype=np.float32,
+    )
+    model = FactorModel(
+        card,
+        np.array(["u"], dtype=object),
+        np.array(["a", "b", "c", "d"], dtype=object),
+        np.ones((1, 3), np.float32),
+        item_factors,
+    )
+    similar = model.similar_items(k=3)
+    of_a = similar[similar["source_item_id"] == "a"]
+    assert of_a["item_id"].tolist() == ["b", "c", "d"]
+    assert of_a["score"].iloc[0] == pytest.approx(0.9 / np.hypot(0.9, 0.1), rel=1e-5)
+    assert "a" not in set(of_a["item_id"])

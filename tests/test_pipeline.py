@@ -140,6 +140,9 @@ def test_the_api_serves_the_published_lists(first_run):
         assert body["items"][0]["title"].startswith("Title ")
         cold = httpx.get(f"{url}/users/brand-new/recommendations", params={"k": 3}).json()
         assert cold["source"] == "popular" and len(cold["items"]) == 3
+        similar = httpx.get(f"{url}/items/i7/similar", params={"k": 5}).json()
+        assert similar["model_version"] == live and len(similar["items"]) == 5
+        assert "i7" not in {item["item_id"] for item in similar["items"]}
 
 
 def test_a_second_run_ingests_only_new_files_and_switches_versions(first_run):

@@ -81,18 +81,17 @@ def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
                 ease_weights(rated["rating"]) if settings.get("rating_weighted") else 1.0
             )
         return replace(model, user_ids=users, user_factors=rows)
-    prior = settings.get("popularity_prior", 0.0) if settings["implicit_prefs"] else 0.0
-    raw_items = model.item_factors[:, :-1] if prior else model.item_factors
     vectors = fold_in_als(
-        raw_items,
+        model.latent_item_factors,
         [rated["column"].to_numpy() for rated in histories],
         [_preferences(rated["rating"], settings) for rated in histories],
         reg_param=settings["reg_param"],
         alpha=settings["alpha"],
         implicit_prefs=settings["implicit_prefs"],
     )
-    if prior:
-        vectors = np.hstack([vectors, np.full((len(users), 1), prior, np.float32)])
+    if model.has_popularity_factor:
+        prior = np.full((len(users), 1), settings["popularity_prior"], np.float32)
+        vectors = np.hstack([vectors, prior])
     return replace(model, user_ids=users, user_factors=vectors)
 
 

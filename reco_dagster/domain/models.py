@@ -67,6 +67,34 @@ class FactorModel:
     def version(self) -> str:
         return self.card.version
 
+    @property
+    def has_popularity_factor(self) -> bool:
+        """An implicit ALS model's last factor is its popularity prior (see als._assemble)."""
+        settings = self.card.settings
+        return bool(settings.get("implicit_prefs") and settings.get("popularity_prior"))
+
+    @property
+    def latent_item_factors(self) -> np.ndarray:
+        """The item factors the model learned, without the popularity prior's column."""
+        return self.item_factors[:, :-1] if self.has_popularity_factor else self.item_factors
+
+    def similar_items(self, k: int) -> pd.DataFrame:
+        """Each item's k most similar items by cosine of their learned factors:
+        source_item_id, item_id (a similar item), rank, score."""
+        factors = self.latent_item_factors.astype(np.float32)
+        norms = np.linalg.norm(factors, axis=1, keepdims=True)
+        unit = factors / np.where(norms > 0, norms, 1.0)
+        itself = np.arange(len(unit))
+        ranked = recommend(
+            self.item_ids,
+            self.item_ids,
+            unit,
+            unit,
+            pd.DataFrame({"user_id": self.item_ids, "item_id": self.item_ids[itself]}),
+            k,
+        )
+        return ranked.rename(columns={"user_id": "source_item_id"})
+
     def predict(self, user_ids: pd.Series, item_ids: pd.Series) -> np.ndarray:
         """Predicted rating/preference per pair; NaN where the user or the item is unknown."""
         users = pd.Index(self.user_ids).get_indexer(user_ids)
