@@ -27,7 +27,9 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
+from litestar.plugins.prometheus import PrometheusController
 
+from api.metrics import CACHE_HITS, CACHE_MISSES, LIVE_VERSION, request_metrics
 from reco_dagster.domain.events import MAX_ID_LENGTH
 from resources.settings import recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
@@ -115,8 +117,13 @@ class ResponseCache:
         if token != self.token:
             self.responses.clear()
             self.token = token
+            LIVE_VERSION.clear()
+            LIVE_VERSION.labels(version=self.store.live_version() or "none").set(1)
         cached = self.responses.get(key)
-        if cached is None:
+        if cached is not None:
+            CACHE_HITS.inc()
+        else:
+            CACHE_MISSES.inc()
             cached = render()
             if cached is None:
                 return None
@@ -265,7 +272,14 @@ def create_app(store: RecommendationStore | None = None) -> Litestar:
     store = store or recommendation_store()
     cache = ResponseCache(store)
     return Litestar(
-        route_handlers=[*lookup_routes(cache), health, models, model, activate],
+        route_handlers=[
+            *lookup_routes(cache),
+            health,
+            models,
+            model,
+            activate,
+            PrometheusController,
+        ],
         state=State({"store": store, "cache": cache}),
         # Everything imported so far lives as long as the process: keep the collector from
         # walking it again and again under load (fewer, shorter pauses).
@@ -274,4 +288,6 @@ def create_app(store: RecommendationStore | None = None) -> Litestar:
     )
 
 
-app = create_app()
+# Metrics wrap the whole app from outside: inside Litestar's middleware stack the same
+# wrapper costs a quarter of the lookup throughput.
+app = request_metrics(create_app())

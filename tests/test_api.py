@@ -219,3 +219,20 @@ def test_similar_items_of_the_live_version(data_dir, store):
         unknown = httpx.get(f"{url}/items/nope/similar")
         assert unknown.status_code == 404 and "not in live model version v1" in unknown.text
         assert httpx.get(f"{url}/items/50/similar", params={"k": 0}).status_code == 400
+
+
+def test_metrics_count_requests_per_route_cache_hits_and_the_live_version(data_dir, store):
+    registered(store, "v1")
+    store.activate("v1")
+    with running_api(data_dir) as url:
+        for _ in range(3):
+            httpx.get(f"{url}/users/196/recommendations")
+        httpx.get(f"{url}/users/196/recommendations", params={"k": 0})
+        metrics = httpx.get(f"{url}/metrics").text
+    route = 'route="/users/{user_id}/recommendations"'
+    assert f'reco_api_requests_total{{method="GET",{route},status="200"}} 3.0' in metrics
+    assert f'reco_api_requests_total{{method="GET",{route},status="400"}} 1.0' in metrics
+    assert f"reco_api_request_duration_seconds_count{{{route}}} 4.0" in metrics
+    assert "reco_api_cache_hits_total 2.0" in metrics
+    assert "reco_api_cache_misses_total 1.0" in metrics
+    assert 'reco_api_live_model{version="v1"} 1.0' in metrics
