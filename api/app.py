@@ -29,9 +29,10 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 from litestar.plugins.prometheus import PrometheusController
 
+from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import CACHE_HITS, CACHE_MISSES, LIVE_VERSION, request_metrics
 from reco_dagster.domain.events import MAX_ID_LENGTH
-from resources.settings import recommendation_store
+from resources.settings import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
 
 MAX_K = 100
@@ -44,11 +45,13 @@ class RecommendedItem(msgspec.Struct, omit_defaults=True):
     title: str | None = None
 
 
-class Recommendations(msgspec.Struct):
+class Recommendations(msgspec.Struct, omit_defaults=True):
     user_id: str
     model_version: str
     source: Literal["personal", "popular"]
     items: list[RecommendedItem]
+    variant: str | None = None
+    """The A/B variant the user is in, while an experiment runs."""
 
 
 class SimilarItems(msgspec.Struct):
@@ -109,9 +112,11 @@ class ResponseCache:
     def __init__(self, store: RecommendationStore, max_entries: int = 200_000) -> None:
         self.store, self.max_entries = store, max_entries
         self.token: int | None = None
-        self.responses: dict[tuple[str, str, int], bytes] = {}
+        self.responses: dict[tuple[str, str, int], Rendered] = {}
 
-    def get(self, key: tuple[str, str, int], render: Callable[[], bytes | None]) -> bytes | None:
+    def get(
+        self, key: tuple[str, str, int], render: Callable[[], Rendered | None]
+    ) -> Rendered | None:
         """The cached response, or `render()`'s (cached unless None: nothing is live)."""
         token = self.store.change_token()
         if token != self.token:
@@ -138,8 +143,13 @@ class ResponseCache:
 
 _encode = msgspec.json.Encoder().encode
 
+Rendered = tuple[bytes, str, list[str]]
+"""An encoded response with the model version and the item ids it names."""
 
-def lookup_routes(cache: ResponseCache) -> list[HTTPRouteHandler]:
+
+def lookup_routes(
+    cache: ResponseCache, experiment: Experiment | None, served: ServedLog
+) -> list[HTTPRouteHandler]:
     """The hot paths, bound to their cache directly: Litestar's `state` injection costs a
     fifth of a lookup's throughput."""
 
@@ -154,12 +164,18 @@ def lookup_routes(cache: ResponseCache) -> list[HTTPRouteHandler]:
         k: Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")] = 10,
     ) -> bytes:
         """The user's top-k unseen items; users the model does not know get the popular
-        list. Served as JSON encoded once per (user, k) and version."""
+        list. Under an A/B test (RECO_AB_TEST) the user's variant decides the version and the
+        response names it. Every served list is logged for online evaluation."""
         if len(user_id) > MAX_ID_LENGTH:
             raise ValidationException(f"user_id is longer than {MAX_ID_LENGTH} characters")
-        body = cache.get(("user", user_id, k), lambda: _render_user(cache.store, user_id, k))
-        if body is None:
+        variant = experiment.assign(user_id) if experiment else None
+        rendered = cache.get(
+            ("user", user_id, k), lambda: _render_user(cache.store, user_id, k, variant)
+        )
+        if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
+        body, version, items = rendered
+        served.record(user_id, variant.name if variant else None, version, items)
         return body
 
     @get(
@@ -175,42 +191,56 @@ def lookup_routes(cache: ResponseCache) -> list[HTTPRouteHandler]:
         """The items most like this one (cosine of the live model's item factors)."""
         if len(item_id) > MAX_ID_LENGTH:
             raise ValidationException(f"item_id is longer than {MAX_ID_LENGTH} characters")
-        body = cache.get(("similar", item_id, k), lambda: _render_similar(cache.store, item_id, k))
-        if body is None:
+        rendered = cache.get(
+            ("similar", item_id, k), lambda: _render_similar(cache.store, item_id, k)
+        )
+        if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
-        return body
+        return rendered[0]
 
     return [user_recommendations, similar_items]
 
 
-def _render_user(store: RecommendationStore, user_id: str, k: int) -> bytes | None:
-    found = store.lookup(user_id, k)
+def _render_user(
+    store: RecommendationStore, user_id: str, k: int, variant: Variant | None
+) -> Rendered | None:
+    if variant is None or variant.version == LIVE:
+        found = store.lookup(user_id, k)
+    elif variant.version == POPULAR:
+        found = store.lookup(user_id, k, popular_only=True)
+    else:
+        # A variant's version whose lists were purged falls back to the live version; the
+        # response (and the served-list log) names the version actually served.
+        found = store.lookup(user_id, k, version=variant.version) or store.lookup(user_id, k)
     if found is None:
         return None
-    return _encode(
+    body = _encode(
         Recommendations(
             user_id=user_id,
             model_version=found.model_version,
             source=found.source,
             items=[RecommendedItem(**item) for item in found.items],
+            variant=variant.name if variant else None,
         )
     )
+    return body, found.model_version, [item["item_id"] for item in found.items]
 
 
-def _render_similar(store: RecommendationStore, item_id: str, k: int) -> bytes | None:
+def _render_similar(store: RecommendationStore, item_id: str, k: int) -> Rendered | None:
     found = store.similar(item_id, k)
     if found is None:
         return None
     version, items = found
     if items is None:
         raise NotFoundException(f"item {item_id!r} is not in live model version {version}")
-    return _encode(
+    body = _encode(
         SimilarItems(
             item_id=item_id,
             model_version=version,
             items=[RecommendedItem(**item) for item in items],
         )
     )
+    return body, version, [item["item_id"] for item in items]
 
 
 @get("/health", sync_to_thread=False)
@@ -271,9 +301,10 @@ def activate(state: State, version: str) -> ModelRecord:
 def create_app(store: RecommendationStore | None = None) -> Litestar:
     store = store or recommendation_store()
     cache = ResponseCache(store)
+    served = ServedLog(data_dir() / "served")
     return Litestar(
         route_handlers=[
-            *lookup_routes(cache),
+            *lookup_routes(cache, Experiment.from_environment(), served),
             health,
             models,
             model,
@@ -283,7 +314,8 @@ def create_app(store: RecommendationStore | None = None) -> Litestar:
         state=State({"store": store, "cache": cache}),
         # Everything imported so far lives as long as the process: keep the collector from
         # walking it again and again under load (fewer, shorter pauses).
-        on_startup=[gc.freeze],
+        on_startup=[gc.freeze, served.start],
+        on_shutdown=[served.stop],
         openapi_config=OpenAPIConfig(title="reco-dagster recommendations", version="1.0.0"),
     )
 

@@ -10,6 +10,7 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetsDefinition,
+    Config,
     MetadataValue,
     Output,
     asset,
@@ -17,11 +18,14 @@ from dagster import (
 )
 from dagster._core.definitions.asset_checks.asset_checks_definition import AssetChecksDefinition
 
+from assets.ingest import raw_events
 from assets.train import FAMILIES
 from reco_dagster.domain.gate import gate_failures
 from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
 from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.online import served_hit_rate
 from reco_dagster.domain.ranking import recommend
+from resources.landing_zone import LandingZone
 from resources.settings import QualityGate
 from resources.store import RecommendationStore
 
@@ -150,3 +154,30 @@ def build_evaluation(family: str) -> tuple[AssetsDefinition, AssetChecksDefiniti
 evaluations = [build_evaluation(family) for family in FAMILIES]
 evaluation_assets = [evaluation for evaluation, _ in evaluations]
 quality_gates = [check for _, check in evaluations]
+
+
+class OnlineEvaluationConfig(Config):
+    window_s: float = 7 * 86_400.0
+    """How long after a list was served an interaction with one of its items counts."""
+
+
+@asset(group_name="evaluate", kinds={"pandas"}, deps=[raw_events])
+def online_evaluation(
+    context: AssetExecutionContext, config: OnlineEvaluationConfig, landing_zone: LandingZone
+) -> Output[pd.DataFrame]:
+    """The hit rate of served lists per A/B variant and model version: the API's log of
+    served lists joined with the events that arrived after them."""
+    served = landing_zone.served_lists()
+    events = landing_zone.event_history()
+    summary = served_hit_rate(served, events, config.window_s)
+    if summary.empty:
+        context.log.info("No served lists logged yet")
+    return Output(
+        summary,
+        metadata={
+            "lists_served": len(served),
+            "by_variant_and_version": MetadataValue.md(
+                summary.to_markdown(index=False) if not summary.empty else "nothing served yet"
+            ),
+        },
+    )

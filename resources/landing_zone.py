@@ -154,6 +154,17 @@ class LandingZone(ConfigurableResource):
         history = pads.dataset(self._events_dir, schema=EVENT_SCHEMA, format="parquet")
         return history.to_table().to_pandas()
 
+    def served_lists(self) -> pd.DataFrame:
+        """The API's log of served lists: time, user_id, variant, version, items."""
+        columns = ["time", "user_id", "variant", "version", "items"]
+        logs = sorted((Path(self.data_dir) / "served").glob("served-*.jsonl"))
+        frames = [
+            pd.read_json(path, lines=True, dtype=False) for path in logs if path.stat().st_size
+        ]
+        if not frames:
+            return pd.DataFrame(columns=columns)
+        return pd.concat(frames, ignore_index=True).set_axis(columns, axis=1)
+
     def ingested_since(self, moment: str) -> pd.DataFrame:
         """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
         return self._events_where(lambda entry: entry["ingested_at"] > moment)

@@ -91,9 +91,12 @@ class RecommendationStore(ConfigurableResource):
         switch, a micro-batch): caches in front of `lookup` compare it on every request."""
         raise NotImplementedError
 
-    def lookup(self, user_id: str, k: int) -> Lookup | None:
-        """The live version's list for a user, or its popular list for an unknown user;
-        None while nothing is live."""
+    def lookup(
+        self, user_id: str, k: int, version: str | None = None, popular_only: bool = False
+    ) -> Lookup | None:
+        """A version's list for a user (the live version unless one is named), or its popular
+        list for an unknown user or with `popular_only`; None while nothing is live or when
+        the named version has no lists in the store."""
         raise NotImplementedError
 
     def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
@@ -145,12 +148,12 @@ CREATE TABLE IF NOT EXISTS live (
 """
 
 _LOOKUP = """
-SELECT live.version, personal.items IS NOT NULL, COALESCE(personal.items, popular.items)
-FROM live
+WITH target(version) AS (SELECT COALESCE(?, (SELECT version FROM live WHERE id = 1)))
+SELECT target.version, personal.items IS NOT NULL, COALESCE(personal.items, popular.items)
+FROM target
+JOIN popular_items AS popular ON popular.version = target.version
 LEFT JOIN user_recommendations AS personal
-    ON personal.version = live.version AND personal.user_id = ?
-LEFT JOIN popular_items AS popular ON popular.version = live.version
-WHERE live.id = 1
+    ON personal.version = target.version AND personal.user_id = ?
 """
 
 
@@ -274,8 +277,14 @@ class SqliteRecommendationStore(RecommendationStore):
         row = self._connection().execute("SELECT version FROM live WHERE id = 1").fetchone()
         return row[0] if row else None
 
-    def lookup(self, user_id: str, k: int) -> Lookup | None:
-        row = self._connection().execute(_LOOKUP, (user_id,)).fetchone()
+    def lookup(
+        self, user_id: str, k: int, version: str | None = None, popular_only: bool = False
+    ) -> Lookup | None:
+        row = (
+            self._connection()
+            .execute(_LOOKUP, (version, None if popular_only else user_id))
+            .fetchone()
+        )
         if row is None:
             return None
         version, is_personal, items = row

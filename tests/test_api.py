@@ -236,3 +236,6 @@ def test_metrics_count_requests_per_route_cache_hits_and_the_live_version(data_d
     assert "reco_api_cache_hits_total 2.0" in metrics
     assert "reco_api_cache_misses_total 1.0" in metrics
     assert 'reco_api_live_model{version="v1"} 1.0' in metrics
+    dashboard = (Path(__file__).parents[1] / "deploy/grafana/reco-api-dashboard.json").read_text()
+    charted = set(re.findall(r"reco_api_\w+", dashboard))
+    assert charted and all(f"\n{name}" in metrics for name in charted), charted
