@@ -5,7 +5,11 @@
 Needs `wrk` (Debian package). With MovieLens 100K live in the embedded store (a fresh data
 dir runs batch_retrain first), wrk -t2 asks for random users' top-10: throughput at 200
 connections, p99 latency at 20; the bare route (bench/bare_app.py, same server) is measured
-the same way in the same run. The last line is one JSON object of the figures.
+the same way in the same run. Phase 2 keeps four clients asking while a new version (the
+live lists reversed) is written and switched live, and counts failed requests, responses not
+entirely from the version they name, and old-version answers to requests started after the
+switch; it then makes the original version live again (the extra version stays in the
+registry of a --data-dir). The last line is one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,10 +68,66 @@ def main() -> None:
         figures[f"{name}_p99_ms_20c"] = calm["p99_ms"]
         figures[f"{name}_rps_20c"] = calm["rps"]
     figures["api_to_bare_throughput"] = round(figures["api_rps_200c"] / figures["bare_rps_200c"], 3)
+    figures.update(_switch_under_load(data_dir, users))
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
     print(json.dumps(figures))
+
+
+def _switch_under_load(data_dir: Path, users: list[str], clients: int = 4) -> dict[str, float]:
+    """Phase 2: clients keep asking while a new version (every list reversed, so a response
+    shows which version it came from) is written and made live."""
+    from resources.store import SqliteRecommendationStore
+    from tests.conftest import free_port
+
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    old = store.live_version()
+    lists = {user: store.lookup(user, 100).items for user in users}
+    expected = {old: lists, f"{old}-switch": {u: items[::-1] for u, items in lists.items()}}
+    new = f"{old}-switch"
+    answers: list[tuple[float, str, bool]] = []
+    failures: list[int] = []
+    stop = threading.Event()
+
+    def ask(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=url) as client:
+            while not stop.is_set():
+                user = rng.choice(users)
+                started = time.monotonic()
+                response = client.get(f"/users/{user}/recommendations", params={"k": 100})
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+                    continue
+                body = response.json()
+                served = [item["item_id"] for item in body["items"]]
+                whole = served == [i["item_id"] for i in expected[body["model_version"]][user]]
+                answers.append((started, body["model_version"], whole))
+
+    port = free_port()
+    with _server("uvicorn", "api.app:app", port, data_dir):
+        url = f"http://127.0.0.1:{port}"
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        store.register(new, {**store.version(old).info, "note": "bench switch"})
+        store.write_version(new, list(expected[new].items()), [])
+        store.activate(new)
+        switched = time.monotonic()
+        time.sleep(2)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    store.activate(old)
+    late = [version for started, version, _ in answers if started > switched and version != new]
+    return {
+        "switch_requests": len(answers) + len(failures),
+        "switch_failed_requests": len(failures),
+        "switch_mixed_responses": sum(not whole for _, _, whole in answers),
+        "switch_old_version_after_switch": len(late),
+    }
 
 
 def _fresh_data_dir() -> Path:
