@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", type=Path, help="a data dir with a live model already")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     args = parser.parse_args()
 
     from tests.conftest import free_port
@@ -68,14 +68,16 @@ def main() -> None:
         figures[f"{name}_p99_ms_20c"] = calm["p99_ms"]
         figures[f"{name}_rps_20c"] = calm["rps"]
     figures["api_to_bare_throughput"] = round(figures["api_rps_200c"] / figures["bare_rps_200c"], 3)
-    figures.update(_switch_under_load(data_dir, users))
+    figures.update(_switch_under_load(args.server, data_dir, users))
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
     print(json.dumps(figures))
 
 
-def _switch_under_load(data_dir: Path, users: list[str], clients: int = 4) -> dict[str, float]:
+def _switch_under_load(
+    server: str, data_dir: Path, users: list[str], clients: int = 4
+) -> dict[str, float]:
     """Phase 2: clients keep asking while a new version (every list reversed, so a response
     shows which version it came from) is written and made live."""
     from resources.store import SqliteRecommendationStore
@@ -106,7 +108,7 @@ def _switch_under_load(data_dir: Path, users: list[str], clients: int = 4) -> di
                 answers.append((started, body["model_version"], whole))
 
     port = free_port()
-    with _server("uvicorn", "api.app:app", port, data_dir):
+    with _server(server, "api.app:app", port, data_dir):
         url = f"http://127.0.0.1:{port}"
         threads = [threading.Thread(target=ask, args=(n,)) for n in range(clients)]
         for thread in threads:
