@@ -133,21 +133,15 @@ def _switch_under_load(
 
 
 def _fresh_data_dir() -> Path:
+    from tests.conftest import dagster_job
+
     data_dir = Path(tempfile.mkdtemp(prefix="reco-api-load-"))
     env = {**os.environ, "RECO_DATA_DIR": str(data_dir), "SPARK_LOCAL_IP": "127.0.0.1"}
     subprocess.run(
         [sys.executable, "-m", "reco_dagster.datasets", "movielens-100k"], env=env, check=True
     )
     subprocess.run(
-        [
-            Path(sys.executable).with_name("dagster"),
-            "job",
-            "execute",
-            "-m",
-            "reco_dagster.definitions",
-            "-j",
-            "batch_retrain",
-        ],
+        dagster_job("batch_retrain"),
         env=env,
         cwd=REPO,
         check=True,

@@ -56,7 +56,7 @@ def main() -> None:
     from reco_dagster.automation import LANDING_POLL_S
     from reco_dagster.datasets import main as fetch_dataset
     from reco_dagster.definitions import defs
-    from tests.conftest import running_api
+    from tests.conftest import dagster_job, running_api
 
     fetch_dataset(["movielens-100k"])
     instance = DagsterInstance.get()
@@ -84,17 +84,7 @@ def main() -> None:
                 json.dumps({"ops": {"score_new_events": {"config": {"files": [name]}}}})
             )
             subprocess.run(
-                [
-                    Path(sys.executable).with_name("dagster"),
-                    "job",
-                    "execute",
-                    "-m",
-                    "reco_dagster.definitions",
-                    "-j",
-                    "micro_batch",
-                    "-c",
-                    str(config),
-                ],
+                dagster_job("micro_batch", "-c", str(config)),
                 cwd=REPO,
                 check=True,
                 capture_output=True,

@@ -22,6 +22,12 @@ from resources.store import SqliteRecommendationStore
 REPO = Path(__file__).resolve().parents[1]
 
 
+def dagster_job(job: str, *options: str) -> list[str]:
+    """The command line that runs one of the code location's jobs, as a user would."""
+    dagster = Path(sys.executable).with_name("dagster")
+    return [str(dagster), "job", "execute", "-m", "reco_dagster.definitions", "-j", job, *options]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

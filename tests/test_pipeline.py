@@ -14,7 +14,7 @@ import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
 from resources.store import SqliteRecommendationStore
-from tests.conftest import REPO, running_api
+from tests.conftest import REPO, dagster_job, running_api
 
 SMALL_ALS = {"rank": 16, "max_iter": 8, "alpha": 10.0, "confidence": "binary"}
 
@@ -42,19 +42,8 @@ def run_batch_retrain(
         "PYSPARK_PYTHON": sys.executable,
         "SPARK_LOCAL_IP": "127.0.0.1",
     }
-    dagster = Path(sys.executable).with_name("dagster")
     return subprocess.run(
-        [
-            dagster,
-            "job",
-            "execute",
-            "-m",
-            "reco_dagster.definitions",
-            "-j",
-            "batch_retrain",
-            "-c",
-            str(config),
-        ],
+        dagster_job("batch_retrain", "-c", str(config)),
         cwd=REPO,
         env=env,
         capture_output=True,
