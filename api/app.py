@@ -30,7 +30,7 @@ from litestar.params import Parameter
 from litestar.plugins.prometheus import PrometheusController
 
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
-from api.metrics import CACHE_HITS, CACHE_MISSES, LIVE_VERSION, request_metrics
+from api.metrics import LIVE_VERSION, TALLY, request_metrics
 from reco_dagster.domain.events import MAX_ID_LENGTH
 from resources.settings import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
@@ -126,9 +126,9 @@ class ResponseCache:
             LIVE_VERSION.labels(version=self.store.live_version() or "none").set(1)
         cached = self.responses.get(key)
         if cached is not None:
-            CACHE_HITS.inc()
+            TALLY.cache_hits += 1
         else:
-            CACHE_MISSES.inc()
+            TALLY.cache_misses += 1
             cached = render()
             if cached is None:
                 return None
