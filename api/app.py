@@ -66,11 +66,6 @@ class Health(msgspec.Struct, omit_defaults=True):
     detail: str | None = None
 
 
-class Problem(msgspec.Struct):
-    status_code: int
-    detail: str
-
-
 class ModelRecord(msgspec.Struct):
     version: str
     status: str
@@ -166,8 +161,7 @@ def lookup_routes(
         """The user's top-k unseen items; users the model does not know get the popular
         list. Under an A/B test (RECO_AB_TEST) the user's variant decides the version and the
         response names it. Every served list is logged for online evaluation."""
-        if len(user_id) > MAX_ID_LENGTH:
-            raise ValidationException(f"user_id is longer than {MAX_ID_LENGTH} characters")
+        _require_short("user_id", user_id)
         variant = experiment.assign(user_id) if experiment else None
         rendered = cache.get(
             ("user", user_id, k), lambda: _render_user(cache.store, user_id, k, variant)
@@ -189,8 +183,7 @@ def lookup_routes(
         k: Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")] = 10,
     ) -> bytes:
         """The items most like this one (cosine of the live model's item factors)."""
-        if len(item_id) > MAX_ID_LENGTH:
-            raise ValidationException(f"item_id is longer than {MAX_ID_LENGTH} characters")
+        _require_short("item_id", item_id)
         rendered = cache.get(
             ("similar", item_id, k), lambda: _render_similar(cache.store, item_id, k)
         )
@@ -199,6 +192,11 @@ def lookup_routes(
         return rendered[0]
 
     return [user_recommendations, similar_items]
+
+
+def _require_short(name: str, value: str) -> None:
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationException(f"{name} is longer than {MAX_ID_LENGTH} characters")
 
 
 def _render_user(

@@ -105,7 +105,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         switch. Then drops the lists of versions past retention."""
         version = str(ranked["model_version"].iloc[0])
         previous = store.live_version()
-        titles = dict(zip(item_catalog["item_id"], item_catalog["title"], strict=True))
+        titles = titles_by_item(item_catalog)
         archive.save(model)
         if previous == version:
             context.log.info(f"{version} (same data and settings) is live already")
@@ -136,6 +136,10 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         )
 
     return [recommendations, similar_items, published]
+
+
+def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(catalog["item_id"], catalog["title"], strict=True))
 
 
 def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:

@@ -92,7 +92,6 @@ def _trained(model: TrainedAls | FactorModel, started: float, **metadata) -> Out
 
 
 def _fit_als(
-    context: AssetExecutionContext,
     pyspark: PySparkResource,
     settings: dict,
     table: pd.DataFrame,
@@ -107,24 +106,22 @@ def _fit_als(
 
 @asset(group_name="train", kinds={"spark"})
 def als_evaluation_model(
-    context: AssetExecutionContext,
     pyspark: PySparkResource,
     als_hyperparameters: dict,
     train_interactions: pd.DataFrame,
 ) -> Output[TrainedAls]:
     """ALS fitted on the training split only; `als_evaluation` scores it on the test split."""
-    return _fit_als(context, pyspark, als_hyperparameters, train_interactions)
+    return _fit_als(pyspark, als_hyperparameters, train_interactions)
 
 
 @asset(group_name="train", kinds={"spark"})
 def als_model(
-    context: AssetExecutionContext,
     pyspark: PySparkResource,
     als_hyperparameters: dict,
     interactions: pd.DataFrame,
 ) -> Output[TrainedAls]:
     """ALS fitted on every interaction: the model whose recommendations are served."""
-    return _fit_als(context, pyspark, als_hyperparameters, interactions)
+    return _fit_als(pyspark, als_hyperparameters, interactions)
 
 
 def _fit_ease(ease: EaseSettings, table: pd.DataFrame) -> Output[FactorModel]:

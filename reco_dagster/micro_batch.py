@@ -9,9 +9,10 @@ from dagster import Failure, OpExecutionContext, in_process_executor, job, op
 from threadpoolctl import threadpool_limits
 
 from assets.ingest import IngestConfig, ingest_landed_files
-from assets.publish import PUBLISHED_DEPTH, ranked_lists
+from assets.publish import PUBLISHED_DEPTH, ranked_lists, titles_by_item
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.models import FactorModel
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import RecommendationStore
@@ -58,6 +59,11 @@ def score_new_events(
         context.log.info("No new events in these files")
         context.add_output_metadata({**metadata, "users_refreshed": 0})
         return
+    users = new_events["user_id"].unique()
+    history, _ = build_interactions(landing_zone.user_history(users))
+    catalog, _ = landing_zone.item_catalog()
+    titles = titles_by_item(catalog)
+    lap("read_history")
     # A publish may switch the live version while we score; the store refuses to write into
     # a version that is no longer live, and the users are scored again against the new one.
     for _ in range(2):
@@ -72,9 +78,8 @@ def score_new_events(
         lap("load_model")
         # Many small matrices: BLAS threads only fight the API for the same cores.
         with threadpool_limits(limits=1):
-            refreshed, counts = _rerank(model, landing_zone, new_events)
+            refreshed, counts = _rerank(model, history, new_events)
         lap("fold_in_and_rank")
-        titles = _titles(landing_zone)
         if store.update_live_users(version, list(ranked_lists(refreshed, "user_id", titles))):
             lap("write")
             break
@@ -88,10 +93,10 @@ def score_new_events(
     context.add_output_metadata({**metadata, **counts, "model_version": version, **stages})
 
 
-def _rerank(model, landing_zone: LandingZone, new_events: pd.DataFrame):
-    """Fold the new events' users into `model` from their whole history; rank unseen items."""
+def _rerank(model: FactorModel, history: pd.DataFrame, new_events: pd.DataFrame):
+    """Fold the new events' users into `model` from their whole history (interactions);
+    rank their unseen items."""
     users = new_events["user_id"].unique()
-    history, _ = build_interactions(landing_zone.user_history(users))
     refolded = fold_in(model, history[["user_id", "item_id", "rating"]])
     personal = refolded.user_factors.any(axis=1)
     ranked = refolded.recommend(seen=history, k=PUBLISHED_DEPTH)
@@ -104,11 +109,6 @@ def _rerank(model, landing_zone: LandingZone, new_events: pd.DataFrame):
         "events_applied": int(known_items.sum()),
         "unknown_item_events": int((~known_items).sum()),
     }
-
-
-def _titles(landing_zone: LandingZone) -> dict[str, str]:
-    catalog, _ = landing_zone.item_catalog()
-    return dict(zip(catalog["item_id"], catalog["title"], strict=True))
 
 
 @job(executor_def=in_process_executor, tags=MICRO_BATCH_TAGS)

@@ -149,10 +149,7 @@ class LandingZone(ConfigurableResource):
 
     def event_history(self) -> pd.DataFrame:
         """Every validated event ingested so far, with its source file."""
-        if not self._events_dir.exists():
-            return EVENT_SCHEMA.empty_table().to_pandas()
-        history = pads.dataset(self._events_dir, schema=EVENT_SCHEMA, format="parquet")
-        return history.to_table().to_pandas()
+        return self._read_events(self._events_dir)
 
     def served_lists(self) -> pd.DataFrame:
         """The API's log of served lists: time, user_id, variant, version, items."""
@@ -174,22 +171,26 @@ class LandingZone(ConfigurableResource):
         return self._events_where(lambda entry: entry["file"] in names)
 
     def _events_where(self, wanted: Callable[[dict], bool]) -> pd.DataFrame:
-        paths = [
-            self._events_dir / f"{digest}.parquet"
-            for digest, entry in self.ingested().items()
-            if entry["status"] == "ingested" and wanted(entry)
-        ]
-        if not paths:
-            return EVENT_SCHEMA.empty_table().to_pandas()
-        return pads.dataset(paths, schema=EVENT_SCHEMA, format="parquet").to_table().to_pandas()
+        return self._read_events(
+            [
+                self._events_dir / f"{digest}.parquet"
+                for digest, entry in self.ingested().items()
+                if entry["status"] == "ingested" and wanted(entry)
+            ]
+        )
 
     def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
         """Every ingested event of these users."""
-        if not self._events_dir.exists():
-            return EVENT_SCHEMA.empty_table().to_pandas()
-        history = pads.dataset(self._events_dir, schema=EVENT_SCHEMA, format="parquet")
         users = pa.array(list(user_ids), type=pa.string())
-        return history.to_table(filter=pads.field("user_id").isin(users)).to_pandas()
+        return self._read_events(self._events_dir, pads.field("user_id").isin(users))
+
+    @staticmethod
+    def _read_events(source: Path | list[Path], condition: pads.Expression | None = None):
+        """Event history files (a folder or a list) as one frame in EVENT_SCHEMA."""
+        if not (source if isinstance(source, list) else source.exists()):
+            return EVENT_SCHEMA.empty_table().to_pandas()
+        events = pads.dataset(source, schema=EVENT_SCHEMA, format="parquet")
+        return events.to_table(filter=condition).to_pandas()
 
     def _write_ledger(self, file: LandingFile, **entry: object) -> None:
         self._ledger_dir.mkdir(parents=True, exist_ok=True)
