@@ -32,7 +32,7 @@ from litestar.plugins.prometheus import PrometheusController
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
 from reco_dagster.domain.events import MAX_ID_LENGTH
-from resources.settings import data_dir, recommendation_store
+from resources.settings import data_dir, recommendation_store, required_env
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
 
 MAX_K = 100
@@ -297,7 +297,7 @@ def activate(state: State, version: str) -> ModelRecord:
 
 
 def create_app(store: RecommendationStore | None = None) -> Litestar:
-    store = store or recommendation_store()
+    store = store or recommendation_store(secret=required_env)
     cache = ResponseCache(store)
     served = ServedLog(data_dir() / "served")
     return Litestar(

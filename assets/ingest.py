@@ -13,7 +13,7 @@ from reco_dagster.domain.events import (
     read_event_file,
     validate_events,
 )
-from resources.landing_zone import LandingZone
+from resources.landing_zone import QUARANTINE, LandingZone
 
 
 class IngestConfig(Config):
@@ -50,7 +50,7 @@ class IngestReport:
             "quarantined_files": MetadataValue.md(
                 "\n".join(f"- {line}" for line in self.quarantined_files) or "none"
             ),
-            "quarantine_dir": MetadataValue.path(str(landing_zone.quarantine_dir)),
+            "quarantine_dir": MetadataValue.path(landing_zone.where(QUARANTINE)),
         }
 
 

@@ -17,7 +17,7 @@ from dagster import (
 from assets.ingest import raw_events
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.splits import chronological_split, stratified_random_split
-from resources.landing_zone import LandingZone
+from resources.landing_zone import LANDING, LandingZone
 
 
 @asset(group_name="prepare", deps=[raw_events], kinds={"pandas"})
@@ -26,7 +26,7 @@ def interactions(context: AssetExecutionContext, landing_zone: LandingZone) -> O
     events = landing_zone.event_history()
     if events.empty:
         raise Failure(
-            f"No events have been ingested: put event files in {landing_zone.landing_dir} "
+            f"No events have been ingested: put event files in {landing_zone.where(LANDING)} "
             "(or run `python -m reco_dagster.datasets movielens-100k`) and materialize raw_events."
         )
     table, duplicates = build_interactions(events)

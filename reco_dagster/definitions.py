@@ -1,4 +1,4 @@
-"""The code location: every asset, resource and job, chosen for the embedded deployment."""
+"""The code location: every asset, resource and job, with the deployment's resources."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from resources.settings import (
     EaseSettings,
     QualityGate,
     Serving,
-    data_dir,
+    file_store,
     recommendation_store,
     spark_config,
 )
@@ -46,11 +46,12 @@ batch_retrain = define_asset_job(
 
 
 def build_resources() -> dict[str, object]:
-    root = data_dir()
+    """The resources of the deployment RECO_DEPLOYMENT names (embedded by default)."""
+    files = file_store()
     return {
-        "landing_zone": LandingZone(data_dir=str(root)),
-        "io_manager": LakeIOManager(base_dir=str(root / "lake")),
-        "archive": ModelArchive(base_dir=str(root / "lake" / "versions")),
+        "landing_zone": LandingZone(files=files),
+        "io_manager": LakeIOManager(files=files),
+        "archive": ModelArchive(files=files),
         "store": recommendation_store(),
         "pyspark": PySparkResource(spark_config=spark_config()),
         "als": AlsSettings(),

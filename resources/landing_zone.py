@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
@@ -20,6 +21,14 @@ from reco_dagster.domain.events import (
     is_event_file,
     read_table_file,
 )
+from resources.files import FileInfo, FileStore
+
+LANDING = "landing/"
+CATALOG = "catalog/"
+QUARANTINE = "quarantine/"
+SERVED = "served/"
+EVENTS = "lake/events/"
+LEDGER = "lake/ingested/"
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -44,102 +53,88 @@ class LandingFile:
 
 
 class LandingZone(ConfigurableResource):
-    """Local-disk layout under `data_dir`: landing/, quarantine/, lake/events/, lake/ingested/.
+    """Folders in a file store: landing/, catalog/, quarantine/, lake/events/, lake/ingested/
+    and served/ (the API's log).
 
     Every file is ingested once, keyed by its content hash, so a file copied in twice (or
     renamed) is recognised; the ledger entry is written last and marks the file as done.
     Nothing in landing/ is ever modified or deleted.
     """
 
-    data_dir: str
+    files: FileStore
 
-    @property
-    def landing_dir(self) -> Path:
-        return Path(self.data_dir) / "landing"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return Path(self.data_dir) / "quarantine"
-
-    @property
-    def catalog_dir(self) -> Path:
-        return Path(self.data_dir) / "catalog"
-
-    @property
-    def _events_dir(self) -> Path:
-        return Path(self.data_dir) / "lake" / "events"
-
-    @property
-    def _ledger_dir(self) -> Path:
-        return Path(self.data_dir) / "lake" / "ingested"
-
-    def landed_files(self, only: Collection[str] | None = None) -> Iterator[LandingFile]:
-        """Event files in the landing zone (any depth), in name order; `only` names a subset."""
-        for name in self.landed_names():
-            if only is None or name in only:
-                yield LandingFile(name=name, data=(self.landing_dir / name).read_bytes())
-
-    def landed_names(self) -> list[str]:
-        """Event file names, in name order, without reading them."""
-        if not self.landing_dir.exists():
-            return []
+    def landed(self) -> list[FileInfo]:
+        """Event files in the landing zone (any depth), in name order, without reading them;
+        names are relative to landing/."""
         return [
-            path.relative_to(self.landing_dir).as_posix()
-            for path in sorted(self.landing_dir.rglob("*"))
-            if path.is_file() and is_event_file(path.name) and not path.name.startswith(".")
+            FileInfo(file.name.removeprefix(LANDING), file.size, file.modified_ns)
+            for file in self.files.list(LANDING)
+            if is_event_file(file.name) and not PurePosixPath(file.name).name.startswith(".")
         ]
 
-    def stat(self, name: str) -> tuple[int, int]:
-        """(size in bytes, modification time in ns) of a landing file."""
-        info = (self.landing_dir / name).stat()
-        return info.st_size, info.st_mtime_ns
+    def landed_files(self, only: Collection[str] | None = None) -> Iterator[LandingFile]:
+        """Event files with their bytes, in name order; `only` names a subset."""
+        for file in self.landed():
+            if only is None or file.name in only:
+                yield LandingFile(name=file.name, data=self.files.read(LANDING + file.name))
+
+    def land(self, name: str, data: bytes) -> str:
+        """Put a file into the landing zone; returns where it went."""
+        self.files.write(LANDING + name, data)
+        return self.files.location(LANDING + name)
 
     def is_empty(self) -> bool:
-        return not self.landed_names()
+        return not self.landed()
+
+    def where(self, folder: str) -> str:
+        """Where a user finds one of the zone's folders (landing/, quarantine/...)."""
+        return self.files.location(folder)
 
     def ingested(self) -> dict[str, dict]:
         """Ledger entries by content hash."""
-        if not self._ledger_dir.exists():
-            return {}
-        return {path.stem: json.loads(path.read_text()) for path in self._ledger_dir.glob("*.json")}
+        return {
+            PurePosixPath(file.name).stem: json.loads(self.files.read(file.name))
+            for file in self.files.list(LEDGER)
+        }
 
     def record_events(
         self, file: LandingFile, events: pd.DataFrame, rejected: pd.DataFrame
     ) -> None:
         """Good rows into the history, bad rows into quarantine, then mark the file done."""
-        self._events_dir.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pandas(
             events.assign(source_file=file.name), schema=EVENT_SCHEMA, preserve_index=False
         )
-        pq.write_table(table, self._events_dir / f"{file.sha256}.parquet")
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        self.files.write(f"{EVENTS}{file.sha256}.parquet", buffer.getvalue())
         if not rejected.empty:
-            rows_dir = self.quarantine_dir / "rows"
-            rows_dir.mkdir(parents=True, exist_ok=True)
-            rejected.assign(source_file=file.name).to_csv(
-                rows_dir / f"{_flat(file.name)}.{file.sha256[:12]}.csv", index=False
-            )
+            rows = rejected.assign(source_file=file.name).to_csv(index=False).encode()
+            self.files.write(f"{QUARANTINE}rows/{_flat(file.name)}.{file.sha256[:12]}.csv", rows)
         self._write_ledger(file, status="ingested", rows=len(events), rejected=len(rejected))
 
-    def quarantine_file(self, file: LandingFile, reason: str) -> Path:
-        """Keep a copy of a file that could not be read at all, with the reason beside it."""
-        files_dir = self.quarantine_dir / "files"
-        files_dir.mkdir(parents=True, exist_ok=True)
-        copy = files_dir / f"{file.sha256[:12]}.{_flat(file.name)}"
-        copy.write_bytes(file.data)
-        copy.with_name(copy.name + ".reason.txt").write_text(reason + "\n")
+    def quarantine_file(self, file: LandingFile, reason: str) -> str:
+        """Keep a copy of a file that could not be read at all, with the reason beside it;
+        returns where the copy is."""
+        copy = f"{QUARANTINE}files/{file.sha256[:12]}.{_flat(file.name)}"
+        self.files.write(copy, file.data)
+        self.files.write(copy + ".reason.txt", (reason + "\n").encode())
         self._write_ledger(file, status="quarantined", rows=0, rejected=0, reason=reason)
-        return copy
+        return self.files.location(copy)
+
+    def add_catalog(self, name: str, data: bytes) -> str:
+        self.files.write(CATALOG + name, data)
+        return self.files.location(CATALOG + name)
 
     def item_catalog(self) -> tuple[pd.DataFrame, list[str]]:
         """Item titles from `catalog/` files (item_id, title); unreadable files are listed."""
         frames, problems = [], []
-        for path in sorted(self.catalog_dir.glob("*")) if self.catalog_dir.exists() else []:
-            if not is_event_file(path.name):
+        for file in self.files.list(CATALOG):
+            if not is_event_file(file.name):
                 continue
             try:
-                frame = read_table_file(path.name, path.read_bytes(), ("item_id", "title"))
+                frame = read_table_file(file.name, self.files.read(file.name), ("item_id", "title"))
             except UnreadableFileError as error:
-                problems.append(f"{path.name}: {error}")
+                problems.append(f"{file.name}: {error}")
                 continue
             frames.append(frame[["item_id", "title"]].astype("string"))
         if not frames:
@@ -149,14 +144,15 @@ class LandingZone(ConfigurableResource):
 
     def event_history(self) -> pd.DataFrame:
         """Every validated event ingested so far, with its source file."""
-        return self._read_events(self._events_dir)
+        return self._read_events([file.name for file in self.files.list(EVENTS)])
 
     def served_lists(self) -> pd.DataFrame:
         """The API's log of served lists: time, user_id, variant, version, items."""
         columns = ["time", "user_id", "variant", "version", "items"]
-        logs = sorted((Path(self.data_dir) / "served").glob("served-*.jsonl"))
         frames = [
-            pd.read_json(path, lines=True, dtype=False) for path in logs if path.stat().st_size
+            pd.read_json(io.BytesIO(self.files.read(file.name)), lines=True, dtype=False)
+            for file in self.files.list(SERVED)
+            if file.name.endswith(".jsonl") and file.size
         ]
         if not frames:
             return pd.DataFrame(columns=columns)
@@ -173,7 +169,7 @@ class LandingZone(ConfigurableResource):
     def _events_where(self, wanted: Callable[[dict], bool]) -> pd.DataFrame:
         return self._read_events(
             [
-                self._events_dir / f"{digest}.parquet"
+                f"{EVENTS}{digest}.parquet"
                 for digest, entry in self.ingested().items()
                 if entry["status"] == "ingested" and wanted(entry)
             ]
@@ -182,25 +178,27 @@ class LandingZone(ConfigurableResource):
     def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
         """Every ingested event of these users."""
         users = pa.array(list(user_ids), type=pa.string())
-        return self._read_events(self._events_dir, pads.field("user_id").isin(users))
+        return self._read_events(
+            [file.name for file in self.files.list(EVENTS)], pc.field("user_id").isin(users)
+        )
 
-    @staticmethod
-    def _read_events(source: Path | list[Path], condition: pads.Expression | None = None):
-        """Event history files (a folder or a list) as one frame in EVENT_SCHEMA."""
-        if not (source if isinstance(source, list) else source.exists()):
-            return EVENT_SCHEMA.empty_table().to_pandas()
-        events = pads.dataset(source, schema=EVENT_SCHEMA, format="parquet")
-        return events.to_table(filter=condition).to_pandas()
+    def _read_events(self, names: list[str], condition: pc.Expression | None = None):
+        """Event history files as one frame in EVENT_SCHEMA."""
+        tables = [
+            pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
+            for name in names
+        ]
+        events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
+        return (events if condition is None else events.filter(condition)).to_pandas()
 
     def _write_ledger(self, file: LandingFile, **entry: object) -> None:
-        self._ledger_dir.mkdir(parents=True, exist_ok=True)
         record = {
             "file": file.name,
             "size": len(file.data),
             "ingested_at": datetime.now(UTC).isoformat(),
             **entry,
         }
-        (self._ledger_dir / f"{file.sha256}.json").write_text(json.dumps(record))
+        self.files.write(f"{LEDGER}{file.sha256}.json", json.dumps(record).encode())
 
 
 def _flat(name: str) -> str:

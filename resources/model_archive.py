@@ -1,26 +1,28 @@
 """Every published model version's factors, kept by version id, so that the micro-batch
 scores against exactly the live version (the lake's `*_model` may be newer and rejected)."""
 
-from pathlib import Path
-
 from dagster import ConfigurableResource
 
 from reco_dagster.domain.models import FactorModel
+from resources.files import FileStore
+
+VERSIONS = "lake/versions/"
 
 
 class ModelArchive(ConfigurableResource):
-    base_dir: str
+    files: FileStore
 
     def save(self, model: FactorModel) -> None:
-        directory = Path(self.base_dir) / model.version
-        directory.mkdir(parents=True, exist_ok=True)
-        model.save(directory)
+        with self.files.folder_to_write(f"{VERSIONS}{model.version}/") as folder:
+            model.save(folder)
 
     def load(self, version: str) -> FactorModel:
-        directory = Path(self.base_dir) / version
-        if not directory.exists():
+        try:
+            with self.files.folder_to_read(f"{VERSIONS}{version}/") as folder:
+                return FactorModel.load(folder)
+        except FileNotFoundError:
             raise FileNotFoundError(
-                f"model version {version} is not in the archive ({directory}); "
+                f"model version {version} is not in the archive "
+                f"({self.files.location(VERSIONS + version)}); "
                 "re-run batch_retrain to publish a version the micro-batch can score with"
-            )
-        return FactorModel.load(directory)
+            ) from None

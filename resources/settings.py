@@ -1,17 +1,50 @@
-"""Settings chosen by the deployment: paths, the Spark session, the ALS model."""
+"""Settings chosen by the deployment: where files and lists live, the Spark session, the models.
+
+`RECO_DEPLOYMENT` picks the backends: `embedded` (the default: files under `RECO_DATA_DIR`,
+lists in a SQLite file) or `azure` (files in an Azure Blob Storage container, lists in Azure
+Cosmos DB). Secrets are only ever read from the environment.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
+from dagster_azure.blob import (
+    AzureBlobStorageDefaultCredential,
+    AzureBlobStorageKeyCredential,
+    AzureBlobStorageResource,
+)
 from pydantic import Field
 
 from reco_dagster.domain.als import Confidence
+from resources.cosmos_store import CosmosRecommendationStore
+from resources.files import BlobFiles, FileStore, LocalFiles
 from resources.store import RecommendationStore, SqliteRecommendationStore
+
+DEPLOYMENTS = ("embedded", "azure")
+
+Secret = Callable[[str], str]
+"""How a resource gets a secret by its variable's name: `EnvVar` in Dagster's definitions
+(read when a run starts, never stored in config), `required_env` in plain processes."""
+
+
+def required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"{name} is not set; the {deployment()} deployment needs it")
+    return value
+
+
+def deployment() -> str:
+    chosen = os.environ.get("RECO_DEPLOYMENT", "embedded")
+    if chosen not in DEPLOYMENTS:
+        raise ValueError(f"RECO_DEPLOYMENT={chosen!r}: choose one of {', '.join(DEPLOYMENTS)}")
+    return chosen
 
 
 def data_dir() -> Path:
@@ -44,9 +77,36 @@ def spark_config() -> dict[str, str]:
     return config | json.loads(os.environ.get("RECO_SPARK_CONF", "{}"))
 
 
-def recommendation_store() -> RecommendationStore:
-    """The store this deployment serves from (the embedded SQLite file by default)."""
-    return SqliteRecommendationStore(path=str(sqlite_store_path()))
+def file_store(secret: Secret = EnvVar) -> FileStore:
+    """Where the landing zone and the lake are: `RECO_DATA_DIR`, or for azure the container
+    `RECO_BLOB_CONTAINER` (default reco) of the account at `RECO_BLOB_ACCOUNT_URL`, signed in
+    with `RECO_BLOB_KEY` when set, else with DefaultAzureCredential (managed identity)."""
+    if deployment() == "embedded":
+        return LocalFiles(root=str(data_dir()))
+    credential = (
+        AzureBlobStorageKeyCredential(key=secret("RECO_BLOB_KEY"))
+        if os.environ.get("RECO_BLOB_KEY")
+        else AzureBlobStorageDefaultCredential()
+    )
+    return BlobFiles(
+        storage=AzureBlobStorageResource(
+            account_url=secret("RECO_BLOB_ACCOUNT_URL"), credential=credential
+        ),
+        container=os.environ.get("RECO_BLOB_CONTAINER", "reco"),
+    )
+
+
+def recommendation_store(secret: Secret = EnvVar) -> RecommendationStore:
+    """The store this deployment serves from: the SQLite file, or for azure the Cosmos DB
+    database `RECO_COSMOS_DATABASE` (default reco) at `RECO_COSMOS_ENDPOINT`, signed in with
+    `RECO_COSMOS_KEY` when set, else with DefaultAzureCredential."""
+    if deployment() == "embedded":
+        return SqliteRecommendationStore(path=str(sqlite_store_path()))
+    return CosmosRecommendationStore(
+        endpoint=secret("RECO_COSMOS_ENDPOINT"),
+        key=secret("RECO_COSMOS_KEY") if os.environ.get("RECO_COSMOS_KEY") else None,
+        database=os.environ.get("RECO_COSMOS_DATABASE", "reco"),
+    )
 
 
 class AlsSettings(ConfigurableResource):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,24 @@ class Lookup:
     model_version: str
     source: Literal["personal", "popular"]
     items: list[Item]
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What writing a version's lists took."""
+
+    documents: int
+    """Rows or documents written: per user, per item (similar items), the popular list."""
+    seconds: float
+    users: int = 0
+    request_units: float | None = None
+    """Cosmos DB's request charge, summed over the writes (None where nothing reports one)."""
+    retries: int = 0
+    """Writes retried after throttling or a transient failure."""
+
+    @property
+    def documents_per_s(self) -> float:
+        return self.documents / max(self.seconds, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -68,9 +87,9 @@ class RecommendationStore(ConfigurableResource):
         user_lists: Iterable[tuple[str, list[Item]]],
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
-    ) -> int:
+    ) -> WriteReport:
         """Store a registered candidate's lists (per user, popular, per item similar items),
-        not yet live; re-running replaces them. Returns the number of users written."""
+        not yet live; re-running replaces them."""
         raise NotImplementedError
 
     def activate(self, version: str) -> None:
@@ -199,7 +218,8 @@ class SqliteRecommendationStore(RecommendationStore):
         user_lists: Iterable[tuple[str, list[Item]]],
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
-    ) -> int:
+    ) -> WriteReport:
+        started = time.perf_counter()
         record = self.version(version)
         if record is None or record.status in ("live", "rejected"):
             state = "not registered" if record is None else record.status
@@ -214,7 +234,11 @@ class SqliteRecommendationStore(RecommendationStore):
             ("INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, json.dumps(popular))),
             ("UPDATE model_versions SET status = 'candidate' WHERE version = ?", (version,)),
         )
-        return len(rows)
+        return WriteReport(
+            documents=len(rows) + len(neighbours) + 1,
+            seconds=time.perf_counter() - started,
+            users=len(rows),
+        )
 
     def activate(self, version: str) -> None:
         record = self.version(version)

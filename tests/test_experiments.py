@@ -11,6 +11,7 @@ from dagster import materialize
 from api.experiments import Experiment
 from assets.evaluate import online_evaluation
 from reco_dagster.domain.online import served_hit_rate
+from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
 from resources.store import SqliteRecommendationStore
 from tests.conftest import land, running_api
@@ -118,7 +119,7 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
             assert body["variant"] == expected
             assert body["items"][0]["item_id"] == ("i1" if expected == "control" else "i9")
         time.sleep(1.5)  # the log is written once a second
-    zone = LandingZone(data_dir=str(data_dir))
+    zone = LandingZone(files=LocalFiles(root=str(data_dir)))
     served = zone.served_lists()
     assert len(served) == len(users) and set(served["version"]) == {"v1"}
     land(

@@ -10,6 +10,7 @@ from dagster import DagsterInstance, SkipReason, build_sensor_context
 
 from reco_dagster.automation import landing_zone_sensor, new_landing_files, retrain_reason
 from reco_dagster.micro_batch import micro_batch
+from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
 from tests.conftest import land, live_world, resources
 
@@ -108,7 +109,7 @@ def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
 
 
 def test_the_cursor_keeps_files_that_share_a_modification_time(data_dir):
-    zone = LandingZone(data_dir=str(data_dir))
+    zone = LandingZone(files=LocalFiles(root=str(data_dir)))
     frame = pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "timestamp": [1]})
     for name in ("a.csv", "b.csv"):
         land(data_dir, name, frame)

@@ -1,0 +1,90 @@
+"""What only Cosmos DB can do to a publish, done by a real cosmosdb-server: throttling, a busy
+server, and a server that stops in the middle of a publish."""
+
+import threading
+import time
+import uuid
+
+import pytest
+from azure.cosmos import CosmosClient
+
+from resources.cosmos_store import USERS, CosmosRecommendationStore
+from tests.servers.azure import COSMOS_EMULATOR_KEY, Server, cosmosdb_server
+from tests.test_store import POPULAR, lists
+
+
+def open_store(server: Server, database: str, **settings) -> CosmosRecommendationStore:
+    return CosmosRecommendationStore(
+        endpoint=server.url, key=COSMOS_EMULATOR_KEY, database=database, **settings
+    )
+
+
+def documents_of(server: Server, database: str, version: str) -> list[str]:
+    """The users with a document for `version`, read past the store."""
+    client = CosmosClient(server.url, COSMOS_EMULATOR_KEY, enable_endpoint_discovery=False)
+    container = client.get_database_client(database).get_container_client(USERS)
+    return [
+        row["user_id"]
+        for row in container.query_items(
+            "SELECT c.user_id FROM c WHERE c.id = @v",
+            parameters=[{"name": "@v", "value": version}],
+            enable_cross_partition_query=True,
+        )
+    ]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttled_and_busy_writes_are_retried_until_every_document_is_in(status):
+    with cosmosdb_server(COSMOS_FAULT_EVERY="4", COSMOS_FAULT_STATUS=str(status)) as server:
+        store = open_store(server, "reco")
+        store.register("v1", {"family": "als"})
+        report = store.write_version("v1", lists("v1", users=200), POPULAR)
+        store.activate("v1")
+        assert report.users == 200 and report.request_units > 0
+        assert sorted(documents_of(server, "reco", "v1")) == sorted(f"u{n}" for n in range(200))
+        assert all(store.lookup(f"u{n}", 1).source == "personal" for n in range(200))
+        if status == 503:  # the SDK retries throttling itself; the store retries the rest
+            assert report.retries >= 200 // 4
+
+
+def test_a_publish_cut_off_by_a_stopped_server_is_rerun_to_completion(cosmos):
+    database = f"t{uuid.uuid4().hex}"
+    store = open_store(cosmos, database, max_attempts=2, request_timeout_s=1.0)
+    store.register("v1", {"family": "als"})
+    store.write_version("v1", lists("v1"), POPULAR)
+    store.activate("v1")
+    store.register("v2", {"family": "als"})
+    failure: list[BaseException] = []
+
+    def publish_v2():
+        try:
+            store.write_version("v2", lists("v2", users=3000), POPULAR)
+        except BaseException as error:
+            failure.append(error)
+
+    publisher = threading.Thread(target=publish_v2)
+    publisher.start()
+    deadline = time.monotonic() + 30
+    while len(documents_of(cosmos, database, "v2")) < 100 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cosmos.freeze()
+    try:
+        publisher.join(timeout=60)
+    finally:
+        cosmos.thaw()
+    assert not publisher.is_alive() and failure, "the publish should fail while the server stops"
+    written = len(documents_of(cosmos, database, "v2"))
+    assert 100 <= written < 3000
+
+    reader = open_store(cosmos, database)
+    assert reader.live_version() == "v1" and not reader.version("v2").has_lists
+    assert [item["item_id"] for item in reader.lookup("u5", 2).items] == ["v1-5-0", "v1-5-1"]
+    with pytest.raises(Exception, match="no complete lists"):
+        reader.activate("v2")
+
+    assert store.write_version("v2", lists("v2", users=3000), POPULAR).users == 3000
+    store.activate("v2")
+    users = documents_of(cosmos, database, "v2")
+    assert len(users) == len(set(users)) == 3000
+    assert [item["item_id"] for item in reader.lookup("u2999", 1).items] == ["v2-2999-0"]
+    assert sorted(documents_of(cosmos, database, "v1")) == sorted(f"u{n}" for n in range(50))
