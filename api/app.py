@@ -150,7 +150,7 @@ def lookup_routes(
 
     @get(
         "/users/{user_id:str}/recommendations",
-        sync_to_thread=False,
+        sync_to_thread=cache.store.reads_over_network,
         media_type=MediaType.JSON,
         responses={200: ResponseSpec(Recommendations, description="the user's list")},
     )
@@ -174,7 +174,7 @@ def lookup_routes(
 
     @get(
         "/items/{item_id:str}/similar",
-        sync_to_thread=False,
+        sync_to_thread=cache.store.reads_over_network,
         media_type=MediaType.JSON,
         responses={200: ResponseSpec(SimilarItems, description="the item's neighbours")},
     )

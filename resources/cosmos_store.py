@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
@@ -58,6 +58,8 @@ T = TypeVar("T")
 
 class CosmosRecommendationStore(RecommendationStore):
     """Azure Cosmos DB; the database and containers are created when missing."""
+
+    reads_over_network: ClassVar[bool] = True
 
     endpoint: str
     key: str | None = None

@@ -8,6 +8,7 @@ Cosmos DB). Secrets are only ever read from the environment.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -27,6 +28,13 @@ from resources.files import BlobFiles, FileStore, LocalFiles
 from resources.store import RecommendationStore, SqliteRecommendationStore
 
 DEPLOYMENTS = ("embedded", "azure")
+
+# The Azure SDKs log every HTTP request and response at INFO: keep them to warnings.
+for sdk_http_log in (
+    "azure.core.pipeline.policies.http_logging_policy",
+    "azure.cosmos._cosmos_http_logging_policy",
+):
+    logging.getLogger(sdk_http_log).setLevel(logging.WARNING)
 
 Secret = Callable[[str], str]
 """How a resource gets a secret by its variable's name: `EnvVar` in Dagster's definitions

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
@@ -74,6 +74,9 @@ class RecommendationStore(ConfigurableResource):
     (its lists, beside the live ones) → `activate` (the switch) → retired when another
     version goes live → `purge_old_versions` drops its lists, the record stays.
     """
+
+    reads_over_network: ClassVar[bool] = False
+    """Whether a lookup waits on a network round trip (the API then runs it in a thread)."""
 
     def register(
         self, version: str, info: Mapping[str, Any], rejected_because: str | None = None

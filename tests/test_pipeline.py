@@ -20,7 +20,11 @@ SMALL_ALS = {"rank": 16, "max_iter": 8, "alpha": 10.0, "confidence": "binary"}
 
 
 def run_batch_retrain(
-    data_dir: Path, tmp_path: Path, als: dict = SMALL_ALS, search_trials: int = 0
+    data_dir: Path,
+    tmp_path: Path,
+    als: dict = SMALL_ALS,
+    search_trials: int = 0,
+    **extra_env: str,
 ) -> subprocess.CompletedProcess:
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir(exist_ok=True)
@@ -41,6 +45,7 @@ def run_batch_retrain(
         "DAGSTER_HOME": str(dagster_home),
         "PYSPARK_PYTHON": sys.executable,
         "SPARK_LOCAL_IP": "127.0.0.1",
+        **extra_env,
     }
     return subprocess.run(
         dagster_job("batch_retrain", "-c", str(config)),

@@ -78,7 +78,11 @@ def _serving(command: list[str], port: int, url: str, env: dict[str, str]) -> It
     finally:
         os.kill(process.pid, signal.SIGCONT)
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # azurite waits for idle client connections
+            process.kill()
+            process.wait(timeout=5)
 
 
 @contextmanager
