@@ -74,6 +74,12 @@ def test_the_store_refuses_micro_batch_writes_into_a_replaced_version(world):
     assert store.update_live_users("next", [("u1", [{"item_id": "i8", "score": 2.0}])]) is True
 
 
+def evaluate_sensor(**context):
+    # The landing zone holds a nested resource: Dagster opens it inside a context manager.
+    with build_sensor_context(**context) as sensor_context:
+        return landing_zone_sensor(sensor_context)
+
+
 def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
     zone = world[0]
     instance = DagsterInstance.ephemeral()
@@ -82,27 +88,17 @@ def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
         "waiting.csv",
         pd.DataFrame({"user_id": ["u2"], "item_id": ["i2"], "timestamp": [1]}),
     )
-    first = landing_zone_sensor(
-        build_sensor_context(instance=instance, resources={"landing_zone": zone})
-    )
+    first = evaluate_sensor(instance=instance, resources={"landing_zone": zone})
     [request] = first.run_requests
     # history.csv was ingested already (by the world's first run): only the new file counts.
     assert request.run_config["ops"]["score_new_events"]["config"]["files"] == ["waiting.csv"]
-    idle = landing_zone_sensor(
-        build_sensor_context(
-            cursor=first.cursor, instance=instance, resources={"landing_zone": zone}
-        )
-    )
+    idle = evaluate_sensor(cursor=first.cursor, instance=instance, resources={"landing_zone": zone})
     assert not idle.run_requests and "no new landing files" in idle.skip_reason.skip_message
     land(
         data_dir, "late.csv", pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1]})
     )
     os.utime(data_dir / "landing" / "late.csv", ns=(2_000_000_000 * 10**9,) * 2)
-    later = landing_zone_sensor(
-        build_sensor_context(
-            cursor=idle.cursor, instance=instance, resources={"landing_zone": zone}
-        )
-    )
+    later = evaluate_sensor(cursor=idle.cursor, instance=instance, resources={"landing_zone": zone})
     [request] = later.run_requests
     assert request.run_config["ops"]["score_new_events"]["config"]["files"] == ["late.csv"]
     assert request.run_key != first.run_requests[0].run_key
