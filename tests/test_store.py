@@ -154,3 +154,35 @@ def test_registering_the_live_version_again_keeps_it_live(store):
     store.register("v1", {"family": "als", "metrics": {"precision_at_10": 0.5}})
     assert store.version("v1").status == "live"
     assert store.version("v1").info["metrics"] == {"precision_at_10": 0.5}
+
+
+def test_micro_batch_updates_reach_only_the_live_version_and_move_the_change_token(
+    store, open_store
+):
+    publish(store, "v1")
+    store.activate("v1")
+    watcher = open_store()
+    before = watcher.change_token()
+    fresh = [("u1", [{"item_id": "new-1", "score": 2.0}]), ("u99", [{"item_id": "new-99"}])]
+    assert store.update_live_users("v1", fresh) is True
+    assert watcher.change_token() != before
+    assert watcher.lookup("u1", 5).items == [{"item_id": "new-1", "score": 2.0}]
+    assert watcher.lookup("u99", 5).source == "personal"
+    assert watcher.lookup("u2", 1).items[0]["item_id"] == "v1-2-0"
+    publish(store, "v2")
+    store.activate("v2")
+    assert store.update_live_users("v1", [("u1", [{"item_id": "late"}])]) is False
+    assert watcher.lookup("u1", 1).items[0]["item_id"] == "v2-1-0"
+
+
+def test_similar_items_follow_the_live_version(store):
+    assert store.similar("i1", 5) is None
+    for version in ("v1", "v2"):
+        store.register(version, {"family": "als"})
+        neighbours = [("i1", [{"item_id": f"{version}-i2", "score": 0.9}])]
+        store.write_version(version, lists(version), POPULAR, neighbours)
+    store.activate("v1")
+    assert store.similar("i1", 5) == ("v1", [{"item_id": "v1-i2", "score": 0.9}])
+    store.activate("v2")
+    assert store.similar("i1", 5) == ("v2", [{"item_id": "v2-i2", "score": 0.9}])
+    assert store.similar("unknown", 5) == ("v2", None)
