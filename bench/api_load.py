@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     args = parser.parse_args()
 
-    from tests.conftest import free_port
+    from tests.servers import free_port
 
     data_dir = args.data_dir or _fresh_data_dir()
     users = _user_ids(data_dir)
@@ -81,7 +81,7 @@ def _switch_under_load(
     """Phase 2: clients keep asking while a new version (every list reversed, so a response
     shows which version it came from) is written and made live."""
     from resources.store import SqliteRecommendationStore
-    from tests.conftest import free_port
+    from tests.servers import free_port
 
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     old = store.live_version()

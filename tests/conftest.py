@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from resources.files import BlobFiles, FileStore, LocalFiles
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import SqliteRecommendationStore
+from tests.servers import free_port
 from tests.servers.azure import AZURITE_KEY, Server, azurite, cosmosdb_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +30,6 @@ def dagster_job(job: str, *options: str) -> list[str]:
     """The command line that runs one of the code location's jobs, as a user would."""
     dagster = Path(sys.executable).with_name("dagster")
     return [str(dagster), "job", "execute", "-m", "reco_dagster.definitions", "-j", job, *options]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import pyspark
 import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
-from tests.conftest import free_port
+from tests.servers import free_port
 from tests.test_pipeline import run_batch_retrain
 
 

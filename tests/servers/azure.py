@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.servers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 NODE_BIN = REPO / "node_modules" / ".bin"
 
@@ -39,12 +41,6 @@ class Server:
 
     def thaw(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _require(installed: Path) -> None:
@@ -89,7 +85,7 @@ def _serving(command: list[str], port: int, url: str, env: dict[str, str]) -> It
 def cosmosdb_server(**env: str) -> Iterator[Server]:
     """cosmosdb-server through tests/servers/cosmosdb-server.js (which says what it changes);
     `env` may ask it for injected faults (COSMOS_FAULT_EVERY, COSMOS_FAULT_STATUS)."""
-    port = _free_port()
+    port = free_port()
     script = REPO / "tests" / "servers" / "cosmosdb-server.js"
     _require(REPO / "node_modules" / "@vercel" / "cosmosdb-server")
     with _serving(["node", str(script), str(port)], port, f"http://127.0.0.1:{port}", env) as s:
@@ -98,7 +94,7 @@ def cosmosdb_server(**env: str) -> Iterator[Server]:
 
 @contextmanager
 def azurite() -> Iterator[Server]:
-    port = _free_port()
+    port = free_port()
     binary = NODE_BIN / "azurite-blob"
     _require(binary)
     with (
