@@ -4,6 +4,7 @@ PostgreSQL server, the real CLI materializing assets."""
 import os
 import subprocess
 
+import pandas as pd
 import psycopg2
 import yaml
 
@@ -21,13 +22,8 @@ def test_the_postgres_instance_file_keeps_the_embedded_run_queue():
 
 
 def test_assets_materialize_with_run_and_event_storage_in_postgres(tmp_path, data_dir):
-    land(
-        data_dir,
-        "events.csv",
-        __import__("pandas").DataFrame(
-            {"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "timestamp": [1, 2]}
-        ),
-    )
+    events = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "timestamp": [1, 2]})
+    land(data_dir, "events.csv", events)
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(POSTGRES_INSTANCE.read_text())
