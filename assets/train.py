@@ -6,13 +6,14 @@ on every interaction (to be served), with the same settings.
 """
 
 import time
+from collections.abc import Iterator
 
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
 from dagster_pyspark import PySparkResource
 
 from reco_dagster.domain.als import TrainedAls, fit_als
-from reco_dagster.domain.ease import fit_ease
+from reco_dagster.domain.ease import CatalogueTooLargeError, fit_ease
 from reco_dagster.domain.hyperparameters import search_als
 from reco_dagster.domain.metrics import ranking_metrics
 from reco_dagster.domain.models import FactorModel, ModelCard
@@ -124,24 +125,36 @@ def als_model(
     return _fit_als(pyspark, als_hyperparameters, interactions)
 
 
-def _fit_ease(ease: EaseSettings, table: pd.DataFrame) -> Output[FactorModel]:
+def _fit_ease(
+    context: AssetExecutionContext, ease: EaseSettings, table: pd.DataFrame
+) -> Iterator[Output[FactorModel]]:
+    """The fitted model, or nothing (EASE's downstream assets are then skipped and the run goes
+    on with ALS) when the catalogue is too large for EASE."""
     started = time.perf_counter()
     settings = ease.model_dump()
     del settings["max_items"]  # a limit, not part of what makes the model
     card = ModelCard.describe("ease", settings, table)
-    model = fit_ease(table, card, max_items=ease.max_items, **settings)
-    return _trained(model, started, interactions=len(table), items=len(model.item_ids))
+    try:
+        model = fit_ease(table, card, max_items=ease.max_items, **settings)
+    except CatalogueTooLargeError as error:
+        context.log.warning(f"EASE skipped: {error}")
+        return
+    yield _trained(model, started, interactions=len(table), items=len(model.item_ids))
 
 
-@asset(group_name="train", kinds={"numpy"})
+@asset(group_name="train", kinds={"numpy"}, output_required=False)
 def ease_evaluation_model(
-    ease: EaseSettings, train_interactions: pd.DataFrame
-) -> Output[FactorModel]:
+    context: AssetExecutionContext, ease: EaseSettings, train_interactions: pd.DataFrame
+) -> Iterator[Output[FactorModel]]:
     """EASE fitted on the training split only; `ease_evaluation` scores it on the test split."""
-    return _fit_ease(ease, train_interactions)
+    yield from _fit_ease(context, ease, train_interactions)
 
 
-@asset(group_name="train", kinds={"numpy"}, ins={"interactions": AssetIn()})
-def ease_model(ease: EaseSettings, interactions: pd.DataFrame) -> Output[FactorModel]:
-    """EASE fitted on every interaction."""
-    return _fit_ease(ease, interactions)
+@asset(
+    group_name="train", kinds={"numpy"}, ins={"interactions": AssetIn()}, output_required=False
+)
+def ease_model(
+    context: AssetExecutionContext, ease: EaseSettings, interactions: pd.DataFrame
+) -> Iterator[Output[FactorModel]]:
+    """EASE fitted on every interaction (skipped, with a warning, for too large a catalogue)."""
+    yield from _fit_ease(context, ease, interactions)
