@@ -28,6 +28,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 from litestar.plugins.prometheus import PrometheusController
+from litestar.response.base import ASGIResponse
 
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
@@ -138,8 +139,13 @@ class ResponseCache:
 
 _encode = msgspec.json.Encoder().encode
 
-Rendered = tuple[bytes, str, list[str]]
-"""An encoded response with the model version and the item ids it names."""
+Rendered = tuple[ASGIResponse, str, list[str]]
+"""A response ready to send (built once, sent to every request for the same key), with the
+model version and the item ids it names."""
+
+
+def _ready(body: bytes) -> ASGIResponse:
+    return ASGIResponse(body=body, media_type=MediaType.JSON, status_code=200)
 
 
 def lookup_routes(
@@ -157,7 +163,7 @@ def lookup_routes(
     def user_recommendations(
         user_id: str,
         k: Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")] = 10,
-    ) -> bytes:
+    ) -> ASGIResponse:
         """The user's top-k unseen items; users the model does not know get the popular
         list. Under an A/B test (RECO_AB_TEST) the user's variant decides the version and the
         response names it. Every served list is logged for online evaluation."""
@@ -168,9 +174,9 @@ def lookup_routes(
         )
         if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
-        body, version, items = rendered
+        response, version, items = rendered
         served.record(user_id, variant.name if variant else None, version, items)
-        return body
+        return response
 
     @get(
         "/items/{item_id:str}/similar",
@@ -181,7 +187,7 @@ def lookup_routes(
     def similar_items(
         item_id: str,
         k: Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")] = 10,
-    ) -> bytes:
+    ) -> ASGIResponse:
         """The items most like this one (cosine of the live model's item factors)."""
         _require_short("item_id", item_id)
         rendered = cache.get(
@@ -221,7 +227,7 @@ def _render_user(
             variant=variant.name if variant else None,
         )
     )
-    return body, found.model_version, [item["item_id"] for item in found.items]
+    return _ready(body), found.model_version, [item["item_id"] for item in found.items]
 
 
 def _render_similar(store: RecommendationStore, item_id: str, k: int) -> Rendered | None:
@@ -238,7 +244,7 @@ def _render_similar(store: RecommendationStore, item_id: str, k: int) -> Rendere
             items=[RecommendedItem(**item) for item in items],
         )
     )
-    return body, version, [item["item_id"] for item in items]
+    return _ready(body), version, [item["item_id"] for item in items]
 
 
 @get("/health", sync_to_thread=False)

@@ -22,8 +22,9 @@ from resources.landing_zone import LANDING, LandingZone
 
 @asset(group_name="prepare", deps=[raw_events], kinds={"pandas"})
 def interactions(context: AssetExecutionContext, landing_zone: LandingZone) -> Output[pd.DataFrame]:
-    """Deduplicated interactions, one row per (user, item), with dense integer indices."""
-    events = landing_zone.event_history()
+    """Deduplicated interactions, one row per (user, item), with dense integer indices.
+    Also re-sorts the event history by user, for the micro-batch's history reads."""
+    events = landing_zone.compact_history()
     if events.empty:
         raise Failure(
             f"No events have been ingested: put event files in {landing_zone.where(LANDING)} "

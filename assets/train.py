@@ -150,9 +150,7 @@ def ease_evaluation_model(
     yield from _fit_ease(context, ease, train_interactions)
 
 
-@asset(
-    group_name="train", kinds={"numpy"}, ins={"interactions": AssetIn()}, output_required=False
-)
+@asset(group_name="train", kinds={"numpy"}, ins={"interactions": AssetIn()}, output_required=False)
 def ease_model(
     context: AssetExecutionContext, ease: EaseSettings, interactions: pd.DataFrame
 ) -> Iterator[Output[FactorModel]]:

@@ -73,7 +73,7 @@ def main() -> None:
         result = job.execute_in_process(instance=instance)
         total_s = time.perf_counter() - started
         assert result.success, "batch_retrain failed"
-        stages = _stage_seconds(instance.all_logs(result.run_id), DagsterEventType)
+        stages = stage_seconds(instance.all_logs(result.run_id), DagsterEventType)
 
     evaluations = {
         family: json.loads((data_dir / "lake" / f"{family}_evaluation.json").read_text())
@@ -105,7 +105,7 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def _stage_seconds(entries, event_type) -> dict[str, float]:
+def stage_seconds(entries, event_type) -> dict[str, float]:
     """Spark start-up (resource initialisation) and each step's wall time, in run order."""
     starts: dict[str, float] = {}
     seconds: dict[str, float] = defaultdict(float)

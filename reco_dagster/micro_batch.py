@@ -3,7 +3,6 @@ in seconds, without Spark and without retraining."""
 
 import time
 
-import numpy as np
 import pandas as pd
 from dagster import Failure, OpExecutionContext, in_process_executor, job, op
 from threadpoolctl import threadpool_limits
@@ -104,7 +103,8 @@ def _rerank(model: FactorModel, history: pd.DataFrame, new_events: pd.DataFrame)
     known_items = new_events["item_id"].isin(model.item_ids)
     return ranked, {
         "users_refreshed": int(personal.sum()),
-        "new_users": int((~np.isin(users, model.user_ids)).sum()),
+        # A hash lookup: np.isin sorts every known user, seconds at millions of users.
+        "new_users": int((~pd.Index(users).isin(model.user_ids)).sum()),
         "users_without_known_items": int((~personal).sum()),
         "events_applied": int(known_items.sum()),
         "unknown_item_events": int((~known_items).sum()),

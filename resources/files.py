@@ -3,12 +3,14 @@ an Azure Blob Storage container. Names are relative paths with forward slashes e
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
@@ -34,6 +36,10 @@ class FileStore(ConfigurableResource):
     def read(self, name: str) -> bytes:
         """A file's bytes; FileNotFoundError when there is none."""
         raise NotImplementedError
+
+    def open(self, name: str) -> BinaryIO:
+        """A file to seek in and read parts of; a store without range reads reads it whole."""
+        return io.BytesIO(self.read(name))
 
     def write(self, name: str, data: bytes) -> None:
         """Create or replace a file."""
@@ -98,6 +104,9 @@ class LocalFiles(FileStore):
 
     def read(self, name: str) -> bytes:
         return self._path(name).read_bytes()
+
+    def open(self, name: str) -> BinaryIO:
+        return self._path(name).open("rb")
 
     def write(self, name: str, data: bytes) -> None:
         path = self._path(name)

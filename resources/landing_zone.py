@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,10 @@ QUARANTINE = "quarantine/"
 SERVED = "served/"
 EVENTS = "lake/events/"
 LEDGER = "lake/ingested/"
+BY_USER = "lake/history-by-user/"
+BY_USER_MANIFEST = BY_USER + "manifest.json"
+USERS_ROW_GROUP = 4096
+"""Rows per row group of the user-sorted history: a few users' events are a few small reads."""
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -175,21 +180,56 @@ class LandingZone(ConfigurableResource):
             ]
         )
 
-    def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
-        """Every ingested event of these users."""
-        users = pa.array(list(user_ids), type=pa.string())
-        return self._read_events(
-            [file.name for file in self.files.list(EVENTS)], pc.field("user_id").isin(users)
+    def compact_history(self) -> pd.DataFrame:
+        """Every ingested event, as `event_history`; also written sorted by user in small row
+        groups (the previous copy kept for readers still on it), so that `user_history` reads
+        a few users' events without scanning everyone's."""
+        names = [file.name for file in self.files.list(EVENTS)]
+        events = self._event_table(names)
+        snapshot = f"{BY_USER}{datetime.now(UTC):%Y%m%dT%H%M%S%f}/"
+        buffer = io.BytesIO()
+        # A stable sort: each user's events keep their order.
+        pq.write_table(events.sort_by("user_id"), buffer, row_group_size=USERS_ROW_GROUP)
+        self.files.write(snapshot + "events.parquet", buffer.getvalue())
+        manifest = {"snapshot": snapshot + "events.parquet", "event_files": names}
+        self.files.write(BY_USER_MANIFEST, json.dumps(manifest).encode())
+        snapshots = sorted(
+            {file.name.split("/")[2] for file in self.files.list(BY_USER)} - {"manifest.json"}
         )
+        for stale in snapshots[:-2]:
+            self.files.delete_folder(f"{BY_USER}{stale}/")
+        return events.to_pandas()
 
-    def _read_events(self, names: list[str], condition: pc.Expression | None = None):
-        """Event history files as one frame in EVENT_SCHEMA."""
+    def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
+        """Every ingested event of these users: their row groups of the user-sorted history,
+        and the event files ingested since it was written."""
+        wanted = sorted(set(user_ids))
+        condition = pc.field("user_id").isin(pa.array(wanted, type=pa.string()))
+        try:
+            manifest = json.loads(self.files.read(BY_USER_MANIFEST))
+        except FileNotFoundError:
+            manifest = {"snapshot": None, "event_files": []}
+        compacted = set(manifest["event_files"])
+        recent = [file.name for file in self.files.list(EVENTS) if file.name not in compacted]
+        tables = [self._event_table(recent, condition)]
+        if manifest["snapshot"]:
+            with self.files.open(manifest["snapshot"]) as source:
+                snapshot = pq.ParquetFile(source)
+                groups = _row_groups_holding(snapshot.metadata, wanted)
+                tables.append(snapshot.read_row_groups(groups).filter(condition))
+        return pa.concat_tables(tables).to_pandas()
+
+    def _read_events(self, names: list[str]) -> pd.DataFrame:
+        return self._event_table(names).to_pandas()
+
+    def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
+        """Event history files as one table in EVENT_SCHEMA."""
         tables = [
             pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
             for name in names
         ]
         events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
-        return (events if condition is None else events.filter(condition)).to_pandas()
+        return events if condition is None else events.filter(condition)
 
     def _write_ledger(self, file: LandingFile, **entry: object) -> None:
         record = {
@@ -203,3 +243,18 @@ class LandingZone(ConfigurableResource):
 
 def _flat(name: str) -> str:
     return name.replace("/", "__")
+
+
+def _row_groups_holding(metadata: pq.FileMetaData, wanted: list[str]) -> list[int]:
+    """The row groups of a file sorted by user_id whose range of users holds one of `wanted`
+    (sorted); a group without statistics is always read."""
+    groups = []
+    for index in range(metadata.num_row_groups):
+        users = metadata.row_group(index).column(0).statistics
+        if (
+            users is None
+            or not users.has_min_max
+            or bisect_left(wanted, users.min) < bisect_right(wanted, users.max)
+        ):
+            groups.append(index)
+    return groups

@@ -135,8 +135,10 @@ class AlsSettings(ConfigurableResource):
 class EaseSettings(ConfigurableResource):
     l2: float = 300.0
     rating_weighted: bool = True
-    max_items: int = 20_000
-    """EASE inverts an items-by-items matrix; larger catalogues are refused (use ALS)."""
+    max_items: int = 5_000
+    """EASE inverts an items-by-items matrix; larger catalogues are refused (use ALS). On 2
+    cores EASE's steps take seconds at 5,000 items but about 140 s at 10,000 (bench/scale.py
+    at 1M events), more than the rest of the batch job; raise it when the time is there."""
 
 
 class QualityGate(ConfigurableResource):

@@ -19,6 +19,7 @@ from reco_dagster.micro_batch import micro_batch
 from resources.files import BlobFiles, FileStore, LocalFiles
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
+from resources.settings import spark_config
 from resources.store import SqliteRecommendationStore
 from tests.servers import free_port
 from tests.servers.azure import AZURITE_KEY, Server, azurite, cosmosdb_server
@@ -150,3 +151,17 @@ def files(request, data_dir) -> FileStore:
     if request.param == "local":
         return LocalFiles(root=str(data_dir))
     return blob_files(request.getfixturevalue("blob_server"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local SparkSession for the tests that call Spark directly."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in spark_config().items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    yield session
+    session.stop()

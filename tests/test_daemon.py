@@ -2,7 +2,6 @@
 landing_zone_sensor and a micro_batch run, with no hand in between."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import httpx
 import pandas as pd
 
 from tests.conftest import REPO, land, live_world, running_api
+from tests.servers import stop_process_group
 
 
 def test_a_dropped_file_changes_what_the_api_serves(data_dir, tmp_path):
@@ -68,9 +68,4 @@ def test_a_dropped_file_changes_what_the_api_serves(data_dir, tmp_path):
                 time.sleep(0.5)
             assert not {item["item_id"] for item in body["items"]} & {"i1", "i2", "i3"}
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+        stop_process_group(daemon)

@@ -1,8 +1,5 @@
 """Fold-in against a direct solve, and against Spark's own user step on a real Spark session."""
 
-import os
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +9,6 @@ from reco_dagster.domain.foldin import fold_in, fold_in_als
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.models import ModelCard
 from reco_dagster.domain.synthetic import synthetic_events
-from resources.settings import spark_config
 
 
 def test_implicit_fold_in_solves_the_weighted_normal_equations():
@@ -48,19 +44,6 @@ def test_explicit_fold_in_is_regularized_least_squares_and_empty_histories_stay_
     expected = np.linalg.solve(chosen.T @ chosen + 0.3 * np.eye(2), chosen.T @ ratings)
     assert np.allclose(vectors[0], expected, rtol=1e-5)
     assert not vectors[1].any()
-
-
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder
-    for key, value in spark_config().items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    yield session
-    session.stop()
 
 
 @pytest.mark.parametrize("confidence", ["binary", "rating"])

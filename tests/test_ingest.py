@@ -2,13 +2,15 @@
 (azurite): quarantine, counts, ingest-once."""
 
 import io
+import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
 from assets.ingest import raw_events
-from resources.landing_zone import LandingZone
+from resources.landing_zone import BY_USER, BY_USER_MANIFEST, LandingZone, _row_groups_holding
 
 
 @pytest.fixture
@@ -108,3 +110,36 @@ def test_a_folder_written_for_a_model_replaces_the_old_one_whole(files):
         assert sorted(p.name for p in folder.rglob("*")) == ["new.bin"]
     with pytest.raises(FileNotFoundError), files.folder_to_read("lake/none/"):
         pass
+
+
+def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_since(zone):
+    many = pd.DataFrame(
+        {
+            "user_id": [f"u{n % 3000}" for n in range(15_000)],
+            "item_id": [f"i{n % 97}" for n in range(15_000)],
+            "timestamp": 1_600_000_000 + pd.RangeIndex(15_000),
+        }
+    )
+    zone.land("many.csv", many.to_csv(index=False).encode())
+    ingest(zone)
+    for _ in range(3):
+        compacted = zone.compact_history()
+    assert len(compacted) == 15_000
+    snapshots = {file.name.split("/")[2] for file in zone.files.list(BY_USER)}
+    assert len(snapshots - {"manifest.json"}) == 2, "older snapshots are removed"
+    zone.land("later.csv", b"user_id,item_id,timestamp\nu7,new-item,1700000000\nnewcomer,i1,1\n")
+    ingest(zone)
+
+    wanted = ["u7", "u2999", "newcomer", "nobody"]
+    history = zone.user_history(wanted)
+    everything = zone.event_history()
+    expected = everything[everything["user_id"].isin(wanted)]
+    columns = ["user_id", "item_id", "timestamp", "source_file"]
+    assert sorted(history[columns].values.tolist()) == sorted(expected[columns].values.tolist())
+    assert len(history) == 5 + 5 + 1 + 1
+
+    manifest = json.loads(zone.files.read(BY_USER_MANIFEST))
+    with zone.files.open(manifest["snapshot"]) as source:
+        metadata = pq.ParquetFile(source).metadata
+    assert metadata.num_row_groups == 4
+    assert len(_row_groups_holding(metadata, ["u7", "u8"])) == 1, "only the group holding them"

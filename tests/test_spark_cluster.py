@@ -3,7 +3,6 @@ the installed pyspark on loopback, give what local mode gives: no code change, o
 RECO_SPARK_MASTER."""
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pyspark
 import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
-from tests.servers import free_port
+from tests.servers import free_port, stop_process_group
 from tests.test_pipeline import run_batch_retrain
 
 
@@ -54,8 +53,7 @@ def standalone_cluster(work_dir: Path) -> Iterator[tuple[str, str]]:
         yield master_url, ui_url
     finally:
         for process in reversed(processes):
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+            stop_process_group(process)
 
 
 def _cluster_state(ui_url: str) -> dict:

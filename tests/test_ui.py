@@ -3,7 +3,6 @@ by Debian's headless Chromium through Selenium. Screenshots go to build/ui-scree
 
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
 from tests.conftest import REPO
-from tests.servers import free_port
+from tests.servers import free_port, stop_process_group
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOTS = REPO / "build" / "ui-screenshots"
@@ -61,12 +60,7 @@ def dagster_dev(data_dir: Path, dagster_home: Path) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_process_group(server)
 
 
 @pytest.fixture

@@ -1,0 +1,187 @@
+"""Scale benchmark: the batch flow on generated event logs of 1M and 20M events.
+
+    .venv/bin/python bench/scale.py [--events 1000000 20000000]
+
+For each size, in a fresh data dir and a fresh process: generate the events
+(`synthetic_event_log`: power-law user activity and item popularity, taste clusters,
+timestamps; users and items grow with the size, to MovieLens 20M's 138,000 x 27,000 at 20M),
+land them as parquet files of 1M events, run `batch_retrain` (in-process executor, as
+deployed), then one micro-batch of 1,000 new events from 200 users (20 of them new). Prints
+each stage's wall time, the peak memory of the whole process tree (Python and Spark's JVM,
+sampled every 0.2 s) and the micro-batch's time with its stages (ingest, reading the users'
+history, loading the model, fold-in and ranking, writing). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MOVIELENS_20M = (20_000_000, 138_000, 27_000)
+FILE_EVENTS = 1_000_000
+
+
+def shape(n_events: int) -> tuple[int, int]:
+    """(users, items) for a log of n_events, scaled like MovieLens 20M (145 events a user;
+    the catalogue grows with the cube root of the size)."""
+    events, users, items = MOVIELENS_20M
+    return max(200, n_events * users // events), round(items * (n_events / events) ** (1 / 3))
+
+
+class PeakMemory:
+    """The highest resident memory of this process and all its children, sampled."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.peak_bytes, self.interval_s = 0, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self.interval_s):
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_bytes = max(self.peak_bytes, total)
+
+
+def run_one_size(n_events: int) -> dict[str, float | int]:
+    data_dir = Path(tempfile.mkdtemp(prefix=f"reco-scale-{n_events}-"))
+    os.environ["RECO_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from dagster import DagsterEventType, DagsterInstance
+
+    from bench.batch_pipeline import stage_seconds
+    from reco_dagster.domain.synthetic import synthetic_event_log
+
+    n_users, n_items = shape(n_events)
+    started = time.perf_counter()
+    events = synthetic_event_log(n_events, n_users, n_items, seed=7)
+    landing = data_dir / "landing"
+    landing.mkdir(parents=True)
+    for part, start in enumerate(range(0, n_events, FILE_EVENTS)):
+        events.iloc[start : start + FILE_EVENTS].to_parquet(landing / f"events-{part:03}.parquet")
+    known_users = events["user_id"].drop_duplicates().sample(180, random_state=1).tolist()
+    items = events["item_id"].drop_duplicates().sample(500, random_state=1).tolist()
+    del events
+    generate_s = time.perf_counter() - started
+
+    definitions = importlib.import_module("reco_dagster.definitions")
+    with DagsterInstance.ephemeral() as instance, PeakMemory() as memory:
+        started = time.perf_counter()
+        result = definitions.defs.resolve_job_def("batch_retrain").execute_in_process(
+            instance=instance
+        )
+        total_s = time.perf_counter() - started
+        assert result.success, "batch_retrain failed"
+        stages = stage_seconds(instance.all_logs(result.run_id), DagsterEventType)
+
+        _land_micro_batch(landing / "micro-batch.csv", known_users, items)
+        started = time.perf_counter()
+        micro = definitions.defs.resolve_job_def("micro_batch").execute_in_process(
+            instance=instance,
+            run_config={"ops": {"score_new_events": {"config": {"files": ["micro-batch.csv"]}}}},
+        )
+        micro_run_s = time.perf_counter() - started
+        assert micro.success, "micro_batch failed"
+        micro_stages = stage_seconds(instance.all_logs(micro.run_id), DagsterEventType)
+        [micro_output] = [
+            event.dagster_event.event_specific_data.metadata
+            for event in instance.all_logs(micro.run_id, of_type=DagsterEventType.STEP_OUTPUT)
+        ]
+
+    evaluation = json.loads((data_dir / "lake" / "als_evaluation.json").read_text())
+    return {
+        "events": n_events,
+        "users": n_users,
+        "items": n_items,
+        "generate_and_land_s": round(generate_s, 1),
+        "total_s": round(total_s, 1),
+        **{name: round(seconds, 1) for name, seconds in stages.items()},
+        "peak_rss_gb": round(memory.peak_bytes / 1e9, 2),
+        "micro_batch_fold_in_s": round(micro_stages["step_score_new_events"], 3),
+        "micro_batch_run_s": round(micro_run_s, 2),
+        **{
+            f"micro_batch_{name}": value.value
+            for name, value in micro_output.items()
+            if name.endswith("_ms")
+        },
+        "als_precision_at_10": round(evaluation["metrics"]["precision_at_10"], 4),
+        "popularity_precision_at_10": round(
+            evaluation["popularity_baseline"]["precision_at_10"], 4
+        ),
+        "training_interactions": evaluation["training_rows"],
+    }
+
+
+def _land_micro_batch(path: Path, known_users: list[str], items: list[str]) -> None:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    users = known_users + [f"newcomer-{n}" for n in range(20)]
+    pd.DataFrame(
+        {
+            "user_id": rng.choice(users, 1000),
+            "item_id": rng.choice(items, 1000),
+            "rating": rng.integers(1, 6, 1000).astype(float),
+            "timestamp": 1_700_000_000 + np.arange(1000),
+        }
+    ).to_csv(path, index=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 20_000_000])
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one_size(args.one)))
+        return
+    figures: dict[str, float | int] = {}
+    for n_events in args.events:
+        # A fresh process per size: its peak memory is its own, Spark starts afresh.
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", str(n_events)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if child.returncode != 0:
+            print(child.stderr[-5000:], file=sys.stderr)
+            raise SystemExit(f"{n_events:,} events: the run failed")
+        sized = json.loads(child.stdout.strip().splitlines()[-1])
+        label = f"{n_events // 1_000_000}m" if n_events >= 1_000_000 else str(n_events)
+        for name, value in sized.items():
+            print(f"{label:>4}  {name:<40} {value}", flush=True)
+            figures[f"n{label}_{name}"] = value
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
