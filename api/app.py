@@ -9,6 +9,7 @@ import gc
 import hmac
 import os
 from collections.abc import Callable
+from time import monotonic
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -99,27 +100,31 @@ class ModelRecord(msgspec.Struct):
 class ResponseCache:
     """Encoded responses by key (route, id, k), dropped whenever the store reports a change.
 
-    Every request first compares the store's change token (for SQLite, `PRAGMA data_version`,
-    read from shared memory), so a cached response is never older than the last write to the
-    store that finished before the request: no stale version after a switch, no list older
-    than a micro-batch update.
+    A request compares the store's change token when the last comparison is older than the
+    store's `change_check_interval_s` (1 ms for SQLite, 0.5 s for Cosmos DB), so a cached
+    response is never older than a write to the store (a switch, a publish, a micro-batch)
+    that finished more than that interval before the request started.
     """
 
     def __init__(self, store: RecommendationStore, max_entries: int = 200_000) -> None:
         self.store, self.max_entries = store, max_entries
         self.token: int | None = None
+        self.next_check = 0.0
         self.responses: dict[tuple[str, str, int], Rendered] = {}
 
     def get(
         self, key: tuple[str, str, int], render: Callable[[], Rendered | None]
     ) -> Rendered | None:
         """The cached response, or `render()`'s (cached unless None: nothing is live)."""
-        token = self.store.change_token()
-        if token != self.token:
-            self.responses.clear()
-            self.token = token
-            LIVE_VERSION.clear()
-            LIVE_VERSION.labels(version=self.store.live_version() or "none").set(1)
+        now = monotonic()
+        if now >= self.next_check:
+            self.next_check = now + self.store.change_check_interval_s
+            token = self.store.change_token()
+            if token != self.token:
+                self.responses.clear()
+                self.token = token
+                LIVE_VERSION.clear()
+                LIVE_VERSION.labels(version=self.store.live_version() or "none").set(1)
         cached = self.responses.get(key)
         if cached is not None:
             TALLY.cache_hits += 1

@@ -63,8 +63,11 @@ class Experiment:
         return self.variants[-1]
 
 
+FLUSH_INTERVAL_S = 0.2
+
+
 class ServedLog:
-    """Every served list, appended in memory and written once a second to
+    """Every served list, appended in memory and written every FLUSH_INTERVAL_S to
     `<directory>/served-<UTC hour>.jsonl` as [time, user, variant, version, item ids]."""
 
     def __init__(self, directory: Path) -> None:
@@ -83,15 +86,17 @@ class ServedLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"served-{time.strftime('%Y%m%d%H', time.gmtime())}.jsonl"
         with path.open("ab") as handle:
-            handle.write(b"".join(self._encoder.encode(r) + b"\n" for r in records))
+            handle.write(self._encoder.encode_lines(records))
 
-    async def _flush_every_second(self) -> None:
+    async def _flush_often(self) -> None:
+        # Small, frequent writes: a flush holds up every request in flight, and a second's
+        # worth at 25,000 requests/s took 12 ms, the whole of the API's p99 budget.
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(FLUSH_INTERVAL_S)
             self.flush()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._flush_every_second())
+        self._task = asyncio.get_running_loop().create_task(self._flush_often())
 
     def stop(self) -> None:
         if self._task:

@@ -60,6 +60,8 @@ class CosmosRecommendationStore(RecommendationStore):
     """Azure Cosmos DB; the database and containers are created when missing."""
 
     reads_over_network: ClassVar[bool] = True
+    # The token is a point read of the live pointer: a round trip and a request unit.
+    change_check_interval_s: ClassVar[float] = 0.5
 
     endpoint: str
     key: str | None = None
