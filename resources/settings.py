@@ -133,8 +133,11 @@ class AlsSettings(ConfigurableResource):
 
 
 class EaseSettings(ConfigurableResource):
-    l2: float = 300.0
+    l2: float = 150.0
     rating_weighted: bool = True
+    item_normalization: float = 0.15
+    """Each item's column of X is divided by (its squared norm)^this before fitting; 0 is
+    plain EASE."""
     max_items: int = 5_000
     """EASE inverts an items-by-items matrix; larger catalogues are refused (use ALS). On 2
     cores EASE's steps take seconds at 5,000 items but about 140 s at 10,000 (bench/scale.py

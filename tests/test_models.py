@@ -40,7 +40,9 @@ def test_the_same_data_and_settings_make_the_same_version(interactions):
 
 def test_ease_ranks_unseen_items_and_round_trips(interactions, tmp_path):
     card = ModelCard.describe("ease", {"l2": 10.0}, interactions)
-    model = fit_ease(interactions, card, l2=10.0, max_items=1000, rating_weighted=True)
+    model = fit_ease(
+        interactions, card, l2=10.0, max_items=1000, rating_weighted=True, item_normalization=0.15
+    )
     assert np.allclose(np.diag(model.item_factors), 0.0)
     ranked = model.recommend(interactions, k=5)
     assert ranked.merge(interactions, on=["user_id", "item_id"]).empty
@@ -53,7 +55,32 @@ def test_ease_ranks_unseen_items_and_round_trips(interactions, tmp_path):
 def test_ease_refuses_an_oversized_catalogue_clearly(interactions):
     card = ModelCard.describe("ease", {"l2": 10.0}, interactions)
     with pytest.raises(CatalogueTooLargeError, match=r"over max_items=50\. Use ALS"):
-        fit_ease(interactions, card, l2=10.0, max_items=50, rating_weighted=False)
+        fit_ease(
+            interactions,
+            card,
+            l2=10.0,
+            max_items=50,
+            rating_weighted=False,
+            item_normalization=0.0,
+        )
+
+
+def test_ease_with_item_normalization_scores_the_damped_closed_form(interactions):
+    """Z = X·D, D = diag(column norm² ^ -0.3); scores must be Z·B with B from Z's Gram."""
+    card = ModelCard.describe("ease", {"l2": 5.0}, interactions)
+    model = fit_ease(
+        interactions, card, l2=5.0, max_items=1000, rating_weighted=False, item_normalization=0.3
+    )
+    x = model.user_factors.astype(np.float64)
+    z = x * (x**2).sum(axis=0) ** -0.3
+    precision = np.linalg.inv(z.T @ z + 5.0 * np.eye(z.shape[1]))
+    b = -precision / np.diag(precision)
+    np.fill_diagonal(b, 0.0)
+    assert np.allclose(x @ model.item_factors.T, z @ b, atol=1e-4)
+    plain = fit_ease(
+        interactions, card, l2=5.0, max_items=1000, rating_weighted=False, item_normalization=0.0
+    )
+    assert not np.allclose(plain.item_factors, model.item_factors)
 
 
 def test_the_gate_names_each_failed_metric_and_by_how_much():

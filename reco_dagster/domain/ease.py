@@ -19,12 +19,16 @@ def fit_ease(
     l2: float,
     max_items: int,
     rating_weighted: bool,
+    item_normalization: float,
 ) -> FactorModel:
-    """B = argmin ||X - XB||² + l2·||B||² with diag(B) = 0.
+    """B = argmin ||Z - ZB||² + l2·||B||² with diag(B) = 0, where Z = X·D and D divides each
+    item's column by (its squared column norm)^item_normalization; scores are Z·B.
 
     X is 1 per interaction, or with `rating_weighted` sqrt(rating / the highest rating):
     a mild preference for what users liked (on MovieLens 100K it adds about 0.005 to
-    precision@10 and nDCG@10 over binary X; linear weights gain nothing).
+    precision@10 and nDCG@10 over binary X; linear weights gain nothing). Damping popular
+    items' columns keeps them from dominating the Gram matrix: 0.15 with l2 150 won on
+    validation splits carved from MovieLens 100K's training split (README).
 
     Fitting inverts an items x items matrix: O(items³) time and items² memory, so a catalogue
     over `max_items` is refused rather than left to run for hours or exhaust memory.
@@ -40,11 +44,17 @@ def fit_ease(
         )
     user_rows = np.zeros((len(users), n_items), dtype=np.float32)
     user_rows[rows, cols] = ease_weights(interactions["rating"]) if rating_weighted else 1.0
-    gram = (user_rows.T @ user_rows).astype(np.float64)
+    column_norms = np.maximum(np.einsum("ij,ij->j", user_rows, user_rows), 1e-12)
+    damping = (column_norms**-item_normalization).astype(np.float32)
+    damped = user_rows * damping
+    gram = (damped.T @ damped).astype(np.float64)
     gram[np.diag_indices(n_items)] += l2
     precision = np.linalg.inv(gram)
     weights = -precision / np.diag(precision)
     weights[np.diag_indices(n_items)] = 0.0
+    # Z·B = X·(D·B): the damping goes into the item side, so a user's row stays plain X
+    # (what fold-in builds from a history).
+    weights *= damping[:, None]
     return FactorModel(
         card=card,
         user_ids=ids_by_index(interactions, "user")[users],
