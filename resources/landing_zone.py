@@ -149,7 +149,7 @@ class LandingZone(ConfigurableResource):
 
     def event_history(self) -> pd.DataFrame:
         """Every validated event ingested so far, with its source file."""
-        return self._read_events([file.name for file in self.files.list(EVENTS)])
+        return self._event_table([file.name for file in self.files.list(EVENTS)]).to_pandas()
 
     def served_lists(self) -> pd.DataFrame:
         """The API's log of served lists: time, user_id, variant, version, items."""
@@ -172,13 +172,12 @@ class LandingZone(ConfigurableResource):
         return self._events_where(lambda entry: entry["file"] in names)
 
     def _events_where(self, wanted: Callable[[dict], bool]) -> pd.DataFrame:
-        return self._read_events(
-            [
-                f"{EVENTS}{digest}.parquet"
-                for digest, entry in self.ingested().items()
-                if entry["status"] == "ingested" and wanted(entry)
-            ]
-        )
+        names = [
+            f"{EVENTS}{digest}.parquet"
+            for digest, entry in self.ingested().items()
+            if entry["status"] == "ingested" and wanted(entry)
+        ]
+        return self._event_table(names).to_pandas()
 
     def compact_history(self) -> pd.DataFrame:
         """Every ingested event, as `event_history`; also written sorted by user in small row
@@ -194,7 +193,11 @@ class LandingZone(ConfigurableResource):
         manifest = {"snapshot": snapshot + "events.parquet", "event_files": names}
         self.files.write(BY_USER_MANIFEST, json.dumps(manifest).encode())
         snapshots = sorted(
-            {file.name.split("/")[2] for file in self.files.list(BY_USER)} - {"manifest.json"}
+            {
+                PurePosixPath(file.name).relative_to(BY_USER).parts[0]
+                for file in self.files.list(BY_USER)
+            }
+            - {"manifest.json"}
         )
         for stale in snapshots[:-2]:
             self.files.delete_folder(f"{BY_USER}{stale}/")
@@ -218,9 +221,6 @@ class LandingZone(ConfigurableResource):
                 groups = _row_groups_holding(snapshot.metadata, wanted)
                 tables.append(snapshot.read_row_groups(groups).filter(condition))
         return pa.concat_tables(tables).to_pandas()
-
-    def _read_events(self, names: list[str]) -> pd.DataFrame:
-        return self._event_table(names).to_pandas()
 
     def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
         """Event history files as one table in EVENT_SCHEMA."""

@@ -77,6 +77,9 @@ def spark_config() -> dict[str, str]:
         "spark.sql.shuffle.partitions": "8",
         "spark.default.parallelism": "8",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # ALS checkpoints its factors every 10 iterations only where a checkpoint folder is
+        # set; without one, 20 iterations' lineage overflowed the JVM stack serializing tasks.
+        "spark.checkpoint.dir": str(data_dir() / "spark-checkpoints"),
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
     }

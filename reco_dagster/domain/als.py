@@ -3,7 +3,6 @@ reading the factors back without a JVM."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -163,10 +162,6 @@ def fit_als(
         ratingCol="preference",
         coldStartStrategy="drop",
     )
-    if spark.sparkContext.getCheckpointDir() is None:
-        # ALS checkpoints its factors every 10 iterations only where a checkpoint folder is
-        # set; without one, 20 iterations' lineage overflowed the JVM stack serializing tasks.
-        spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="reco-als-checkpoints-"))
     item_ids = ids_by_index(interactions, "item")
     item_users = np.bincount(interactions["item_idx"].to_numpy(), minlength=len(item_ids))
     return TrainedAls(
