@@ -17,22 +17,25 @@ from dagster import (
     asset_check,
 )
 from dagster._core.definitions.asset_checks.asset_checks_definition import AssetChecksDefinition
+from dagster_pyspark import LazyPySparkResource
 
 from assets.ingest import raw_events
 from assets.train import FAMILIES
 from reco_dagster.domain.gate import gate_failures
 from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
-from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.models import Scorer
 from reco_dagster.domain.online import served_hit_rate
 from reco_dagster.domain.ranking import recommend
+from reco_dagster.domain.spark_scoring import ranked_on
+from resources.lake_io import StoredModel
 from resources.landing_zone import LandingZone
-from resources.settings import QualityGate
+from resources.settings import BatchScoring, QualityGate
 from resources.store import RecommendationStore
 
 TOP_K = 10
 
 
-def evaluate(candidate: FactorModel, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+def evaluate(candidate: Scorer, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
     """precision/recall/nDCG/MAP@10 over the items each user did not train on, plus RMSE and
     MAE of predicted ratings for explicit-feedback models."""
     metrics = _named(ranking_metrics(candidate.recommend(seen=train, k=TOP_K), test, TOP_K))
@@ -76,29 +79,35 @@ def build_evaluation(family: str) -> tuple[AssetsDefinition, AssetChecksDefiniti
     )
     def evaluation(
         context: AssetExecutionContext,
-        candidate: FactorModel,
-        served: FactorModel,
+        pyspark: LazyPySparkResource,
+        batch_scoring: BatchScoring,
+        candidate: StoredModel,
+        served: StoredModel,
         train_interactions: pd.DataFrame,
         test_interactions: pd.DataFrame,
     ) -> Output[dict]:
         """The family's settings fitted on the training split, scored on the test split; the
         result is recorded for the served model version those settings produced."""
-        metrics = evaluate(candidate, train_interactions, test_interactions)
+        users = train_interactions["user_id"].nunique()
+        with candidate.scorer(batch_scoring.spark_to_rank(users, pyspark)) as scorer:
+            metrics = evaluate(scorer, train_interactions, test_interactions)
         baseline = popularity_baseline(train_interactions, test_interactions)
         lift = metrics["precision_at_10"] / max(baseline["precision_at_10"], 1e-12)
         context.log.info(", ".join(f"{name}={value:.4f}" for name, value in metrics.items()))
+        card = served.card
         return Output(
             {
-                "model_version": served.version,
+                "model_version": card.version,
                 "family": family,
-                "settings": served.card.settings,
-                "data_fingerprint": served.card.data_fingerprint,
-                "training_rows": served.card.training_rows,
+                "settings": card.settings,
+                "data_fingerprint": card.data_fingerprint,
+                "training_rows": card.training_rows,
                 "metrics": metrics,
                 "popularity_baseline": baseline,
             },
             metadata={
-                "model_version": served.version,
+                "model_version": card.version,
+                "ranked_on": ranked_on(scorer),
                 **{name: MetadataValue.float(value) for name, value in metrics.items()},
                 **{f"popularity_{name}": MetadataValue.float(v) for name, v in baseline.items()},
                 "precision_lift_over_popularity": round(lift, 2),

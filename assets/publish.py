@@ -14,12 +14,14 @@ from dagster import (
     Output,
     asset,
 )
+from dagster_pyspark import LazyPySparkResource
 
 from assets.train import FAMILIES
-from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import popular_items as most_popular
+from reco_dagster.domain.spark_scoring import ranked_on
+from resources.lake_io import StoredModel
 from resources.model_archive import ModelArchive
-from resources.settings import Serving
+from resources.settings import BatchScoring, Serving
 from resources.store import Item, RecommendationStore
 
 PUBLISHED_DEPTH = 100
@@ -42,18 +44,28 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         kinds={"pandas"},
         ins={"model": AssetIn(f"{family}_model")},
     )
-    def recommendations(model: FactorModel, interactions: pd.DataFrame) -> Output[pd.DataFrame]:
-        """Every known user's best unseen items, ranked from all of their history."""
+    def recommendations(
+        context: AssetExecutionContext,
+        pyspark: LazyPySparkResource,
+        batch_scoring: BatchScoring,
+        model: StoredModel,
+        interactions: pd.DataFrame,
+    ) -> Output[pd.DataFrame]:
+        """Every known user's best unseen items, ranked from all of their history (for many
+        users, on Spark's executors: see BatchScoring)."""
         started = time.perf_counter()
-        ranked = model.recommend(seen=interactions, k=PUBLISHED_DEPTH).assign(
-            model_version=model.version
-        )
+        users = interactions["user_id"].nunique()
+        with model.scorer(batch_scoring.spark_to_rank(users, pyspark)) as scorer:
+            ranked = scorer.recommend(seen=interactions, k=PUBLISHED_DEPTH)
+        version = scorer.card.version
+        context.log.info(f"Ranked {users} users' items on the {ranked_on(scorer)}")
         return Output(
-            ranked,
+            ranked.assign(model_version=version),
             metadata={
                 "dagster/row_count": len(ranked),
                 "users": ranked["user_id"].nunique(),
-                "model_version": model.version,
+                "model_version": version,
+                "ranked_on": ranked_on(scorer),
                 "scoring_s": round(time.perf_counter() - started, 3),
             },
         )
@@ -64,11 +76,11 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         kinds={"numpy"},
         ins={"model": AssetIn(f"{family}_model")},
     )
-    def similar_items(model: FactorModel) -> Output[pd.DataFrame]:
+    def similar_items(model: StoredModel) -> Output[pd.DataFrame]:
         """Each item's most similar items (cosine of the model's item factors), served by
         GET /items/{item_id}/similar."""
         started = time.perf_counter()
-        similar = model.similar_items(SIMILAR_DEPTH)
+        similar = model.item_side().similar_items(SIMILAR_DEPTH)
         return Output(
             similar,
             metadata={
@@ -95,18 +107,18 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         serving: Serving,
         archive: ModelArchive,
         ranked: pd.DataFrame,
-        model: FactorModel,
+        model: StoredModel,
         similar: pd.DataFrame,
         popular_items: pd.DataFrame,
         item_catalog: pd.DataFrame,
     ) -> MaterializeResult:
-        """Archives the model (the micro-batch folds users into it), writes this version's
-        lists beside the live ones and, if this family is the served one, makes it live in one
-        switch. Then drops the lists of versions past retention."""
+        """Archives the model's item side (the micro-batch folds users into it), writes this
+        version's lists beside the live ones and, if this family is the served one, makes it
+        live in one switch. Then drops the lists of versions past retention."""
         version = str(ranked["model_version"].iloc[0])
         previous = store.live_version()
         titles = titles_by_item(item_catalog)
-        archive.save(model)
+        archive.save(model.item_side())
         if previous == version:
             context.log.info(f"{version} (same data and settings) is live already")
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 
 from reco_dagster.domain.als import TrainedAls, fit_als
 from reco_dagster.domain.ease import CatalogueTooLargeError, fit_ease
@@ -18,7 +18,7 @@ from reco_dagster.domain.hyperparameters import search_als
 from reco_dagster.domain.metrics import ranking_metrics
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.domain.splits import stratified_random_split
-from resources.settings import AlsSettings, EaseSettings
+from resources.settings import AlsSettings, BatchScoring, EaseSettings
 
 FAMILIES = ("als", "ease")
 
@@ -36,8 +36,9 @@ class SearchConfig(Config):
 def als_hyperparameters(
     context: AssetExecutionContext,
     config: SearchConfig,
-    pyspark: PySparkResource,
+    pyspark: LazyPySparkResource,
     als: AlsSettings,
+    batch_scoring: BatchScoring,
     train_interactions: pd.DataFrame,
 ) -> Output[dict]:
     """The ALS settings to train with: the configured ones, or the best of a time-boxed
@@ -56,9 +57,16 @@ def als_hyperparameters(
         train_interactions, 1.0 - config.validation_ratio, seed=configured["seed"] + 1
     )
 
+    ranking_spark = batch_scoring.spark_to_rank(fit_part["user_id"].nunique(), pyspark)
+
     def score(settings: dict) -> dict[str, float]:
         card = ModelCard.describe("als", settings, fit_part)
-        model = fit_als(pyspark.spark_session, fit_part, card, **settings).factor_model()
+        trained = fit_als(pyspark.spark_session, fit_part, card, **settings)
+        model = (
+            trained.on_spark(ranking_spark.spark_session)
+            if ranking_spark
+            else trained.factor_model()
+        )
         return ranking_metrics(model.recommend(fit_part, 10), validation, 10)
 
     search = search_als(configured, score, config.time_budget_s, config.max_trials)
@@ -93,7 +101,7 @@ def _trained(model: TrainedAls | FactorModel, started: float, **metadata) -> Out
 
 
 def _fit_als(
-    pyspark: PySparkResource,
+    pyspark: LazyPySparkResource,
     settings: dict,
     table: pd.DataFrame,
 ) -> Output[TrainedAls]:
@@ -107,7 +115,7 @@ def _fit_als(
 
 @asset(group_name="train", kinds={"spark"})
 def als_evaluation_model(
-    pyspark: PySparkResource,
+    pyspark: LazyPySparkResource,
     als_hyperparameters: dict,
     train_interactions: pd.DataFrame,
 ) -> Output[TrainedAls]:
@@ -117,7 +125,7 @@ def als_evaluation_model(
 
 @asset(group_name="train", kinds={"spark"})
 def als_model(
-    pyspark: PySparkResource,
+    pyspark: LazyPySparkResource,
     als_hyperparameters: dict,
     interactions: pd.DataFrame,
 ) -> Output[TrainedAls]:

@@ -100,6 +100,13 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         total_s = time.perf_counter() - started
         assert result.success, "batch_retrain failed"
         stages = stage_seconds(instance.all_logs(result.run_id), DagsterEventType)
+        [ranked_on] = [
+            event.asset_materialization.metadata["ranked_on"].value
+            for event in instance.all_logs(
+                result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+            )
+            if event.asset_materialization.asset_key.to_user_string() == "als_recommendations"
+        ]
 
         _land_micro_batch(landing / "micro-batch.csv", known_users, items)
         started = time.perf_counter()
@@ -124,6 +131,7 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         "total_s": round(total_s, 1),
         **{name: round(seconds, 1) for name, seconds in stages.items()},
         "peak_rss_gb": round(memory.peak_bytes / 1e9, 2),
+        "als_ranked_on": ranked_on,
         "micro_batch_fold_in_s": round(micro_stages["step_score_new_events"], 3),
         "micro_batch_run_s": round(micro_run_s, 2),
         **{

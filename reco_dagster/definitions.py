@@ -9,7 +9,7 @@ from dagster import (
     in_process_executor,
     load_assets_from_modules,
 )
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 
 from assets import evaluate, ingest, prepare, publish, train
 from reco_dagster.automation import (
@@ -25,6 +25,7 @@ from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.settings import (
     AlsSettings,
+    BatchScoring,
     EaseSettings,
     QualityGate,
     Serving,
@@ -53,7 +54,8 @@ def build_resources() -> dict[str, object]:
         "io_manager": LakeIOManager(files=files),
         "archive": ModelArchive(files=files),
         "store": recommendation_store(),
-        "pyspark": PySparkResource(spark_config=spark_config()),
+        "pyspark": LazyPySparkResource(spark_config=spark_config()),
+        "batch_scoring": BatchScoring(),
         "als": AlsSettings(),
         "ease": EaseSettings(),
         "quality_gate": QualityGate(),

@@ -5,21 +5,63 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster_pyspark import LazyPySparkResource
 
-from reco_dagster.domain.als import TrainedAls, is_spark_model_dir, load_als_factors
-from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.als import (
+    TrainedAls,
+    is_spark_model_dir,
+    load_als_factors,
+    load_als_on_spark,
+)
+from reco_dagster.domain.models import CARD_FILE, FactorModel, ModelCard, Scorer
 from resources.files import FileStore
 
 LAKE = "lake/"
 
 
+@dataclass(frozen=True)
+class StoredModel:
+    """A model in the lake, read only as far as a step needs: its card, its item side, or all
+    of it to score with (on the driver, or for an ALS model on Spark's executors)."""
+
+    files: FileStore
+    prefix: str
+
+    @property
+    def card(self) -> ModelCard:
+        return ModelCard.from_json(self.files.read(self.prefix + CARD_FILE))
+
+    def item_side(self) -> FactorModel:
+        """The card and the item factors, no user factors: what similar items, the archive
+        and the micro-batch's fold-in need."""
+        with self.files.folder_to_read(self.prefix) as folder:
+            if is_spark_model_dir(folder):
+                return load_als_factors(folder, users=False)
+            return FactorModel.load(folder, users=False)
+
+    @contextmanager
+    def scorer(self, spark: LazyPySparkResource | None = None) -> Iterator[Scorer]:
+        """The whole model to rank and predict with: on the driver, or given Spark an ALS
+        model on the executors (its user factors never reach the driver)."""
+        with self.files.folder_to_read(self.prefix) as folder:
+            if not is_spark_model_dir(folder):
+                yield FactorModel.load(folder)
+            elif spark is None:
+                yield load_als_factors(folder)
+            else:
+                yield load_als_on_spark(spark.spark_session, folder)
+
+
 class LakeIOManager(ConfigurableIOManager):
     """DataFrames as parquet, dicts as JSON, ALS models in Spark's model format and other
-    factor models as numpy arrays; every model loads as a FactorModel."""
+    factor models as numpy arrays; every model loads as a StoredModel (read when used)."""
 
     files: FileStore
 
@@ -44,13 +86,9 @@ class LakeIOManager(ConfigurableIOManager):
             return pd.read_parquet(io.BytesIO(self.files.read(name + ".parquet")))
         if self.files.exists(name + ".json"):
             return json.loads(self.files.read(name + ".json"))
-        try:
-            with self.files.folder_to_read(name + "/") as folder:
-                if is_spark_model_dir(folder):
-                    return load_als_factors(folder)
-                return FactorModel.load(folder)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{context.asset_key.to_user_string()} has not been materialized yet "
-                f"(looked for {self.files.location(name)})"
-            ) from None
+        if self.files.exists(name + "/" + CARD_FILE):
+            return StoredModel(self.files, name + "/")
+        raise FileNotFoundError(
+            f"{context.asset_key.to_user_string()} has not been materialized yet "
+            f"(looked for {self.files.location(name)})"
+        )

@@ -1,5 +1,6 @@
-"""Every published model version's factors, kept by version id, so that the micro-batch
-scores against exactly the live version (the lake's `*_model` may be newer and rejected)."""
+"""Every published model version's item side (card and item factors), kept by version id, so
+that the micro-batch folds users into exactly the live version (the lake's `*_model` may be
+newer and rejected)."""
 
 from dagster import ConfigurableResource
 

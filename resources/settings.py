@@ -20,6 +20,7 @@ from dagster_azure.blob import (
     AzureBlobStorageKeyCredential,
     AzureBlobStorageResource,
 )
+from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from reco_dagster.domain.als import Confidence
@@ -156,6 +157,20 @@ class QualityGate(ConfigurableResource):
     """precision@10 must be at least this multiple of the popularity baseline's."""
     tolerance: float = 0.05
     """How far below the live model's ranking metrics (a fraction) a new model may fall."""
+
+
+class BatchScoring(ConfigurableResource):
+    """Where the batch job ranks every user's items."""
+
+    spark_from_users: int = 100_000
+    """From this many users on, an ALS model is ranked on Spark's executors: its user factors
+    stay there and only the ranked lists reach the driver. Below, the driver ranks with the
+    same numpy code and skips Spark's task overhead (bench/scoring.py: at 138,000 users on 2
+    local cores the two take about as long; on a cluster the executors add cores)."""
+
+    def spark_to_rank(self, users: int, pyspark: LazyPySparkResource) -> LazyPySparkResource | None:
+        """Spark, to rank `users` users on its executors; None: rank them on the driver."""
+        return pyspark if users >= self.spark_from_users else None
 
 
 class Serving(ConfigurableResource):

@@ -47,7 +47,7 @@ def test_new_events_refresh_just_the_affected_users(world, data_dir):
         ),
     )
     metadata = run(world, ["drop.csv"])
-    assert metadata["users_refreshed"] == 2 and metadata["new_users"] == 2
+    assert metadata["users_refreshed"] == 2 and metadata["first_time_users"] == 2
     assert metadata["unknown_item_events"] == 1 and metadata["users_without_known_items"] == 1
     assert metadata["rows_quarantined"] == 1
     assert store.lookup("u1", 5).items != before["u1"]

@@ -12,6 +12,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from assets.evaluate import evaluate
+from reco_dagster.domain.als import load_als_factors
 from reco_dagster.domain.synthetic import synthetic_events
 from resources.store import SqliteRecommendationStore
 from tests.conftest import REPO, dagster_job, running_api
@@ -25,6 +27,7 @@ def run_batch_retrain(
     als: dict = SMALL_ALS,
     search_trials: int = 0,
     ease: dict | None = None,
+    spark_from_users: int = 100_000,
     **extra_env: str,
 ) -> subprocess.CompletedProcess:
     dagster_home = tmp_path / "dagster_home"
@@ -35,7 +38,11 @@ def run_batch_retrain(
     config.write_text(
         json.dumps(
             {
-                "resources": {"als": {"config": als}, "ease": {"config": ease or {}}},
+                "resources": {
+                    "als": {"config": als},
+                    "ease": {"config": ease or {}},
+                    "batch_scoring": {"config": {"spark_from_users": spark_from_users}},
+                },
                 "ops": {"als_hyperparameters": {"config": search}},
             }
         )
@@ -141,6 +148,7 @@ def test_the_api_serves_the_published_lists(first_run):
 
 
 def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(first_run):
+    """...and ranks on Spark's executors (from 0 users on), as the driver would have."""
     tmp_path, data_dir, _, _ = first_run
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     first_version = store.live_version()
@@ -154,8 +162,21 @@ def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(
     )
     new_user.to_csv(data_dir / "landing" / "day2.csv", index=False)
     # With a catalogue over EASE's limit, EASE is skipped and ALS goes on.
-    result = run_batch_retrain(data_dir, tmp_path, ease={"max_items": 50})
+    result = run_batch_retrain(data_dir, tmp_path, ease={"max_items": 50}, spark_from_users=0)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Ranked 301 users' items on the spark executors" in result.stderr
+    lake = data_dir / "lake"
+    interactions = pd.read_parquet(lake / "interactions.parquet")
+    on_driver = load_als_factors(lake / "als_model").recommend(interactions, k=100)
+    published = pd.read_parquet(lake / "als_recommendations.parquet")
+    pd.testing.assert_frame_equal(
+        published[["user_id", "item_id", "rank"]], on_driver[["user_id", "item_id", "rank"]]
+    )
+    train = pd.read_parquet(lake / "train_interactions.parquet")
+    test = pd.read_parquet(lake / "test_interactions.parquet")
+    evaluated = json.loads((lake / "als_evaluation.json").read_text())["metrics"]
+    on_driver_metrics = evaluate(load_als_factors(lake / "als_evaluation_model"), train, test)
+    assert evaluated == pytest.approx(on_driver_metrics, abs=1e-9)
     assert "Ingested 5 events from 1 new file(s)" in result.stderr
     assert "EASE skipped: EASE needs an 400 x 400 matrix inverse" in result.stderr
     second_version = store.live_version()

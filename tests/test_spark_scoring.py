@@ -1,10 +1,17 @@
-"""Scoring on Spark's executors gives the driver's top-k, seen items excluded."""
+"""Scoring on Spark's executors gives the driver's answers: the same top-k, seen items
+excluded, the same predictions; for a freshly fitted model and for a saved one."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from reco_dagster.domain.als import fit_als, load_als_factors, load_als_on_spark
+from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.models import ModelCard
 from reco_dagster.domain.ranking import top_k_items
 from reco_dagster.domain.spark_scoring import spark_top_k
+from reco_dagster.domain.splits import stratified_random_split
+from reco_dagster.domain.synthetic import synthetic_events
 
 
 def test_executor_scoring_matches_the_driver_and_excludes_seen_items(spark):
@@ -14,20 +21,16 @@ def test_executor_scoring_matches_the_driver_and_excludes_seen_items(spark):
     item_factors = rng.normal(size=(items, rank)).astype(np.float32)
     seen_rows = rng.integers(0, users, 2000)
     seen_cols = rng.integers(0, items, 2000)
-    # Spark's ids need not be 0..n-1: shift them, and name one unknown item in `seen`.
-    user_ids, item_ids = np.arange(users) * 3 + 1, np.arange(items) * 2 + 5
-    seen = pd.DataFrame({"user": user_ids[seen_rows], "item": item_ids[seen_cols]})
-    seen.loc[len(seen)] = [user_ids[0], 10_000]
-
-    def factors(ids, matrix):
-        frame = pd.DataFrame({"id": ids.astype(np.int32), "features": list(matrix)})
-        return spark.createDataFrame(frame, "id int, features array<float>").repartition(3)
+    # Spark's user ids need not be 0..n-1: shift them.
+    user_ids = np.arange(users) * 3 + 1
+    seen = pd.DataFrame({"user": user_ids[seen_rows], "item": seen_cols}).astype("int32")
+    frame = pd.DataFrame({"id": user_ids.astype(np.int32), "features": list(user_factors)})
 
     ranked = spark_top_k(
         spark,
-        factors(user_ids, user_factors),
-        factors(item_ids, item_factors),
-        spark.createDataFrame(seen.astype("int32")),
+        spark.createDataFrame(frame, "id int, features array<float>").repartition(3),
+        item_factors,
+        spark.createDataFrame(seen),
         k,
     ).toPandas()
 
@@ -35,7 +38,7 @@ def test_executor_scoring_matches_the_driver_and_excludes_seen_items(spark):
     expected = pd.DataFrame(
         {
             "user": np.repeat(user_ids, k),
-            "item": item_ids[best.ravel()],
+            "item": best.ravel(),
             "rank": np.tile(np.arange(1, k + 1), users),
         }
     )
@@ -45,3 +48,48 @@ def test_executor_scoring_matches_the_driver_and_excludes_seen_items(spark):
     assert not set(zip(got["user"], got["item"], strict=True)) & set(
         zip(seen["user"], seen["item"], strict=True)
     )
+
+
+SETTINGS = {
+    "rank": 6,
+    "max_iter": 4,
+    "reg_param": 0.1,
+    "alpha": 10.0,
+    "confidence": "rating",
+    "seed": 3,
+}
+
+
+@pytest.mark.parametrize(
+    "feedback",
+    [
+        {"implicit_prefs": True, "popularity_prior": 0.3},
+        {"implicit_prefs": False, "popularity_prior": 0.0},
+    ],
+    ids=["implicit-with-popularity-prior", "explicit"],
+)
+def test_a_model_ranked_on_spark_answers_as_on_the_driver(spark, tmp_path, feedback):
+    interactions = build_interactions(synthetic_events(120, 60, 12, seed=8))[0]
+    train, test = stratified_random_split(interactions, 0.7, seed=1)
+    # A user and an item with no training rows leave gaps in the indices: ids must line up.
+    train = train[(train["user_id"] != "u7") & (train["item_id"] != "i5")]
+    assert {"u7", "i5"} <= set(test["user_id"]) | set(test["item_id"])
+    settings = SETTINGS | feedback
+    trained = fit_als(spark, train, ModelCard.describe("als", settings, train), **settings)
+    trained.save(tmp_path)
+    on_driver = load_als_factors(tmp_path)
+    pairs = pd.concat([test, pd.DataFrame({"user_id": ["stranger", "u1"], "item_id": ["i1", "?"]})])
+    expected_ranked = on_driver.recommend(train, k=8)
+    expected_predicted = on_driver.predict(pairs["user_id"], pairs["item_id"])
+    assert np.isnan(expected_predicted[-2:]).all()
+
+    for on_spark in (trained.on_spark(spark), load_als_on_spark(spark, tmp_path)):
+        ranked = on_spark.recommend(train, k=8)
+        assert on_spark.card == on_driver.card
+        pd.testing.assert_frame_equal(
+            ranked.drop(columns="score"), expected_ranked.drop(columns="score")
+        )
+        assert np.allclose(ranked["score"], expected_ranked["score"], atol=1e-5)
+        assert ranked.merge(train, on=["user_id", "item_id"]).empty
+        predicted = on_spark.predict(pairs["user_id"], pairs["item_id"])
+        assert np.allclose(predicted, expected_predicted, atol=1e-4, equal_nan=True)

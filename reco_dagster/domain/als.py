@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from reco_dagster.domain.models import FactorModel, ModelCard, ids_by_index
+from reco_dagster.domain.spark_scoring import SparkAls
 
 SPARK_MODEL_DIR = "spark_model"
 Confidence = Literal["binary", "rating"]
@@ -48,22 +49,57 @@ class TrainedAls:
             _factors(pa.Table.from_pandas(self.spark_model.itemFactors.toPandas())),
         )
 
+    def on_spark(self, spark: Any) -> SparkAls:
+        """The fitted model scored on Spark, its user factors left on the executors."""
+        item_side = _assemble(
+            self.card,
+            self.user_ids,
+            self.item_ids,
+            self.item_users,
+            None,
+            _factors(pa.Table.from_pandas(self.spark_model.itemFactors.toPandas())),
+        )
+        return SparkAls(spark, self.spark_model, self.user_ids, self.item_ids, item_side)
+
 
 def is_spark_model_dir(directory: Path) -> bool:
     return (directory / SPARK_MODEL_DIR).is_dir()
 
 
-def load_als_factors(directory: Path) -> FactorModel:
-    """Read a saved model's factors straight from the parquet inside Spark's model format."""
+def load_als_factors(directory: Path, users: bool = True) -> FactorModel:
+    """Read a saved model's factors straight from the parquet inside Spark's model format;
+    without `users`, its item side only (no user factors)."""
     items = pd.read_parquet(directory / "item_ids.parquet")
     return _assemble(
         ModelCard.load(directory),
-        pd.read_parquet(directory / "user_ids.parquet")["user_id"].to_numpy(),
+        _saved_ids(directory, "user"),
         items["item_id"].to_numpy(),
         items["users"].to_numpy(),
-        _factors(pads.dataset(directory / SPARK_MODEL_DIR / "userFactors").to_table()),
+        _factors(pads.dataset(directory / SPARK_MODEL_DIR / "userFactors").to_table())
+        if users
+        else None,
         _factors(pads.dataset(directory / SPARK_MODEL_DIR / "itemFactors").to_table()),
     )
+
+
+def load_als_on_spark(spark: Any, directory: Path) -> SparkAls:
+    """A saved model scored on Spark: Spark reads its user factors, the driver only its item
+    side. `directory` must stay readable by Spark until the scoring is done."""
+    from pyspark.ml.recommendation import ALSModel
+
+    item_side = load_als_factors(directory, users=False)
+    return SparkAls(
+        spark,
+        ALSModel.load(str(directory / SPARK_MODEL_DIR)),
+        _saved_ids(directory, "user"),
+        _saved_ids(directory, "item"),
+        item_side,
+    )
+
+
+def _saved_ids(directory: Path, entity: str) -> np.ndarray:
+    """The string id of each integer index of `entity` ("user" or "item")."""
+    return pd.read_parquet(directory / f"{entity}_ids.parquet")[f"{entity}_id"].to_numpy()
 
 
 def _assemble(
@@ -71,14 +107,18 @@ def _assemble(
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     item_users: np.ndarray,
-    users: tuple[np.ndarray, np.ndarray],
+    users: tuple[np.ndarray, np.ndarray] | None,
     items: tuple[np.ndarray, np.ndarray],
 ) -> FactorModel:
-    """Factors keyed by string ids. An implicit model's popularity prior rides along as one
-    more factor: a constant `popularity_prior` for every user times log(training users) for
-    every item, so score = u·v + popularity_prior · log(item users), no special case when
-    ranking."""
-    (user_idx, user_factors), (item_idx, item_factors) = users, items
+    """Factors keyed by string ids (no users: the item side only). An implicit model's
+    popularity prior rides along as one more factor: a constant `popularity_prior` for every
+    user times log(training users) for every item, so score = u·v + popularity_prior ·
+    log(item users), no special case when ranking."""
+    item_idx, item_factors = items
+    user_idx, user_factors = users or (
+        np.empty(0, dtype=np.int64),
+        np.empty((0, item_factors.shape[1]), dtype=np.float32),
+    )
     prior = card.settings.get("popularity_prior", 0.0) if card.settings["implicit_prefs"] else 0.0
     if prior:
         log_users = np.log(np.maximum(item_users[item_idx], 1)).astype(np.float32)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,11 @@ class ModelCard:
 
     @classmethod
     def load(cls, directory: Path) -> ModelCard:
-        return cls(**json.loads((directory / CARD_FILE).read_text()))
+        return cls.from_json((directory / CARD_FILE).read_bytes())
+
+    @classmethod
+    def from_json(cls, saved: bytes) -> ModelCard:
+        return cls(**json.loads(saved))
 
 
 def data_fingerprint(interactions: pd.DataFrame) -> str:
@@ -48,6 +52,18 @@ def data_fingerprint(interactions: pd.DataFrame) -> str:
     columns = interactions[["user_id", "item_id", "rating", "timestamp"]]
     row_hashes = np.sort(pd.util.hash_pandas_object(columns, index=False).to_numpy())
     return hashlib.sha256(row_hashes.tobytes()).hexdigest()[:16]
+
+
+class Scorer(Protocol):
+    """What evaluation and publishing ask of a model, wherever its factors are: a FactorModel
+    on the driver, or a SparkAls on Spark's executors."""
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    def recommend(self, seen: pd.DataFrame, k: int) -> pd.DataFrame: ...
+
+    def predict(self, user_ids: pd.Series, item_ids: pd.Series) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -123,14 +139,18 @@ class FactorModel:
         )
 
     @classmethod
-    def load(cls, directory: Path) -> FactorModel:
+    def load(cls, directory: Path, users: bool = True) -> FactorModel:
+        """A saved model; without `users`, its item side only (no user factors)."""
         with np.load(directory / "factors.npz") as saved:
+            item_factors = saved["item_factors"]
             return cls(
                 ModelCard.load(directory),
-                saved["user_ids"].astype(object),
+                saved["user_ids"].astype(object) if users else np.empty(0, dtype=object),
                 saved["item_ids"].astype(object),
-                saved["user_factors"],
-                saved["item_factors"],
+                saved["user_factors"]
+                if users
+                else np.empty((0, item_factors.shape[1]), dtype=item_factors.dtype),
+                item_factors,
             )
 
 
