@@ -58,9 +58,22 @@ def standalone_cluster(work_dir: Path) -> Iterator[tuple[str, str]]:
 
 def _cluster_state(ui_url: str) -> dict:
     try:
-        return httpx.get(f"{ui_url}/json/", timeout=2).json()
+        return httpx.get(f"{ui_url}/json/", timeout=5).json()
     except (httpx.TransportError, ValueError):
         return {}
+
+
+def _application_names(ui_url: str) -> list[str]:
+    """The applications the master has run or runs; its web UI may answer late under load."""
+    deadline = time.monotonic() + 30
+    while True:
+        state = _cluster_state(ui_url)
+        names = [
+            app["name"] for app in state.get("completedapps", []) + state.get("activeapps", [])
+        ]
+        if names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)
 
 
 def _top10(data_dir: Path) -> pd.Series:
@@ -77,16 +90,19 @@ def test_the_batch_flow_trains_and_scores_on_a_standalone_cluster_as_in_local_mo
         events.to_parquet(tmp_path / mode / "data" / "landing" / "events.parquet", index=False)
     (tmp_path / "spark-work").mkdir()
     with standalone_cluster(tmp_path / "spark-work") as (master_url, ui_url):
+        # Every user ranked on the cluster's executors; the local run ranks on its driver.
         runs["cluster"] = run_batch_retrain(
-            tmp_path / "cluster" / "data", tmp_path / "cluster", RECO_SPARK_MASTER=master_url
+            tmp_path / "cluster" / "data",
+            tmp_path / "cluster",
+            spark_from_users=0,
+            RECO_SPARK_MASTER=master_url,
         )
-        apps = _cluster_state(ui_url).get("completedapps", []) + _cluster_state(ui_url).get(
-            "activeapps", []
-        )
+        apps = _application_names(ui_url)
     runs["local"] = run_batch_retrain(tmp_path / "local" / "data", tmp_path / "local")
     for mode, result in runs.items():
         assert result.returncode == 0, mode + result.stdout[-2000:] + result.stderr[-2000:]
-    assert [app["name"] for app in apps] == ["reco-dagster"]
+    assert apps == ["reco-dagster"]
+    assert "Ranked 300 users' items on the spark executors" in runs["cluster"].stderr
 
     evaluations = {
         mode: pd.read_json(tmp_path / mode / "data" / "lake" / "als_evaluation.json", typ="series")
