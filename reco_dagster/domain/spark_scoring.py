@@ -82,10 +82,6 @@ class SparkAls:
     def card(self) -> ModelCard:
         return self.item_side.card
 
-    @property
-    def version(self) -> str:
-        return self.card.version
-
     def _prior(self) -> float:
         if not self.item_side.has_popularity_factor:
             return 0.0
