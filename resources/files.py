@@ -53,11 +53,7 @@ class FileStore(ConfigurableResource):
         raise NotImplementedError
 
     def exists(self, name: str) -> bool:
-        try:
-            self.read(name)
-        except FileNotFoundError:
-            return False
-        return True
+        raise NotImplementedError
 
     @contextmanager
     def folder_to_write(self, prefix: str) -> Iterator[Path]:
@@ -107,6 +103,9 @@ class LocalFiles(FileStore):
 
     def open(self, name: str) -> BinaryIO:
         return self._path(name).open("rb")
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
 
     def write(self, name: str, data: bytes) -> None:
         path = self._path(name)
@@ -167,6 +166,9 @@ class BlobFiles(FileStore):
             return self._container().download_blob(self.prefix + name).readall()
         except ResourceNotFoundError as error:
             raise FileNotFoundError(f"no blob {self.location(name)}") from error
+
+    def exists(self, name: str) -> bool:
+        return self._container().get_blob_client(self.prefix + name).exists()
 
     def write(self, name: str, data: bytes) -> None:
         # A blob upload commits whole or not at all: readers never see half a file.

@@ -38,28 +38,25 @@ class TrainedAls:
         )
         self.card.save(directory)
 
-    def factor_model(self) -> FactorModel:
-        """The factors as a saved copy would load them, straight from the fitted model."""
+    def factor_model(self, users: bool = True) -> FactorModel:
+        """The factors as a saved copy would load them, straight from the fitted model;
+        without `users`, its item side only."""
         return _assemble(
             self.card,
             self.user_ids,
             self.item_ids,
             self.item_users,
-            _factors(pa.Table.from_pandas(self.spark_model.userFactors.toPandas())),
+            _factors(pa.Table.from_pandas(self.spark_model.userFactors.toPandas()))
+            if users
+            else None,
             _factors(pa.Table.from_pandas(self.spark_model.itemFactors.toPandas())),
         )
 
     def on_spark(self, spark: Any) -> SparkAls:
         """The fitted model scored on Spark, its user factors left on the executors."""
-        item_side = _assemble(
-            self.card,
-            self.user_ids,
-            self.item_ids,
-            self.item_users,
-            None,
-            _factors(pa.Table.from_pandas(self.spark_model.itemFactors.toPandas())),
+        return SparkAls(
+            spark, self.spark_model, self.user_ids, self.item_ids, self.factor_model(users=False)
         )
-        return SparkAls(spark, self.spark_model, self.user_ids, self.item_ids, item_side)
 
 
 def is_spark_model_dir(directory: Path) -> bool:
@@ -72,7 +69,7 @@ def load_als_factors(directory: Path, users: bool = True) -> FactorModel:
     items = pd.read_parquet(directory / "item_ids.parquet")
     return _assemble(
         ModelCard.load(directory),
-        _saved_ids(directory, "user"),
+        _saved_ids(directory, "user") if users else np.empty(0, dtype=object),
         items["item_id"].to_numpy(),
         items["users"].to_numpy(),
         _factors(pads.dataset(directory / SPARK_MODEL_DIR / "userFactors").to_table())
