@@ -1,12 +1,9 @@
 """Stage 2: event history → one row per (user, item) → per-user train/test split."""
 
-from typing import Literal
-
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetOut,
-    Config,
     Failure,
     MetadataValue,
     Output,
@@ -16,8 +13,8 @@ from dagster import (
 
 from assets.ingest import raw_events
 from reco_dagster.domain.interactions import build_interactions
-from reco_dagster.domain.splits import chronological_split, stratified_random_split
 from resources.landing_zone import LANDING, LandingZone
+from resources.settings import EvaluationProtocol
 
 
 @asset(group_name="prepare", deps=[raw_events], kinds={"pandas"})
@@ -63,23 +60,14 @@ def item_catalog(context: AssetExecutionContext, landing_zone: LandingZone) -> O
     )
 
 
-class SplitConfig(Config):
-    method: Literal["stratified", "chronological"] = "stratified"
-    train_ratio: float = 0.75
-    seed: int = 42
-
-
 @multi_asset(
     group_name="prepare",
     outs={"train_interactions": AssetOut(kinds={"pandas"}), "test_interactions": AssetOut()},
 )
-def train_test_split(config: SplitConfig, interactions: pd.DataFrame):
-    """Per user, `train_ratio` of the interactions train and the rest test: a seeded random
-    pick (Microsoft Recommenders' stratified split) or, chronologically, the latest ones test."""
-    if config.method == "stratified":
-        train, test = stratified_random_split(interactions, config.train_ratio, config.seed)
-    else:
-        train, test = chronological_split(interactions, config.train_ratio)
+def train_test_split(protocol: EvaluationProtocol, interactions: pd.DataFrame):
+    """The evaluation protocol's split (`protocol` resource): by default each user's latest
+    quarter of interactions tests (chronological); temporal and stratified on request."""
+    train, test = protocol.split(interactions)
     for name, table in (("train_interactions", train), ("test_interactions", test)):
         yield Output(
             table,
@@ -88,7 +76,7 @@ def train_test_split(config: SplitConfig, interactions: pd.DataFrame):
                 "dagster/row_count": len(table),
                 "users": table["user_id"].nunique(),
                 "items": table["item_id"].nunique(),
-                "method": config.method,
-                "train_ratio": config.train_ratio,
+                "method": protocol.method,
+                "train_ratio": protocol.train_ratio,
             },
         )

@@ -16,12 +16,13 @@ from dagster import (
 )
 from dagster_pyspark import LazyPySparkResource
 
-from assets.train import FAMILIES
+from reco_dagster.domain.families import FAMILIES
+from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
 from resources.lake_io import StoredModel
 from resources.model_archive import ModelArchive
-from resources.settings import BatchScoring, Serving
+from resources.settings import BatchScoring
 from resources.store import Item, RecommendationStore
 
 PUBLISHED_DEPTH = 100
@@ -31,10 +32,18 @@ SIMILAR_DEPTH = 100
 
 
 @asset(group_name="publish", kinds={"pandas"})
-def popular_items(interactions: pd.DataFrame) -> Output[pd.DataFrame]:
-    """The list served to users the model does not know yet."""
-    popular = most_popular(interactions, PUBLISHED_DEPTH)
-    return Output(popular, metadata={"dagster/row_count": len(popular)})
+def popular_items(interactions: pd.DataFrame, model_search: dict) -> Output[pd.DataFrame]:
+    """The cold-start list, served to users the model does not know yet and continuing lists
+    that run short: trending (the half-life chosen on validation) or all-time popular."""
+    half_life_days = model_search["cold_start"]["half_life_days"]
+    popular = most_popular(interactions, PUBLISHED_DEPTH, half_life_days)
+    return Output(
+        popular,
+        metadata={
+            "dagster/row_count": len(popular),
+            "kind": f"trending, half-life {half_life_days:g} d" if half_life_days else "all-time",
+        },
+    )
 
 
 def build_publish(family: str) -> list[AssetsDefinition]:
@@ -50,13 +59,16 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         batch_scoring: BatchScoring,
         model: StoredModel,
         interactions: pd.DataFrame,
+        popular_items: pd.DataFrame,
     ) -> Output[pd.DataFrame]:
-        """Every known user's best unseen items, ranked from all of their history (for many
-        users, on Spark's executors: see BatchScoring)."""
+        """Every known user's best unseen items, scored from all of their history (for many
+        users, on Spark's executors: see BatchScoring); a list that runs short goes on with
+        the cold-start list."""
         started = time.perf_counter()
         users = interactions["user_id"].nunique()
-        with model.scorer(batch_scoring.spark_to_rank(users, pyspark)) as scorer:
+        with model.scorer(interactions, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
             ranked = scorer.recommend(seen=interactions, k=PUBLISHED_DEPTH)
+        ranked = fill_short_lists(ranked, popular_items, interactions, PUBLISHED_DEPTH)
         version = scorer.card.version
         context.log.info(f"Ranked {users} users' items on the {ranked_on(scorer)}")
         return Output(
@@ -94,8 +106,8 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         name=f"{family}_published",
         group_name="publish",
         kinds={"sqlite"},
-        deps=[f"{family}_evaluation"],
         ins={
+            "evaluation": AssetIn(f"{family}_evaluation"),
             "ranked": AssetIn(f"{family}_recommendations"),
             "model": AssetIn(f"{family}_model"),
             "similar": AssetIn(f"{family}_similar_items"),
@@ -104,41 +116,37 @@ def build_publish(family: str) -> list[AssetsDefinition]:
     def published(
         context: AssetExecutionContext,
         store: RecommendationStore,
-        serving: Serving,
         archive: ModelArchive,
+        evaluation: dict,
         ranked: pd.DataFrame,
         model: StoredModel,
         similar: pd.DataFrame,
         popular_items: pd.DataFrame,
         item_catalog: pd.DataFrame,
     ) -> MaterializeResult:
-        """Archives the model's item side (the micro-batch folds users into it), writes this
-        version's lists beside the live ones and, if this family is the served one, makes it
-        live in one switch. Then drops the lists of versions past retention."""
-        version = str(ranked["model_version"].iloc[0])
-        previous = store.live_version()
-        titles = titles_by_item(item_catalog)
-        archive.save(model.item_side())
-        if previous == version:
-            context.log.info(f"{version} (same data and settings) is live already")
+        """Registers the version, archives its item side (the micro-batch folds users into it)
+        and writes its lists beside the live ones; `live_model` decides what goes live."""
+        version = evaluation["model_version"]
+        if evaluation["skipped"]:
+            return MaterializeResult(
+                metadata={"model_version": version, "outcome": f"skipped: {evaluation['skipped']}"}
+            )
+        if store.live_version() == version:
+            context.log.info(f"{version} (same data, settings and code) is live already")
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
+        titles = titles_by_item(item_catalog)
+        store.register(version, evaluation)
+        archive.save(model.item_side())
         written = store.write_version(
             version,
             ranked_lists(ranked, "user_id", titles),
             listed_items(popular_items, titles),
             ranked_lists(similar, "source_item_id", titles),
         )
-        if serving.family == family:
-            store.activate(version)
-            context.log.info(
-                f"Model version {version} is live (was {previous}); {written.users} users"
-            )
-        purged = store.purge_old_versions(serving.keep_versions)
         return MaterializeResult(
             metadata={
                 "model_version": version,
-                "outcome": "live" if serving.family == family else "candidate (not served)",
-                "previous_live_version": previous or "none",
+                "outcome": "written",
                 "users_published": written.users,
                 "documents_written": written.documents,
                 "write_s": round(written.seconds, 3),
@@ -149,7 +157,6 @@ def build_publish(family: str) -> list[AssetsDefinition]:
                     else {}
                 ),
                 "write_retries": written.retries,
-                "purged_versions": ", ".join(purged) or "none",
                 "preview": MetadataValue.md(_preview(ranked, titles)),
             }
         )

@@ -1,166 +1,197 @@
-"""Stage 3: model families, each fitted once on the training split (to be evaluated) and once
-on every interaction (to be served), with the same settings.
+"""Stage 3: settings chosen on validation, then every model family fitted once on the training
+split (to be evaluated) and once on every interaction (to be served), with those settings.
 
-- ALS (Spark ML): scales out on any Spark cluster; settings from `als_hyperparameters`.
+- ALS (Spark ML): scales out on any Spark cluster.
 - EASE (numpy): closed-form item-item model for catalogues that fit one machine.
 """
 
 import time
-from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from dagster_pyspark import LazyPySparkResource
+from pydantic import Field
 
-from reco_dagster.domain.als import TrainedAls, fit_als
-from reco_dagster.domain.ease import CatalogueTooLargeError, fit_ease
-from reco_dagster.domain.hyperparameters import search_als
-from reco_dagster.domain.metrics import ranking_metrics
+from reco_dagster.domain.als import TrainedAls
+from reco_dagster.domain.ease import CatalogueTooLargeError
+from reco_dagster.domain.evaluation import named, popularity_baseline
+from reco_dagster.domain.families import FAMILIES, fit_model, item_side
 from reco_dagster.domain.models import FactorModel, ModelCard
-from reco_dagster.domain.splits import stratified_random_split
-from resources.settings import AlsSettings, BatchScoring, EaseSettings
+from reco_dagster.domain.search import OBJECTIVE, Search, bar_chart, search_settings
+from resources.settings import AlsSettings, EaseSettings, EvaluationProtocol, Serving
 
-FAMILIES = ("als", "ease")
+TRENDING_GRID_DAYS = (0.0, 7.0, 30.0, 90.0)
+"""Cold-start half-lives the search compares (0: the all-time list)."""
 
 
 class SearchConfig(Config):
-    time_budget_s: float = 0.0
-    """0 trains with the configured `als` settings as they are; the full search is opt-in
-    (e.g. 600)."""
+    time_budget_s: dict[str, float] = Field(default_factory=lambda: {"als": 14.0, "ease": 6.0})
+    """Seconds of search per family; 0 scores the configured settings as they are. The
+    default keeps MovieLens 100K's whole batch job within a minute on 2 cores."""
     max_trials: int = 50
-    validation_ratio: float = 0.25
-    """Share of each user's training interactions held out to score trials."""
+    seed: int = 0
 
 
-@asset(group_name="train", kinds={"spark"})
-def als_hyperparameters(
+def configured_settings(family: str, als: AlsSettings, ease: EaseSettings) -> dict[str, Any]:
+    return als.model_dump() if family == "als" else ease.fit_settings()
+
+
+@asset(group_name="train", kinds={"spark", "optuna"})
+def model_search(
     context: AssetExecutionContext,
     config: SearchConfig,
     pyspark: LazyPySparkResource,
     als: AlsSettings,
-    batch_scoring: BatchScoring,
+    ease: EaseSettings,
+    protocol: EvaluationProtocol,
+    serving: Serving,
     train_interactions: pd.DataFrame,
 ) -> Output[dict]:
-    """The ALS settings to train with: the configured ones, or the best of a time-boxed
-    search scored on a validation split carved out of the training split (never the test
-    split)."""
-    configured = als.model_dump()
-    if config.time_budget_s <= 0:
-        return Output(
-            configured,
-            metadata={
-                "search": "skipped: time_budget_s is 0, the configured settings are used",
-                **_settings_metadata(configured),
-            },
+    """Each family's settings (recency half-life included) and the cold-start list's
+    half-life, chosen on a validation split carved out of the training split by the same
+    protocol as the test split (never the test split itself). The validation nDCG@10 also
+    decides which family goes live."""
+    fit_part, validation = protocol.split(train_interactions, seed_offset=1)
+    chosen: dict[str, Any] = {}
+    searches: list[Search] = []
+    for family in FAMILIES:
+
+        def fit(settings: dict, family: str = family) -> FactorModel:
+            spark = pyspark.spark_session if family == "als" else None
+            return item_side(fit_model(family, settings, fit_part, spark, ease.max_items))
+
+        try:
+            search = search_settings(
+                family,
+                configured_settings(family, als, ease),
+                fit,
+                fit_part,
+                validation,
+                config.time_budget_s.get(family, 0.0),
+                config.max_trials,
+                config.seed,
+            )
+        except CatalogueTooLargeError as error:
+            context.log.warning(f"{family} is no candidate: {error}")
+            chosen[family] = {"skipped": str(error)}
+            continue
+        searches.append(search)
+        best = search.best
+        context.log.info(
+            f"{family}: {len(search.trials)} trial(s) in {search.elapsed_s:.1f} s; best "
+            f"validation nDCG@10 {best.metrics['ndcg_at_k']:.4f} with {best.settings}"
         )
-    fit_part, validation = stratified_random_split(
-        train_interactions, 1.0 - config.validation_ratio, seed=configured["seed"] + 1
-    )
-
-    ranking_spark = batch_scoring.spark_to_rank(fit_part["user_id"].nunique(), pyspark)
-
-    def score(settings: dict) -> dict[str, float]:
-        card = ModelCard.describe("als", settings, fit_part)
-        trained = fit_als(pyspark.spark_session, fit_part, card, **settings)
-        model = (
-            trained.on_spark(ranking_spark.spark_session)
-            if ranking_spark
-            else trained.factor_model()
-        )
-        return ranking_metrics(model.recommend(fit_part, 10), validation, 10)
-
-    search = search_als(configured, score, config.time_budget_s, config.max_trials)
-    context.log.info(f"{len(search.trials)} trials; best: {search.best}")
+        chosen[family] = {
+            "settings": best.settings,
+            "validation": named(best.metrics),
+            "trials": len(search.trials),
+        }
+    chosen["cold_start"] = _choose_trending(serving, fit_part, validation)
     return Output(
-        search.best,
+        chosen,
         metadata={
-            "search": f"{len(search.trials)} trials in {search.elapsed_s:.0f} s",
-            "trials": MetadataValue.md(search.table()),
-            "validation_ndcg_by_trial": MetadataValue.md(search.bar_chart()),
-            **_settings_metadata(search.best),
+            "protocol": protocol.method,
+            "validation_rows": len(validation),
+            **{
+                f"{search.family}_trials": MetadataValue.md(search.table())
+                for search in searches
+            },
+            **{
+                f"{search.family}_validation_ndcg_by_trial": MetadataValue.md(search.bar_chart())
+                for search in searches
+            },
+            "validation_ndcg_by_family": MetadataValue.md(
+                bar_chart([(found.family, found.best.metrics[OBJECTIVE]) for found in searches])
+            ),
+            "trending_half_life_days": chosen["cold_start"]["half_life_days"],
         },
     )
 
 
-def _settings_metadata(settings: dict, family: str = "als") -> dict:
+def _choose_trending(
+    serving: Serving, fit_part: pd.DataFrame, validation: pd.DataFrame
+) -> dict[str, Any]:
+    """The cold-start half-life: configured, or the one whose list best predicts validation."""
+    grid = (
+        TRENDING_GRID_DAYS
+        if serving.trending_half_life_days is None
+        else (serving.trending_half_life_days,)
+    )
+    scored = {
+        half_life: popularity_baseline(fit_part, validation, half_life)["ndcg_at_10"]
+        for half_life in grid
+    }
+    best = max(scored, key=scored.__getitem__)
+    return {"half_life_days": best, "validation_ndcg_at_10": scored[best]}
+
+
+def _settings_metadata(settings: dict, family: str) -> dict:
     return {f"{family}_{key}": value for key, value in settings.items()}
 
 
-def _trained(model: TrainedAls | FactorModel, started: float, **metadata) -> Output:
-    """A fitted model with what identifies it and what it cost."""
+def _fit(
+    context: AssetExecutionContext,
+    family: str,
+    model_search: dict,
+    table: pd.DataFrame,
+    pyspark: LazyPySparkResource,
+    ease: EaseSettings,
+) -> Output[TrainedAls | FactorModel]:
+    """The family fitted with the searched settings. A family the search could not use (EASE
+    on too large a catalogue) yields a model with no items: it recommends nothing, and its
+    evaluation says why, so the run goes on with the others."""
+    started = time.perf_counter()
+    candidate = model_search[family]
+    if "skipped" in candidate:
+        context.log.warning(f"{family} skipped: {candidate['skipped']}")
+        card = ModelCard.describe(family, {"skipped": candidate["skipped"]}, table)
+        no_items = np.empty(0, dtype=object)
+        empty = FactorModel.item_side_of(card, no_items, np.empty((0, 0), np.float32))
+        return Output(empty, metadata={"skipped": candidate["skipped"]})
+    spark = pyspark.spark_session if family == "als" else None
+    model = fit_model(family, candidate["settings"], table, spark, ease.max_items)
     return Output(
         model,
         metadata={
             "model_version": model.card.version,
             "data_fingerprint": model.card.data_fingerprint,
             "fit_s": round(time.perf_counter() - started, 2),
-            **metadata,
-            **_settings_metadata(model.card.settings, model.card.family),
+            "interactions": len(table),
+            **({"spark_master": pyspark.spark_context.master} if spark else {}),
+            **_settings_metadata(model.card.settings, family),
         },
     )
 
 
-def _fit_als(
-    pyspark: LazyPySparkResource,
-    settings: dict,
-    table: pd.DataFrame,
-) -> Output[TrainedAls]:
-    started = time.perf_counter()
-    card = ModelCard.describe("als", settings, table)
-    trained = fit_als(pyspark.spark_session, table, card, **settings)
-    return _trained(
-        trained, started, interactions=len(table), spark_master=pyspark.spark_context.master
-    )
+def build_training(family: str) -> list:
+    kinds = {"spark"} if family == "als" else {"numpy"}
+
+    @asset(name=f"{family}_evaluation_model", group_name="train", kinds=kinds)
+    def evaluation_model(
+        context: AssetExecutionContext,
+        pyspark: LazyPySparkResource,
+        ease: EaseSettings,
+        model_search: dict,
+        train_interactions: pd.DataFrame,
+    ) -> Output:
+        """The family fitted on the training split only; its evaluation scores it on the test
+        split."""
+        return _fit(context, family, model_search, train_interactions, pyspark, ease)
+
+    @asset(name=f"{family}_model", group_name="train", kinds=kinds)
+    def served_model(
+        context: AssetExecutionContext,
+        pyspark: LazyPySparkResource,
+        ease: EaseSettings,
+        model_search: dict,
+        interactions: pd.DataFrame,
+    ) -> Output:
+        """The family fitted on every interaction: the model whose lists are served."""
+        return _fit(context, family, model_search, interactions, pyspark, ease)
+
+    return [evaluation_model, served_model]
 
 
-@asset(group_name="train", kinds={"spark"})
-def als_evaluation_model(
-    pyspark: LazyPySparkResource,
-    als_hyperparameters: dict,
-    train_interactions: pd.DataFrame,
-) -> Output[TrainedAls]:
-    """ALS fitted on the training split only; `als_evaluation` scores it on the test split."""
-    return _fit_als(pyspark, als_hyperparameters, train_interactions)
-
-
-@asset(group_name="train", kinds={"spark"})
-def als_model(
-    pyspark: LazyPySparkResource,
-    als_hyperparameters: dict,
-    interactions: pd.DataFrame,
-) -> Output[TrainedAls]:
-    """ALS fitted on every interaction: the model whose recommendations are served."""
-    return _fit_als(pyspark, als_hyperparameters, interactions)
-
-
-def _fit_ease(
-    context: AssetExecutionContext, ease: EaseSettings, table: pd.DataFrame
-) -> Iterator[Output[FactorModel]]:
-    """The fitted model, or nothing (EASE's downstream assets are then skipped and the run goes
-    on with ALS) when the catalogue is too large for EASE."""
-    started = time.perf_counter()
-    settings = ease.model_dump()
-    del settings["max_items"]  # a limit, not part of what makes the model
-    card = ModelCard.describe("ease", settings, table)
-    try:
-        model = fit_ease(table, card, max_items=ease.max_items, **settings)
-    except CatalogueTooLargeError as error:
-        context.log.warning(f"EASE skipped: {error}")
-        return
-    yield _trained(model, started, interactions=len(table), items=len(model.item_ids))
-
-
-@asset(group_name="train", kinds={"numpy"}, output_required=False)
-def ease_evaluation_model(
-    context: AssetExecutionContext, ease: EaseSettings, train_interactions: pd.DataFrame
-) -> Iterator[Output[FactorModel]]:
-    """EASE fitted on the training split only; `ease_evaluation` scores it on the test split."""
-    yield from _fit_ease(context, ease, train_interactions)
-
-
-@asset(group_name="train", kinds={"numpy"}, ins={"interactions": AssetIn()}, output_required=False)
-def ease_model(
-    context: AssetExecutionContext, ease: EaseSettings, interactions: pd.DataFrame
-) -> Iterator[Output[FactorModel]]:
-    """EASE fitted on every interaction (skipped, with a warning, for too large a catalogue)."""
-    yield from _fit_ease(context, ease, interactions)
+training_assets = [asset_def for family in FAMILIES for asset_def in build_training(family)]

@@ -195,7 +195,7 @@ def _fold_in_quality(data_dir: Path) -> dict[str, float]:
 
     seen = pd.concat([early, later])
     started = time.perf_counter()
-    folded = fold_in(fitted(early), seen[["user_id", "item_id", "rating"]])
+    folded = fold_in(fitted(early), seen)
     fold_in_ndcg = ranking_metrics(folded.recommend(seen, 10), test, 10)["ndcg_at_k"]
     fold_in_s = time.perf_counter() - started
     retrain_ndcg = ranking_metrics(fitted(seen).recommend(seen, 10), test, 10)["ndcg_at_k"]

@@ -11,7 +11,7 @@ from dagster import (
 )
 from dagster_pyspark import LazyPySparkResource
 
-from assets import evaluate, ingest, prepare, publish, train
+from assets import evaluate, ingest, live, prepare, publish, train
 from reco_dagster.automation import (
     BATCH_RETRAIN,
     landing_zone_sensor,
@@ -27,6 +27,7 @@ from resources.settings import (
     AlsSettings,
     BatchScoring,
     EaseSettings,
+    EvaluationProtocol,
     QualityGate,
     Serving,
     file_store,
@@ -34,8 +35,7 @@ from resources.settings import (
     spark_config,
 )
 
-batch_assets = load_assets_from_modules([ingest, prepare, train, evaluate, publish])
-quality_gates = evaluate.quality_gates
+batch_assets = load_assets_from_modules([ingest, prepare, train, evaluate, publish, live])
 
 batch_retrain = define_asset_job(
     BATCH_RETRAIN,
@@ -58,6 +58,7 @@ def build_resources() -> dict[str, object]:
         "batch_scoring": BatchScoring(),
         "als": AlsSettings(),
         "ease": EaseSettings(),
+        "protocol": EvaluationProtocol(),
         "quality_gate": QualityGate(),
         "serving": Serving(),
     }
@@ -65,7 +66,6 @@ def build_resources() -> dict[str, object]:
 
 defs = Definitions(
     assets=batch_assets,
-    asset_checks=quality_gates,
     jobs=[batch_retrain, micro_batch],
     schedules=[nightly_retrain],
     sensors=[landing_zone_sensor, retrain_on_new_data, record_failed_runs],

@@ -12,6 +12,7 @@ from assets.publish import PUBLISHED_DEPTH, ranked_lists, titles_by_item
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.ranking import fill_short_lists
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import RecommendationStore
@@ -79,7 +80,7 @@ def score_new_events(
         lap("load_model")
         # Many small matrices: BLAS threads only fight the API for the same cores.
         with threadpool_limits(limits=1):
-            refreshed, counts = _rerank(model, history, new_events)
+            refreshed, counts = _rerank(model, history, new_events, _cold_start(store, version))
         lap("fold_in_and_rank")
         if store.update_live_users(version, list(ranked_lists(refreshed, "user_id", titles))):
             lap("write")
@@ -94,13 +95,22 @@ def score_new_events(
     context.add_output_metadata({**metadata, **counts, "model_version": version, **stages})
 
 
-def _rerank(model: FactorModel, history: pd.DataFrame, new_events: pd.DataFrame):
-    """Fold the new events' users into `model` from their whole history (interactions);
-    rank their unseen items."""
-    refolded = fold_in(model, history[["user_id", "item_id", "rating"]])
+def _cold_start(store: RecommendationStore, version: str) -> pd.DataFrame:
+    """The version's cold-start list, which continues lists that run short."""
+    found = store.lookup("", PUBLISHED_DEPTH, version=version, popular_only=True)
+    return pd.DataFrame(found.items if found else [], columns=["item_id", "score"])
+
+
+def _rerank(
+    model: FactorModel, history: pd.DataFrame, new_events: pd.DataFrame, cold_start: pd.DataFrame
+):
+    """Fold the new events' users into `model` from their whole history (interactions) and
+    rank their unseen items, exactly as the batch job ranks a user with that history."""
+    refolded = fold_in(model, history)
     personal = refolded.user_factors.any(axis=1)
     ranked = refolded.recommend(seen=history, k=PUBLISHED_DEPTH)
     ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
+    ranked = fill_short_lists(ranked, cold_start, history, PUBLISHED_DEPTH)
     known_items = new_events["item_id"].isin(model.item_ids)
     return ranked, {
         "users_refreshed": int(personal.sum()),

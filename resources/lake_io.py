@@ -20,7 +20,10 @@ from reco_dagster.domain.als import (
     load_als_factors,
     load_als_on_spark,
 )
+from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.models import CARD_FILE, FactorModel, ModelCard, Scorer
+from reco_dagster.domain.recency import decays
+from reco_dagster.domain.spark_scoring import SparkFoldIn
 from resources.files import FileStore
 
 LAKE = "lake/"
@@ -47,16 +50,27 @@ class StoredModel:
             return FactorModel.load(folder, users=False)
 
     @contextmanager
-    def scorer(self, spark: LazyPySparkResource | None = None) -> Iterator[Scorer]:
-        """The whole model to rank and predict with: on the driver, or given Spark an ALS
-        model on the executors (its user factors never reach the driver)."""
+    def scorer(
+        self, history: pd.DataFrame, spark: LazyPySparkResource | None = None
+    ) -> Iterator[Scorer]:
+        """The model with the users of `history` to rank and predict with, each folded in from
+        their history as the micro-batch scores them: on the driver, or given Spark on its
+        executors. An ALS model that leaves histories undecayed ranks on the executors with
+        the user factors Spark fitted (fold-in would reproduce them)."""
         with self.files.folder_to_read(self.prefix) as folder:
-            if not is_spark_model_dir(folder):
-                yield FactorModel.load(folder)
-            elif spark is None:
-                yield load_als_factors(folder)
-            else:
+            spark_model = is_spark_model_dir(folder)
+            if spark is not None and spark_model and not decays(self.card.settings):
                 yield load_als_on_spark(spark.spark_session, folder)
+                return
+            item_side = (
+                load_als_factors(folder, users=False)
+                if spark_model
+                else FactorModel.load(folder, users=False)
+            )
+            if spark is not None:
+                yield SparkFoldIn(spark.spark_session, item_side)
+            else:
+                yield fold_in(item_side, history)
 
 
 class LakeIOManager(ConfigurableIOManager):

@@ -58,10 +58,11 @@ def test_fold_in_reproduces_sparks_own_user_factors(spark, confidence, tmp_path)
         "confidence": confidence,
         "popularity_prior": 0.05,
         "seed": 3,
+        "half_life_events": 0.0,
     }
     card = ModelCard.describe("als", settings, interactions)
     model = fit_als(spark, interactions, card, **settings).factor_model()
-    refolded = fold_in(model, interactions[["user_id", "item_id", "rating"]])
+    refolded = fold_in(model, interactions[["user_id", "item_id", "rating", "timestamp"]])
     order = pd.Index(model.user_ids).get_indexer(refolded.user_ids)
     assert np.allclose(refolded.user_factors, model.user_factors[order], atol=2e-3, rtol=2e-2)
     ranked = refolded.recommend(interactions, k=5)
@@ -90,6 +91,7 @@ def test_new_users_and_unknown_items(spark):
             "user_id": ["newbie", "newbie", "ghost"],
             "item_id": ["i1", "i2", "never-seen"],
             "rating": [5.0, 4.0, 3.0],
+            "timestamp": [1, 2, 3],
         }
     )
     refolded = fold_in(model, history)

@@ -1,27 +1,17 @@
 """Model-family and quality-gate logic without Spark: EASE, cards, the gate, the search."""
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from reco_dagster.domain.ease import CatalogueTooLargeError, fit_ease
-from reco_dagster.domain.gate import gate_failures
-from reco_dagster.domain.hyperparameters import search_als
+from reco_dagster.domain.ease import CatalogueTooLargeError, fit_ease, rating_scale
+from reco_dagster.domain.foldin import fold_in
+from reco_dagster.domain.gate import choose_family, gate_failures
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.domain.synthetic import synthetic_events
 
-CONFIGURED = {
-    "rank": 8,
-    "max_iter": 6,
-    "reg_param": 1.0,
-    "alpha": 20.0,
-    "confidence": "rating",
-    "popularity_prior": 0.0,
-    "seed": 1,
-}
+EASE = {"rating_weighted": False, "item_normalization": 0.0, "rating_scale": 5.0}
 
 
 @pytest.fixture(scope="module")
@@ -39,48 +29,53 @@ def test_the_same_data_and_settings_make_the_same_version(interactions):
 
 
 def test_ease_ranks_unseen_items_and_round_trips(interactions, tmp_path):
-    card = ModelCard.describe("ease", {"l2": 10.0}, interactions)
-    model = fit_ease(
-        interactions, card, l2=10.0, max_items=1000, rating_weighted=True, item_normalization=0.15
-    )
-    assert np.allclose(np.diag(model.item_factors), 0.0)
-    ranked = model.recommend(interactions, k=5)
+    settings = {**EASE, "l2": 10.0, "rating_weighted": True, "item_normalization": 0.15}
+    card = ModelCard.describe("ease", settings, interactions)
+    model = fit_ease(interactions, card, max_items=1000, **settings)
+    assert np.allclose(np.diag(model.item_factors), 0.0) and len(model.user_ids) == 0
+    ranked = fold_in(model, interactions).recommend(interactions, k=5)
     assert ranked.merge(interactions, on=["user_id", "item_id"]).empty
     model.save(tmp_path)
     again = FactorModel.load(tmp_path)
     assert again.card == card and np.array_equal(again.item_factors, model.item_factors)
-    pd.testing.assert_frame_equal(again.recommend(interactions, k=5), ranked)
+    pd.testing.assert_frame_equal(fold_in(again, interactions).recommend(interactions, k=5), ranked)
 
 
 def test_ease_refuses_an_oversized_catalogue_clearly(interactions):
     card = ModelCard.describe("ease", {"l2": 10.0}, interactions)
     with pytest.raises(CatalogueTooLargeError, match=r"over max_items=50\. Use ALS"):
-        fit_ease(
-            interactions,
-            card,
-            l2=10.0,
-            max_items=50,
-            rating_weighted=False,
-            item_normalization=0.0,
-        )
+        fit_ease(interactions, card, l2=10.0, max_items=50, **EASE)
 
 
 def test_ease_with_item_normalization_scores_the_damped_closed_form(interactions):
     """Z = X·D, D = diag(column norm² ^ -0.3); scores must be Z·B with B from Z's Gram."""
-    card = ModelCard.describe("ease", {"l2": 5.0}, interactions)
-    model = fit_ease(
-        interactions, card, l2=5.0, max_items=1000, rating_weighted=False, item_normalization=0.3
-    )
-    x = model.user_factors.astype(np.float64)
+    settings = {**EASE, "l2": 5.0, "item_normalization": 0.3}
+    card = ModelCard.describe("ease", settings, interactions)
+    model = fit_ease(interactions, card, max_items=1000, **settings)
+    users = fold_in(model, interactions)
+    x = users.user_factors.astype(np.float64)
     z = x * (x**2).sum(axis=0) ** -0.3
     precision = np.linalg.inv(z.T @ z + 5.0 * np.eye(z.shape[1]))
     b = -precision / np.diag(precision)
     np.fill_diagonal(b, 0.0)
     assert np.allclose(x @ model.item_factors.T, z @ b, atol=1e-4)
-    plain = fit_ease(
-        interactions, card, l2=5.0, max_items=1000, rating_weighted=False, item_normalization=0.0
-    )
+    plain = fit_ease(interactions, card, max_items=1000, **{**settings, "item_normalization": 0.0})
     assert not np.allclose(plain.item_factors, model.item_factors)
+
+
+def test_ease_weights_a_few_users_as_it_weighted_the_whole_table(interactions):
+    """The rating scale is the model's, not the history's: a user whose best rating is 3
+    keeps the weights the batch gave them."""
+    assert rating_scale(pd.Series([1.0, 5.0, np.nan])) == 5.0
+    assert rating_scale(pd.Series([np.nan])) == 1.0
+    settings = {**EASE, "l2": 10.0, "rating_weighted": True}
+    card = ModelCard.describe("ease", settings, interactions)
+    model = fit_ease(interactions, card, max_items=1000, **settings)
+    everyone = fold_in(model, interactions)
+    user = interactions["user_id"].iloc[0]
+    alone = fold_in(model, interactions[interactions["user_id"] == user])
+    row = pd.Index(everyone.user_ids).get_loc(user)
+    assert np.array_equal(alone.user_factors[0], everyone.user_factors[row])
 
 
 def test_the_gate_names_each_failed_metric_and_by_how_much():
@@ -104,27 +99,13 @@ def test_the_gate_passes_a_model_within_tolerance_of_the_live_one():
     assert gate_failures({"ndcg_at_10": 0.43}, {}, None, None, 0.0) == []
 
 
-def test_the_search_starts_from_the_configured_settings_and_keeps_the_best():
-    scores = iter([0.30, 0.35, 0.20, 0.10, 0.10])
-
-    def score(settings):
-        value = next(scores)
-        return {"precision_at_k": value, "ndcg_at_k": value, "map_at_k": value}
-
-    search = search_als(CONFIGURED, score, time_budget_s=3600, max_trials=5)
-    assert len(search.trials) == 5
-    assert search.trials[0].settings == CONFIGURED
-    assert search.best == search.trials[1].settings != CONFIGURED
-    assert "← best" in search.bar_chart() and search.table().count("\n") == len(search.trials) + 1
-
-
-def test_the_search_stops_before_a_trial_would_overrun_the_budget():
-    def slow(settings):
-        time.sleep(0.3)
-        return {"precision_at_k": 0.1, "ndcg_at_k": 0.1, "map_at_k": 0.1}
-
-    search = search_als(CONFIGURED, slow, time_budget_s=0.5, max_trials=10)
-    assert len(search.trials) == 1 and search.best == CONFIGURED
+def test_the_family_that_goes_live_is_the_best_on_validation_among_those_that_passed():
+    validation = {"als": 0.24, "ease": 0.26}
+    assert choose_family(validation, {"als", "ease"}, None) == "ease"
+    assert choose_family(validation, {"als"}, None) == "als"
+    assert choose_family(validation, set(), None) is None
+    assert choose_family(validation, {"als", "ease"}, "als") == "als"
+    assert choose_family(validation, {"ease"}, "als") is None
 
 
 def test_similar_items_rank_by_cosine_without_the_item_itself_or_the_prior(interactions):

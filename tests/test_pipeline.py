@@ -4,6 +4,7 @@ run ingests only them and switches the live version."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,29 +13,44 @@ import httpx
 import pandas as pd
 import pytest
 
-from assets.evaluate import evaluate
 from reco_dagster.domain.als import load_als_factors
+from reco_dagster.domain.evaluation import evaluate
+from reco_dagster.domain.recency import decays
 from reco_dagster.domain.synthetic import synthetic_events
-from resources.store import SqliteRecommendationStore
-from tests.conftest import REPO, dagster_job, running_api
+from reco_dagster.micro_batch import micro_batch
+from resources.files import LocalFiles
+from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
+from resources.store import SqliteRecommendationStore, VersionNotPublishableError
+from tests.conftest import REPO, dagster_job, land, resources, running_api
 
-SMALL_ALS = {"rank": 16, "max_iter": 8, "alpha": 10.0, "confidence": "binary"}
+SMALL_ALS = {
+    "rank": 16,
+    "max_iter": 8,
+    "alpha": 10.0,
+    "confidence": "binary",
+    "half_life_events": 0.0,
+    "recency_floor": 0.0,
+}
+DECAYED_ALS = {**SMALL_ALS, "half_life_events": 5.0, "recency_floor": 0.03}
 
 
 def run_batch_retrain(
     data_dir: Path,
     tmp_path: Path,
     als: dict = SMALL_ALS,
-    search_trials: int = 0,
+    search: dict | None = None,
     ease: dict | None = None,
     spark_from_users: int = 100_000,
+    serving: dict | None = None,
     **extra_env: str,
 ) -> subprocess.CompletedProcess:
+    """batch_retrain through the CLI; `search` is model_search's config (default: the
+    configured settings as they are)."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir(exist_ok=True)
     (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     config = tmp_path / "run_config.json"
-    search = {"time_budget_s": 60.0 if search_trials else 0.0, "max_trials": search_trials or 1}
     config.write_text(
         json.dumps(
             {
@@ -42,8 +58,13 @@ def run_batch_retrain(
                     "als": {"config": als},
                     "ease": {"config": ease or {}},
                     "batch_scoring": {"config": {"spark_from_users": spark_from_users}},
+                    "serving": {"config": serving or {}},
                 },
-                "ops": {"als_hyperparameters": {"config": search}},
+                "ops": {
+                    "model_search": {
+                        "config": search or {"time_budget_s": {"als": 0.0, "ease": 0.0}}
+                    }
+                },
             }
         )
     )
@@ -78,7 +99,9 @@ def first_run(tmp_path_factory):
     pd.DataFrame(
         {"item_id": [f"i{n}" for n in range(400)], "title": [f"Title {n}" for n in range(400)]}
     ).to_parquet(data_dir / "catalog" / "items.parquet")
-    result = run_batch_retrain(data_dir, tmp_path, search_trials=2)
+    # ALS as configured (with a recency decay), EASE searched: two trials.
+    search = {"time_budget_s": {"als": 0.0, "ease": 60.0}, "max_trials": 2}
+    result = run_batch_retrain(data_dir, tmp_path, DECAYED_ALS, search)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path, data_dir, events, result
 
@@ -115,12 +138,21 @@ def test_the_job_publishes_a_model_that_beats_popularity(first_run):
 
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     live = store.version(store.live_version())
-    assert live.version == evaluation["model_version"] and live.version.startswith("als-")
-    chosen = json.loads((data_dir / "lake" / "als_hyperparameters.json").read_text())
-    assert "2 trials; best:" in result.stderr
-    assert live.info["metrics"] == metrics and live.info["settings"] == chosen
-    ease_record = store.version(ease["model_version"])
-    assert (ease_record.status, ease_record.has_lists) == ("candidate", True)
+    searched = json.loads((data_dir / "lake" / "model_search.json").read_text())
+    assert "ease: 2 trial(s)" in result.stderr and "als: 1 trial(s)" in result.stderr
+    assert evaluation["settings"] == searched["als"]["settings"] == {**DECAYED_ALS, **{
+        key: value for key, value in evaluation["settings"].items() if key not in DECAYED_ALS
+    }}
+    # The family with the better validation nDCG@10 goes live; the other stays a candidate.
+    by_validation = sorted(
+        (evaluation, ease), key=lambda family: family["validation"]["ndcg_at_10"]
+    )
+    loser, winner = by_validation
+    assert live.version == winner["model_version"]
+    assert live.info["metrics"] == winner["metrics"]
+    assert live.info["settings"] == winner["settings"]
+    other = store.version(loser["model_version"])
+    assert (other.status, other.has_lists) == ("candidate", True)
     seen = events.groupby("user_id")["item_id"].apply(set)
     for user_id in ("u0", "u1", "u150", "u299"):
         found = store.lookup(user_id, 100)
@@ -147,6 +179,37 @@ def test_the_api_serves_the_published_lists(first_run):
         assert "i7" not in {item["item_id"] for item in similar["items"]}
 
 
+def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(first_run, tmp_path):
+    """A newcomer whose events are u0's, event for event, is folded in by the micro-batch
+    into each family's version and gets exactly the list the batch job published for u0."""
+    _, first_data_dir, events, _ = first_run
+    data_dir = tmp_path / "data"
+    shutil.copytree(first_data_dir, data_dir)
+    files = LocalFiles(root=str(data_dir))
+    zone, archive = LandingZone(files=files), ModelArchive(files=files)
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    for family in ("als", "ease"):
+        version = json.loads((data_dir / "lake" / f"{family}_evaluation.json").read_text())[
+            "model_version"
+        ]
+        assert decays(store.version(version).info["settings"]) or family == "ease"
+        store.activate(version)
+        twin = f"twin-of-u0-{family}"
+        land(data_dir, f"{twin}.csv", events[events["user_id"] == "u0"].assign(user_id=twin))
+        result = micro_batch.execute_in_process(
+            run_config={"ops": {"score_new_events": {"config": {"files": [f"{twin}.csv"]}}}},
+            resources=resources(zone, store, archive),
+        )
+        assert result.success
+        folded, batch = store.lookup(twin, 100), store.lookup("u0", 100)
+        assert folded.source == batch.source == "personal"
+        assert folded.model_version == batch.model_version == version
+        assert [i["item_id"] for i in folded.items] == [i["item_id"] for i in batch.items]
+        assert [i["score"] for i in folded.items] == pytest.approx(
+            [i["score"] for i in batch.items], abs=2e-4
+        )
+
+
 def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(first_run):
     """...and ranks on Spark's executors (from 0 users on), as the driver would have."""
     tmp_path, data_dir, _, _ = first_run
@@ -163,6 +226,7 @@ def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(
     new_user.to_csv(data_dir / "landing" / "day2.csv", index=False)
     # With a catalogue over EASE's limit, EASE is skipped and ALS goes on.
     result = run_batch_retrain(data_dir, tmp_path, ease={"max_items": 50}, spark_from_users=0)
+    # SMALL_ALS leaves histories undecayed, so Spark's own user factors rank on the executors.
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Ranked 301 users' items on the spark executors" in result.stderr
     lake = data_dir / "lake"
@@ -178,7 +242,7 @@ def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(
     on_driver_metrics = evaluate(load_als_factors(lake / "als_evaluation_model"), train, test)
     assert evaluated == pytest.approx(on_driver_metrics, abs=1e-9)
     assert "Ingested 5 events from 1 new file(s)" in result.stderr
-    assert "EASE skipped: EASE needs an 400 x 400 matrix inverse" in result.stderr
+    assert "ease is no candidate: EASE needs an 400 x 400 matrix inverse" in result.stderr
     second_version = store.live_version()
     assert second_version != first_version
     assert store.version(first_version).status == "retired"
@@ -191,11 +255,17 @@ def test_the_gate_rejects_a_bad_model_and_the_live_version_stays(first_run):
     tmp_path, data_dir, _, _ = first_run
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     live = store.live_version()
-    result = run_batch_retrain(data_dir, tmp_path, {**SMALL_ALS, "rank": 1, "max_iter": 1})
+    result = run_batch_retrain(
+        data_dir, tmp_path, {**SMALL_ALS, "rank": 1, "max_iter": 1}, serving={"family": "als"}
+    )
     assert result.returncode != 0
+    assert "no model version may go live (serving.family pins als)" in result.stderr
     assert "rejected: precision_at_10" in result.stderr
     assert f"below live version {live}" in result.stderr
     assert store.live_version() == live
     [rejected] = [v for v in store.versions() if v.status == "rejected"]
-    assert rejected.info["settings"]["rank"] == 1 and not rejected.has_lists
+    assert rejected.info["settings"]["rank"] == 1
     assert "beyond the 5% tolerance" in rejected.info["rejected_because"]
+    assert rejected.info["champion"]["version"] == live
+    with pytest.raises(VersionNotPublishableError):
+        store.activate(rejected.version)

@@ -5,11 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reco_dagster.domain import families
 from reco_dagster.domain.als import fit_als, load_als_factors, load_als_on_spark
+from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.models import ModelCard
 from reco_dagster.domain.ranking import top_k_items
-from reco_dagster.domain.spark_scoring import spark_top_k
+from reco_dagster.domain.spark_scoring import SparkFoldIn, spark_top_k
 from reco_dagster.domain.splits import stratified_random_split
 from reco_dagster.domain.synthetic import synthetic_events
 
@@ -93,3 +95,28 @@ def test_a_model_ranked_on_spark_answers_as_on_the_driver(spark, tmp_path, feedb
         assert ranked.merge(train, on=["user_id", "item_id"]).empty
         predicted = on_spark.predict(pairs["user_id"], pairs["item_id"])
         assert np.allclose(predicted, expected_predicted, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("family", ["als", "ease"])
+def test_users_folded_in_on_the_executors_get_the_drivers_lists(spark, family):
+    """Decayed histories folded in and ranked on Spark equal the driver's fold-in, also when
+    a user's rows straddle Arrow batches (three rows a batch here)."""
+    interactions, _ = build_interactions(synthetic_events(60, 50, 12, seed=8))
+    decay = {"half_life_events": 2.0, "half_life_days": 0.0, "recency_floor": 0.03}
+    if family == "als":
+        settings = {**SETTINGS, "implicit_prefs": True, "popularity_prior": 0.05, **decay}
+    else:
+        settings = {"l2": 20.0, "rating_weighted": True, "item_normalization": 0.1, **decay}
+    item_side = families.item_side(families.fit_model(family, settings, interactions, spark))
+    on_driver = fold_in(item_side, interactions).recommend(seen=interactions, k=7)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "3")
+    try:
+        on_spark = SparkFoldIn(spark, item_side).recommend(seen=interactions, k=7)
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    pd.testing.assert_frame_equal(
+        on_spark[["user_id", "item_id", "rank"]],
+        on_driver[["user_id", "item_id", "rank"]],
+        check_dtype=False,
+    )
+    assert np.allclose(on_spark["score"], on_driver["score"], atol=1e-5)

@@ -156,11 +156,13 @@ def fit_als(
     confidence: Confidence,
     popularity_prior: float,
     seed: int,
+    **scoring: float,
 ) -> TrainedAls:
     """Fit Spark ML ALS on (user_idx, item_idx). Implicit feedback weighs each interaction by
     `confidence` (binary: all alike; rating: see rating_confidence), scaled by alpha;
     explicit feedback fits the ratings themselves. `popularity_prior` is applied when the
-    factors are loaded (load_als_factors)."""
+    factors are loaded (load_als_factors), the `scoring` settings (recency) when users are
+    folded in."""
     from pyspark.ml.recommendation import ALS
 
     if implicit_prefs:

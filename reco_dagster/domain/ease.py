@@ -20,11 +20,13 @@ def fit_ease(
     max_items: int,
     rating_weighted: bool,
     item_normalization: float,
+    rating_scale: float,
+    **scoring: float,
 ) -> FactorModel:
     """B = argmin ||Z - ZB||² + l2·||B||² with diag(B) = 0, where Z = X·D and D divides each
     item's column by (its squared column norm)^item_normalization; scores are Z·B.
 
-    X is 1 per interaction, or with `rating_weighted` sqrt(rating / the highest rating):
+    X is 1 per interaction, or with `rating_weighted` sqrt(rating / rating_scale):
     a mild preference for what users liked (on MovieLens 100K it adds about 0.005 to
     precision@10 and nDCG@10 over binary X; linear weights gain nothing). Damping popular
     items' columns keeps them from dominating the Gram matrix: 0.15 with l2 150 won on
@@ -32,6 +34,10 @@ def fit_ease(
 
     Fitting inverts an items x items matrix: O(items³) time and items² memory, so a catalogue
     over `max_items` is refused rather than left to run for hours or exhaust memory.
+
+    The model keeps only its item side: users are scored by fold-in (a user's vector is
+    their weighted row of X, with the `scoring` settings' recency decay), so the batch job
+    and the micro-batch score a history alike.
     """
     users, rows = np.unique(interactions["user_idx"].to_numpy(), return_inverse=True)
     items, cols = np.unique(interactions["item_idx"].to_numpy(), return_inverse=True)
@@ -43,7 +49,9 @@ def fit_ease(
             "Use ALS, or raise max_items if the machine can take it."
         )
     user_rows = np.zeros((len(users), n_items), dtype=np.float32)
-    user_rows[rows, cols] = ease_weights(interactions["rating"]) if rating_weighted else 1.0
+    user_rows[rows, cols] = (
+        ease_weights(interactions["rating"], rating_scale) if rating_weighted else 1.0
+    )
     column_norms = np.maximum(np.einsum("ij,ij->j", user_rows, user_rows), 1e-12)
     damping = (column_norms**-item_normalization).astype(np.float32)
     damped = user_rows * damping
@@ -55,18 +63,20 @@ def fit_ease(
     # Z·B = X·(D·B): the damping goes into the item side, so a user's row stays plain X
     # (what fold-in builds from a history).
     weights *= damping[:, None]
-    return FactorModel(
-        card=card,
-        user_ids=ids_by_index(interactions, "user")[users],
-        item_ids=ids_by_index(interactions, "item")[items],
-        user_factors=user_rows,
-        item_factors=np.ascontiguousarray(weights.T, dtype=np.float32),
+    return FactorModel.item_side_of(
+        card,
+        ids_by_index(interactions, "item")[items],
+        np.ascontiguousarray(weights.T, dtype=np.float32),
     )
 
 
-def ease_weights(ratings: pd.Series) -> np.ndarray:
-    """sqrt(rating / the highest rating); implicit events (no rating) weigh 1."""
+def rating_scale(ratings: pd.Series) -> float:
+    """The top of the rating scale seen in training (1 when nothing is rated): fixed in the
+    model's settings, so that a few users' histories are weighted as the whole table was."""
     top = ratings.max()
-    if not top or np.isnan(top):
-        return np.ones(len(ratings), dtype=np.float32)
-    return np.sqrt(ratings.fillna(top).clip(lower=0) / top).to_numpy(dtype=np.float32)
+    return 1.0 if pd.isna(top) or top <= 0 else float(top)
+
+
+def ease_weights(ratings: pd.Series, scale: float) -> np.ndarray:
+    """sqrt(rating / scale), capped at 1; implicit events (no rating) weigh 1."""
+    return np.sqrt(ratings.fillna(scale).clip(0, scale) / scale).to_numpy(dtype=np.float32)

@@ -1,14 +1,19 @@
-"""Fold-in: new user vectors against a trained model's fixed item factors, without retraining.
+"""Fold-in: user vectors computed from a history against a trained model's fixed item side.
 
-For ALS this is the exact user step of Spark ML's ALS (implicit: Hu, Koren & Volinsky with
-confidence 1 + alpha·r; explicit: least squares), with Spark's regularization scaled by the
-user's number of interactions (ALS-WR). Given the same history, it reproduces the user
-factors Spark itself computed in its last iteration.
+This is how every user is scored: the batch job folds in each user's whole history, the
+micro-batch the histories of users with new events, so both give the same list for the same
+history. For ALS it is the exact user step of Spark ML's ALS (implicit: Hu, Koren & Volinsky
+with confidence 1 + alpha·w; explicit: least squares), with Spark's regularization scaled by
+the user's number of interactions (ALS-WR): without recency weights it reproduces the user
+factors Spark computed in its last iteration. For EASE a user's vector is their weighted
+interaction row, X_w, scored as X_w · B.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +21,30 @@ import pandas as pd
 from reco_dagster.domain.als import rating_confidence
 from reco_dagster.domain.ease import ease_weights
 from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.recency import settings_recency_weights
+
+SOLVE_BLOCK_USERS = 1024
+"""Users whose normal equations are solved at once: (block, rank, rank) float64 in memory."""
+
+
+def history_weights(history: pd.DataFrame, family: str, settings: Mapping[str, Any]) -> np.ndarray:
+    """What each (user, item, rating, timestamp) row of a history weighs in its user's vector:
+    the family's rating weighting times the recency decay the settings name. An explicit
+    ALS model fits the ratings themselves and takes them unweighted."""
+    ratings = history["rating"]
+    if family == "ease":
+        base = (
+            ease_weights(ratings, settings["rating_scale"])
+            if settings.get("rating_weighted")
+            else np.ones(len(history))
+        )
+    elif not settings["implicit_prefs"]:
+        return ratings.to_numpy(dtype=np.float64)
+    elif settings.get("confidence") == "rating":
+        base = rating_confidence(ratings)
+    else:
+        base = np.ones(len(history))
+    return base * settings_recency_weights(history, settings)
 
 
 def fold_in_als(
@@ -36,55 +65,55 @@ def fold_in_als(
     gram = factors.T @ factors if implicit_prefs else np.zeros((rank, rank))
     users = np.zeros((len(item_columns), rank), dtype=np.float32)
     active = [row for row, columns in enumerate(item_columns) if len(columns)]
-    if not active:
-        return users
-    normals = np.empty((len(active), rank, rank))
-    targets = np.empty((len(active), rank))
-    for slot, row in enumerate(active):
-        chosen = factors[item_columns[row]]
-        prefs = np.asarray(preferences[row], dtype=np.float64)
-        if implicit_prefs:
-            confidence = alpha * np.abs(prefs)
-            positive = prefs > 0
-            weights, target, count = (
-                confidence,
-                np.where(positive, 1.0 + confidence, 0.0),
-                positive.sum(),
-            )
-        else:
-            weights, target, count = np.ones(len(prefs)), prefs, len(prefs)
-        normals[slot] = gram + (chosen * weights[:, None]).T @ chosen
-        normals[slot][np.diag_indices(rank)] += reg_param * count
-        targets[slot] = chosen.T @ target
-    # One batched solve: every user's normal equations at once.
-    users[active] = np.linalg.solve(normals, targets[..., None])[..., 0]
+    for start in range(0, len(active), SOLVE_BLOCK_USERS):
+        block = active[start : start + SOLVE_BLOCK_USERS]
+        normals = np.empty((len(block), rank, rank))
+        targets = np.empty((len(block), rank))
+        for slot, row in enumerate(block):
+            chosen = factors[item_columns[row]]
+            prefs = np.asarray(preferences[row], dtype=np.float64)
+            if implicit_prefs:
+                confidence = alpha * np.abs(prefs)
+                positive = prefs > 0
+                weights, target, count = (
+                    confidence,
+                    np.where(positive, 1.0 + confidence, 0.0),
+                    positive.sum(),
+                )
+            else:
+                weights, target, count = np.ones(len(prefs)), prefs, len(prefs)
+            normals[slot] = gram + (chosen * weights[:, None]).T @ chosen
+            normals[slot][np.diag_indices(rank)] += reg_param * count
+            targets[slot] = chosen.T @ target
+        # One batched solve: a block of users' normal equations at once.
+        users[block] = np.linalg.solve(normals, targets[..., None])[..., 0]
     return users
 
 
 def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
-    """A model of just the users in `history` (user_id, item_id, rating), their vectors
-    folded in against `model`'s items, scored exactly like the model's own users.
+    """A model of just the users in `history` (user_id, item_id, rating, timestamp), their
+    vectors folded in against `model`'s items, scored exactly like the model's own users.
 
     Interactions with items the model does not know cannot move a vector and are skipped.
     """
+    card = model.card
+    users, user_rows = np.unique(history["user_id"].to_numpy(dtype=object), return_inverse=True)
     columns = pd.Index(model.item_ids).get_indexer(history["item_id"])
-    known = history.assign(column=columns)[columns >= 0]
-    users = history["user_id"].drop_duplicates().to_numpy()
-    grouped = dict(tuple(known.groupby("user_id", sort=False)))
-    empty = known.iloc[:0]
-    histories = [grouped.get(user, empty) for user in users]
-    settings = model.card.settings
-    if model.card.family == "ease":
+    weights = history_weights(history, card.family, card.settings)
+    known = columns >= 0
+    user_rows, columns, weights = user_rows[known], columns[known], weights[known]
+    if card.family == "ease":
         rows = np.zeros((len(users), len(model.item_ids)), dtype=np.float32)
-        for row, rated in enumerate(histories):
-            rows[row, rated["column"].to_numpy()] = (
-                ease_weights(rated["rating"]) if settings.get("rating_weighted") else 1.0
-            )
+        rows[user_rows, columns] = weights
         return replace(model, user_ids=users, user_factors=rows)
+    order = np.argsort(user_rows, kind="stable")
+    bounds = np.searchsorted(user_rows[order], np.arange(len(users) + 1))
+    per_user = [order[bounds[row] : bounds[row + 1]] for row in range(len(users))]
+    settings = card.settings
     vectors = fold_in_als(
         model.latent_item_factors,
-        [rated["column"].to_numpy() for rated in histories],
-        [_preferences(rated["rating"], settings) for rated in histories],
+        [columns[rows] for rows in per_user],
+        [weights[rows] for rows in per_user],
         reg_param=settings["reg_param"],
         alpha=settings["alpha"],
         implicit_prefs=settings["implicit_prefs"],
@@ -93,11 +122,3 @@ def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
         prior = np.full((len(users), 1), settings["popularity_prior"], np.float32)
         vectors = np.hstack([vectors, prior])
     return replace(model, user_ids=users, user_factors=vectors)
-
-
-def _preferences(ratings: pd.Series, settings: dict) -> np.ndarray:
-    if not settings["implicit_prefs"]:
-        return ratings.to_numpy(dtype=np.float64)
-    if settings.get("confidence") == "rating":
-        return rating_confidence(ratings)
-    return np.ones(len(ratings))

@@ -39,3 +39,25 @@ def gate_failures(
                 f"version {live_version}'s {live_value:.4f}, beyond the {tolerance:.0%} tolerance"
             )
     return failures
+
+
+def gate_floors(
+    floors: Mapping[str, float], popularity_precision: float, min_lift: float
+) -> dict[str, float]:
+    """The configured floors, with precision@10 raised to `min_lift` times the popularity
+    baseline's."""
+    raised = dict(floors)
+    lifted = min_lift * popularity_precision
+    raised["precision_at_10"] = max(raised.get("precision_at_10", 0.0), lifted)
+    return raised
+
+
+def choose_family(
+    validation_ndcg: Mapping[str, float], passed: set[str], pinned: str | None
+) -> str | None:
+    """The family to serve: the pinned one if it passed the gate, else the passing family
+    with the best validation nDCG@10; None when nothing may go live."""
+    if pinned is not None:
+        return pinned if pinned in passed else None
+    ranked = sorted(passed, key=lambda family: validation_ndcg.get(family, 0.0), reverse=True)
+    return ranked[0] if ranked else None

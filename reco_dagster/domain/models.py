@@ -14,6 +14,9 @@ import pandas as pd
 from reco_dagster.domain.ranking import recommend
 
 CARD_FILE = "model.json"
+MODEL_FORMAT = 2
+"""Part of every version id: a change to how models are fitted or scored makes a retrain on
+the same data and settings a new version (2: users scored by fold-in with recency)."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,8 @@ class ModelCard:
         cls, family: str, settings: dict[str, Any], training_data: pd.DataFrame
     ) -> ModelCard:
         fingerprint = data_fingerprint(training_data)
-        identity = json.dumps([family, settings, fingerprint], sort_keys=True).encode()
-        version = f"{family}-{hashlib.sha256(identity).hexdigest()[:12]}"
+        identity = json.dumps([MODEL_FORMAT, family, settings, fingerprint], sort_keys=True)
+        version = f"{family}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
         return cls(version, family, settings, fingerprint, len(training_data))
 
     def save(self, directory: Path) -> None:
@@ -78,6 +81,19 @@ class FactorModel:
     item_ids: np.ndarray
     user_factors: np.ndarray
     item_factors: np.ndarray
+
+    @classmethod
+    def item_side_of(
+        cls, card: ModelCard, item_ids: np.ndarray, item_factors: np.ndarray
+    ) -> FactorModel:
+        """A model without users: what fold-in scores histories against."""
+        return cls(
+            card,
+            np.empty(0, dtype=object),
+            item_ids,
+            np.empty((0, item_factors.shape[1]), dtype=item_factors.dtype),
+            item_factors,
+        )
 
     @property
     def version(self) -> str:
@@ -141,17 +157,13 @@ class FactorModel:
     @classmethod
     def load(cls, directory: Path, users: bool = True) -> FactorModel:
         """A saved model; without `users`, its item side only (no user factors)."""
+        card = ModelCard.load(directory)
         with np.load(directory / "factors.npz") as saved:
-            item_factors = saved["item_factors"]
-            return cls(
-                ModelCard.load(directory),
-                saved["user_ids"].astype(object) if users else np.empty(0, dtype=object),
-                saved["item_ids"].astype(object),
-                saved["user_factors"]
-                if users
-                else np.empty((0, item_factors.shape[1]), dtype=item_factors.dtype),
-                item_factors,
-            )
+            item_ids, item_factors = saved["item_ids"].astype(object), saved["item_factors"]
+            if not users:
+                return cls.item_side_of(card, item_ids, item_factors)
+            user_ids = saved["user_ids"].astype(object)
+            return cls(card, user_ids, item_ids, saved["user_factors"], item_factors)
 
 
 def ids_by_index(table: pd.DataFrame, entity: str) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reco_dagster.domain.recency import DAY_S
+
 SCORING_BLOCK_USERS = 2048
 
 
@@ -24,6 +26,8 @@ def top_k_items(
     n_users, n_items = user_factors.shape[0], item_factors.shape[0]
     k = min(k, n_items)
     items = np.empty((n_users, k), dtype=np.int64)
+    if k == 0:
+        return items, np.empty((n_users, 0), dtype=np.float32)
     scores = np.empty((n_users, k), dtype=np.float32)
     order = np.argsort(seen_user_rows, kind="stable")
     seen_rows, seen_cols = seen_user_rows[order], seen_item_cols[order]
@@ -46,14 +50,61 @@ def top_k_items(
     return items, scores
 
 
-def popular_items(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The cold-start list: items by number of distinct users, ties by latest activity."""
-    counts = interactions.groupby("item_id").agg(
-        users=("user_id", "nunique"), latest=("timestamp", "max")
+def popular_items(interactions: pd.DataFrame, k: int, half_life_days: float = 0.0) -> pd.DataFrame:
+    """The cold-start list: items by number of distinct users, ties by latest activity.
+
+    With a half-life, "trending": each user counts 0.5 ** (age / half_life_days), the age
+    measured back from the latest interaction in the table, so what many users took up lately
+    leads.
+    """
+    timestamps = interactions["timestamp"].to_numpy(dtype=np.float64)
+    weight = (
+        0.5 ** ((timestamps.max() - timestamps) / (half_life_days * DAY_S))
+        if half_life_days > 0 and len(timestamps)
+        else np.ones(len(timestamps))
+    )
+    counts = (
+        interactions.assign(weight=weight)
+        .groupby("item_id")
+        .agg(users=("weight", "sum"), latest=("timestamp", "max"))
     )
     top = counts.sort_values(["users", "latest"], ascending=False).head(k)
     return pd.DataFrame(
         {"item_id": top.index.to_numpy(), "score": top["users"].to_numpy(dtype="float64")}
+    )
+
+
+def fill_short_lists(
+    ranked: pd.DataFrame, fallback: pd.DataFrame, seen: pd.DataFrame, depth: int
+) -> pd.DataFrame:
+    """Lists shorter than `depth` (a user who has seen most of the catalogue) continue with
+    the fallback list's items (the cold-start list) that the user has neither seen nor been
+    given, scored just below the user's last item."""
+    lengths = ranked.groupby("user_id")["rank"].max()
+    short = lengths[lengths < depth]
+    if short.empty:
+        return ranked
+    seen_by_user = seen[seen["user_id"].isin(short.index)].groupby("user_id")["item_id"].agg(set)
+    listed = ranked[ranked["user_id"].isin(short.index)].groupby("user_id")
+    fills = []
+    for user_id, group in listed:
+        taken = set(group["item_id"]) | seen_by_user.get(user_id, set())
+        extra = [item for item in fallback["item_id"] if item not in taken][
+            : depth - len(group)
+        ]
+        last = group["score"].min()
+        fills.append(
+            pd.DataFrame(
+                {
+                    "user_id": user_id,
+                    "item_id": extra,
+                    "rank": np.arange(len(group) + 1, len(group) + 1 + len(extra), dtype=np.int16),
+                    "score": last - 1e-6 * np.arange(1, len(extra) + 1),
+                }
+            )
+        )
+    return pd.concat([ranked, *fills], ignore_index=True).sort_values(
+        ["user_id", "rank"], kind="stable", ignore_index=True
     )
 
 

@@ -159,4 +159,65 @@ def _index_of_id(ids_by_index: np.ndarray) -> pd.Series:
 
 def ranked_on(scorer: Scorer) -> str:
     """Where a scorer ranks, as materialization metadata says it."""
-    return "spark executors" if isinstance(scorer, SparkAls) else "driver"
+    return "spark executors" if isinstance(scorer, SparkAls | SparkFoldIn) else "driver"
+
+
+class SparkFoldIn:
+    """Users folded in from their histories and ranked on Spark's executors: the answers
+    `fold_in(item_side, history).recommend(...)` gives on the driver, for as many users as
+    the cluster holds. Histories are partitioned by user, each executor folds in and ranks
+    its users with the same numpy code; only the item side (broadcast) and the ranked lists
+    cross the driver."""
+
+    def __init__(self, spark: Any, item_side: FactorModel) -> None:
+        self.spark = spark
+        self.item_side = item_side
+
+    @property
+    def card(self) -> ModelCard:
+        return self.item_side.card
+
+    def recommend(self, seen: pd.DataFrame, k: int) -> pd.DataFrame:
+        """Every user of `seen` (user_id, item_id, rating, timestamp: their history, which is
+        also what they are not offered again) scored from that history: top-k items."""
+        history = self.spark.createDataFrame(
+            seen[list(HISTORY_COLUMNS)].astype({"rating": "float64", "timestamp": "int64"}),
+            "user_id string, item_id string, rating double, timestamp long",
+        )
+        partitions = max(self.spark.sparkContext.defaultParallelism, 1)
+        by_user = history.repartition(partitions, "user_id").sortWithinPartitions("user_id")
+        broadcast = self.spark.sparkContext.broadcast(self.item_side)
+
+        def rank(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            # A user's rows may straddle two Arrow batches: the last user of a batch waits
+            # for the next one.
+            pending = pd.DataFrame(columns=list(HISTORY_COLUMNS))
+            for batch in batches:
+                rows = pd.concat([pending, batch], ignore_index=True)
+                last = rows["user_id"].iloc[-1]
+                complete, pending = rows[rows["user_id"] != last], rows[rows["user_id"] == last]
+                if not complete.empty:
+                    yield _ranked(broadcast.value, complete, k)
+            if not pending.empty:
+                yield _ranked(broadcast.value, pending, k)
+
+        ranked = by_user.mapInPandas(rank, FOLDED_SCHEMA).toPandas()
+        return ranked.sort_values(["user_id", "rank"], kind="stable", ignore_index=True).astype(
+            {"rank": np.int16, "score": np.float64}
+        )
+
+    def predict(self, user_ids: pd.Series, item_ids: pd.Series) -> np.ndarray:
+        raise NotImplementedError(
+            "predicted ratings come from explicit models, which score undecayed on the driver"
+        )
+
+
+HISTORY_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+FOLDED_SCHEMA = "user_id string, item_id string, rank int, score double"
+
+
+def _ranked(item_side: FactorModel, history: pd.DataFrame, k: int) -> pd.DataFrame:
+    # Imported here: foldin → als → this module.
+    from reco_dagster.domain.foldin import fold_in
+
+    return fold_in(item_side, history).recommend(seen=history, k=k)

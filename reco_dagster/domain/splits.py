@@ -1,10 +1,35 @@
-"""Per-user train/test splits, as Microsoft Recommenders' python_stratified_split and
-python_chrono_split do them: every user keeps round(ratio * n) interactions for training."""
+"""Train/test splits, as Microsoft Recommenders' python splitters make them.
+
+- `chronological` (the default; what production does): each user's latest events test.
+- `temporal`: one cut-off time for everyone; later events of known users and items test.
+- `stratified`: a seeded random pick per user; kept to compare with published figures, which
+  mostly use it, but it hides time and flatters models that ignore it.
+
+Per-user splits keep round(ratio * n) of each user's interactions for training.
+"""
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import pandas as pd
+
+SplitMethod = Literal["chronological", "temporal", "stratified"]
+SPLIT_METHODS: tuple[str, ...] = get_args(SplitMethod)
+
+
+def split_interactions(
+    interactions: pd.DataFrame, method: SplitMethod, ratio: float = 0.75, seed: int = 42
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) by `method`; the same call carves a validation split out of a train split."""
+    if method == "chronological":
+        return chronological_split(interactions, ratio)
+    if method == "temporal":
+        return temporal_split(interactions, ratio)
+    if method == "stratified":
+        return stratified_random_split(interactions, ratio, seed)
+    raise ValueError(f"unknown split method {method!r}: choose one of {', '.join(SPLIT_METHODS)}")
 
 
 def stratified_random_split(
@@ -17,15 +42,35 @@ def stratified_random_split(
 def chronological_split(
     interactions: pd.DataFrame, ratio: float = 0.75
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each user's earliest interactions train, the latest ones test."""
+    """Each user's earliest interactions train, the latest ones test (ties in time keep the
+    table's order, so the split is deterministic)."""
     return _split_by_order(interactions, interactions["timestamp"].to_numpy(), ratio)
+
+
+def temporal_split(
+    interactions: pd.DataFrame, ratio: float = 0.75
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Everything up to the time by which `ratio` of all interactions had happened trains;
+    later interactions test, if their user and item are in the training part (a model can
+    only be asked about users and items it has seen)."""
+    _check_ratio(ratio)
+    cut_off = np.quantile(interactions["timestamp"].to_numpy(), ratio, method="lower")
+    in_train = interactions["timestamp"] <= cut_off
+    train = interactions[in_train]
+    later = interactions[~in_train]
+    known = later["user_id"].isin(train["user_id"]) & later["item_id"].isin(train["item_id"])
+    return train.reset_index(drop=True), later[known].reset_index(drop=True)
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"split ratio must be between 0 and 1, got {ratio}")
 
 
 def _split_by_order(
     interactions: pd.DataFrame, order_key: np.ndarray, ratio: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"split ratio must be between 0 and 1, got {ratio}")
+    _check_ratio(ratio)
     keyed = interactions.assign(_key=order_key)
     position = keyed.sort_values(["user_id", "_key"], kind="stable").groupby("user_id").cumcount()
     counts = keyed.groupby("user_id")["user_id"].transform("size")

@@ -1,0 +1,211 @@
+"""Stage 6: the live model and every challenger judged on this run's split, each family's
+quality gate, and the switch: the gate-passing family with the best validation nDCG@10 goes
+live (unless `serving.family` pins one)."""
+
+from collections.abc import Iterator
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+from dagster_pyspark import LazyPySparkResource
+
+from reco_dagster.domain.ease import CatalogueTooLargeError
+from reco_dagster.domain.evaluation import evaluate
+from reco_dagster.domain.families import FAMILIES, fit_model, item_side
+from reco_dagster.domain.foldin import fold_in
+from reco_dagster.domain.gate import choose_family, gate_failures, gate_floors
+from reco_dagster.domain.search import bar_chart
+from resources.settings import EaseSettings, QualityGate, Serving
+from resources.store import RecommendationStore
+
+
+@asset(
+    group_name="publish",
+    kinds={"sqlite"},
+    deps=[f"{family}_published" for family in FAMILIES],
+    check_specs=[
+        AssetCheckSpec(
+            f"{family}_quality_gate",
+            asset="live_model",
+            description=f"May {family}'s new version go live? Floors, lift over popularity, and "
+            "no regression beyond the tolerance against the live model on the same split.",
+        )
+        for family in FAMILIES
+    ],
+)
+def live_model(
+    context: AssetExecutionContext,
+    pyspark: LazyPySparkResource,
+    store: RecommendationStore,
+    serving: Serving,
+    quality_gate: QualityGate,
+    ease: EaseSettings,
+    als_evaluation: dict,
+    ease_evaluation: dict,
+    train_interactions: pd.DataFrame,
+    test_interactions: pd.DataFrame,
+) -> Iterator:
+    """Scores the live model's family and settings (the champion) on this run's split beside
+    the challengers, gates every family, and switches to the chosen version. When no family
+    may go live the run fails and the live version keeps serving."""
+    evaluations = {"als": als_evaluation, "ease": ease_evaluation}
+    candidates = {family: ev for family, ev in evaluations.items() if not ev["skipped"]}
+    try:
+        champion = _champion(
+            pyspark, ease, store, candidates, train_interactions, test_interactions
+        )
+    except CatalogueTooLargeError as error:
+        context.log.warning(f"The live model cannot be refitted for comparison: {error}")
+        champion = None
+    failures: dict[str, list[str]] = {}
+    for family, evaluation in evaluations.items():
+        if evaluation["skipped"]:
+            failures[family] = [f"skipped: {evaluation['skipped']}"]
+            continue
+        floors = gate_floors(
+            quality_gate.floors,
+            evaluation["popularity_baseline"]["precision_at_10"],
+            quality_gate.min_lift_over_popularity,
+        )
+        is_champion = champion and champion["version"] == evaluation["model_version"]
+        compared = None if is_champion else champion
+        failures[family] = gate_failures(
+            evaluation["metrics"],
+            floors,
+            compared["metrics"] if compared else None,
+            compared["version"] if compared else None,
+            quality_gate.tolerance,
+        )
+        store.register(
+            evaluation["model_version"],
+            {**evaluation, "champion": compared},
+            rejected_because="; ".join(failures[family]) or None,
+        )
+    passed = {family for family in candidates if not failures[family]}
+    pinned = None if serving.family == "auto" else serving.family
+    chosen = choose_family(
+        {family: ev["validation"].get("ndcg_at_10", 0.0) for family, ev in candidates.items()},
+        passed,
+        pinned,
+    )
+    for family, evaluation in evaluations.items():
+        for failure in failures[family]:
+            context.log.error(f"{evaluation['model_version']} rejected: {failure}")
+        yield AssetCheckResult(
+            check_name=f"{family}_quality_gate",
+            passed=not failures[family],
+            severity=AssetCheckSeverity.ERROR,
+            description="; ".join(failures[family]) or "passed every floor and the comparison",
+            metadata={
+                "model_version": evaluation["model_version"],
+                "compared_with": champion["version"] if champion else "no live version",
+                "failures": MetadataValue.md(
+                    "\n".join(f"- {f}" for f in failures[family]) or "none"
+                ),
+            },
+        )
+    previous = store.live_version()
+    table = _comparison(evaluations, champion, failures, chosen)
+    if chosen is None:
+        raise Failure(
+            "no model version may go live"
+            + (f" (serving.family pins {pinned})" if pinned else "")
+            + f"; {previous or 'nothing'} stays live",
+            metadata={"comparison": MetadataValue.md(table)},
+        )
+    version = evaluations[chosen]["model_version"]
+    if version != previous:
+        store.activate(version)
+        context.log.info(f"Model version {version} ({chosen}) is live (was {previous})")
+    purged = store.purge_old_versions(serving.keep_versions)
+    yield Output(
+        {"version": version, "family": chosen, "previous": previous},
+        metadata={
+            "model_version": version,
+            "family": chosen,
+            "chosen_by": f"pinned by serving.family={pinned}" if pinned else "validation nDCG@10",
+            "previous_live_version": previous or "none",
+            "comparison": MetadataValue.md(table),
+            "test_ndcg_at_10": MetadataValue.md(
+                bar_chart(
+                    [(family, ev["metrics"]["ndcg_at_10"]) for family, ev in candidates.items()]
+                    + ([("live (champion)", champion["metrics"]["ndcg_at_10"])] if champion else [])
+                )
+            ),
+            "purged_versions": ", ".join(purged) or "none",
+        },
+    )
+
+
+def _champion(
+    pyspark: LazyPySparkResource,
+    ease: EaseSettings,
+    store: RecommendationStore,
+    candidates: dict[str, dict],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+) -> dict | None:
+    """The live version's family and settings scored on this run's split: reused from a
+    challenger with the same family and settings, else refitted on the training split."""
+    live = store.version(store.live_version() or "")
+    if live is None or "family" not in live.info:
+        return None
+    family, settings = live.info["family"], live.info["settings"]
+    same = next(
+        (
+            ev
+            for ev in candidates.values()
+            if ev["family"] == family and _fitted_alike(ev["settings"], settings)
+        ),
+        None,
+    )
+    if same is not None:
+        metrics = same["metrics"]
+    else:
+        spark = pyspark.spark_session if family == "als" else None
+        refit = item_side(fit_model(family, settings, train, spark, ease.max_items))
+        metrics = evaluate(fold_in(refit, train), train, test)
+    return {"version": live.version, "family": family, "settings": settings, "metrics": metrics}
+
+
+def _fitted_alike(one: dict, other: dict) -> bool:
+    """Same settings, leaving out what the data decides (EASE's rating scale)."""
+    return {k: v for k, v in one.items() if k != "rating_scale"} == {
+        k: v for k, v in other.items() if k != "rating_scale"
+    }
+
+
+def _comparison(
+    evaluations: dict[str, dict], champion: dict | None, failures: dict, chosen: str | None
+) -> str:
+    lines = [
+        "| model | version | validation nDCG@10 | P@10 | nDCG@10 | MAP@10 | gate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if champion:
+        m = champion["metrics"]
+        lines.append(
+            f"| live ({champion['family']}) | {champion['version']} | | "
+            f"{m['precision_at_10']:.4f} | {m['ndcg_at_10']:.4f} | {m['map_at_10']:.4f} | |"
+        )
+    for family, ev in evaluations.items():
+        if ev["skipped"]:
+            lines.append(f"| {family} | | | | | | skipped |")
+            continue
+        m, validation = ev["metrics"], ev["validation"].get("ndcg_at_10", float("nan"))
+        verdict = "passed" if not failures[family] else "rejected"
+        mark = " ← goes live" if family == chosen else ""
+        lines.append(
+            f"| {family}{mark} | {ev['model_version']} | {validation:.4f} | "
+            f"{m['precision_at_10']:.4f} | {m['ndcg_at_10']:.4f} | {m['map_at_10']:.4f} | "
+            f"{verdict} |"
+        )
+    return "\n".join(lines)

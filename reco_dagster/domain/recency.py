@@ -1,0 +1,57 @@
+"""How much each event of a user's history counts when the user is scored: the latest ones
+most. A user's next actions follow their recent ones more than their old ones, so scoring
+with a decayed history predicts the future better (on time-ordered splits; on random splits,
+which have no time structure, it does not help, so the half-lives are chosen on validation).
+
+The decay is a half-life over position from the end of the user's history (the latest event
+is position 0; events at the same time share a position) and/or over age, measured back
+from the user's own latest event, so an inactive user's history keeps its shape. A floor
+keeps a little of the whole history in every vector: the latest events say what a user
+wants now, the rest what they like at all (on MovieLens 100K a floor of 0.03 beat none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DAY_S = 86_400.0
+
+
+def recency_weights(
+    user_ids: pd.Series,
+    timestamps: pd.Series,
+    half_life_events: float,
+    half_life_days: float,
+    floor: float = 0.0,
+) -> np.ndarray:
+    """A weight in (0, 1] per event: floor + (1 - floor) times the decay, 0.5 ** (position
+    / half_life_events) · 0.5 ** (age / half_life_days); a half-life of 0 leaves that part
+    out."""
+    weights = np.ones(len(timestamps))
+    if half_life_events > 0:
+        later = timestamps.groupby(user_ids.to_numpy()).rank(method="min", ascending=False) - 1
+        weights *= 0.5 ** (later.to_numpy(dtype=np.float64) / half_life_events)
+    if half_life_days > 0:
+        latest = timestamps.groupby(user_ids.to_numpy()).transform("max")
+        age_days = (latest - timestamps).to_numpy(dtype=np.float64) / DAY_S
+        weights *= 0.5 ** (age_days / half_life_days)
+    return floor + (1.0 - floor) * weights
+
+
+def decays(settings: Mapping[str, Any]) -> bool:
+    """Whether a model's settings weight histories by recency when scoring."""
+    return settings.get("half_life_events", 0) > 0 or settings.get("half_life_days", 0) > 0
+
+
+def settings_recency_weights(history: pd.DataFrame, settings: Mapping[str, Any]) -> np.ndarray:
+    return recency_weights(
+        history["user_id"],
+        history["timestamp"],
+        settings.get("half_life_events", 0.0),
+        settings.get("half_life_days", 0.0),
+        settings.get("recency_floor", 0.0),
+    )

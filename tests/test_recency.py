@@ -1,0 +1,115 @@
+"""Evaluation protocols, recency weights and the search's choices, on hand-made and generated
+data (no Spark: the search runs EASE, whose fit is a matrix inverse)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reco_dagster.domain.families import fit_model
+from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.recency import DAY_S, recency_weights
+from reco_dagster.domain.search import search_settings
+from reco_dagster.domain.splits import split_interactions
+
+EASE = {
+    "l2": 50.0,
+    "rating_weighted": False,
+    "item_normalization": 0.0,
+    "half_life_events": 0.0,
+    "half_life_days": 0.0,
+    "recency_floor": 0.0,
+}
+
+
+def table(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(rating=np.nan)
+    return build_interactions(events)[0]
+
+
+HAND_MADE = table(
+    [
+        ("a", "x", 10), ("a", "y", 20), ("a", "z", 20), ("a", "w", 40),  # a tie in time
+        ("b", "x", 15),  # one event
+        ("c", "y", 5), ("c", "x", 30), ("c", "w", 35), ("c", "v", 50),
+    ]
+)  # fmt: skip
+
+
+def pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["user_id"], frame["item_id"], strict=True))
+
+
+def test_chronological_split_tests_each_users_latest_and_keeps_single_events_in_training():
+    train, test = split_interactions(HAND_MADE, "chronological", 0.75)
+    assert pairs(test) == {("a", "w"), ("c", "v")}
+    assert ("b", "x") in pairs(train) and len(train) + len(test) == len(HAND_MADE)
+    again, _ = split_interactions(HAND_MADE.sample(frac=1.0, random_state=3), "chronological")
+    assert pairs(again) == pairs(train), "ties in time must not make the split random"
+
+
+def test_temporal_split_cuts_everyone_at_one_time_and_tests_known_users_and_items_only():
+    train, test = split_interactions(HAND_MADE, "temporal", 0.75)
+    cut_off = train["timestamp"].max()
+    assert cut_off == 35 and (test["timestamp"] > cut_off).all()
+    # (a, w) at 40 is later, known user and item; (c, v) at 50 names an item nobody trained on.
+    assert pairs(test) == {("a", "w")}
+
+
+def test_stratified_split_is_random_per_user_but_seeded():
+    train, _ = split_interactions(HAND_MADE, "stratified", 0.75, seed=1)
+    assert train.groupby("user_id").size().to_dict() == {"a": 3, "b": 1, "c": 3}
+    again, _ = split_interactions(HAND_MADE, "stratified", 0.75, seed=1)
+    assert pairs(again) == pairs(train)
+    with pytest.raises(ValueError, match="unknown split method"):
+        split_interactions(HAND_MADE, "random")
+
+
+def test_recency_weights_halve_per_half_life_of_later_events_and_of_age():
+    users = pd.Series(["u", "u", "u", "u", "v"])
+    times = pd.Series([10.0, 20.0, 20.0, 30.0, 99.0])
+    # Events after each: 3, 1, 1, 0 (the two at 20 share a position); v's only event: 0.
+    by_position = recency_weights(users, times, half_life_events=1.0, half_life_days=0.0)
+    assert by_position == pytest.approx([0.125, 0.5, 0.5, 1.0, 1.0])
+    floored = recency_weights(users, times, 1.0, 0.0, floor=0.2)
+    assert floored == pytest.approx([0.2 + 0.8 * 0.125, 0.6, 0.6, 1.0, 1.0])
+    days = pd.Series([0.0, DAY_S, 2 * DAY_S, 2 * DAY_S, 5.0])
+    by_age = recency_weights(users, days, 0.0, half_life_days=1.0)
+    assert by_age == pytest.approx([0.25, 0.5, 1.0, 1.0, 1.0])
+    assert recency_weights(users, times, 0.0, 0.0) == pytest.approx(np.ones(5))
+
+
+def drifting_events(shuffle_time: bool, users: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Each user walks through a ring of 12 item groups, five events in a group before the
+    next, so what they do next follows what they did last; with `shuffle_time` the same
+    events in random order, so nothing in time predicts anything."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(users):
+        start = rng.integers(12)
+        picks = [
+            f"g{(start + step // 5) % 12}-{rng.integers(8)}" for step in range(20)
+        ]
+        times = rng.permutation(20) if shuffle_time else np.arange(20)
+        rows += [(f"u{user}", item, int(t)) for item, t in zip(picks, times, strict=True)]
+    return table(rows)
+
+
+@pytest.mark.parametrize("shuffle_time", [False, True], ids=["drifting", "no-time-structure"])
+def test_the_search_chooses_a_short_half_life_only_where_users_drift(shuffle_time):
+    interactions = drifting_events(shuffle_time)
+    train, _ = split_interactions(interactions, "chronological")
+    fit_part, validation = split_interactions(train, "chronological", seed=43)
+    search = search_settings(
+        "ease",
+        EASE,
+        lambda settings: fit_model("ease", settings, fit_part),
+        fit_part,
+        validation,
+        time_budget_s=30.0,
+        max_trials=3,
+    )
+    half_life = search.best.settings["half_life_events"]
+    if shuffle_time:
+        assert half_life == 0.0, f"recency chosen without time structure: {search.best.settings}"
+    else:
+        assert 0 < half_life <= 5, search.best.settings
