@@ -59,7 +59,7 @@ def live_model(
     evaluations = {"als": als_evaluation, "ease": ease_evaluation}
     candidates = {family: ev for family, ev in evaluations.items() if not ev["skipped"]}
     try:
-        champion = _champion(
+        champion = champion_on_split(
             pyspark, ease, store, candidates, train_interactions, test_interactions
         )
     except CatalogueTooLargeError as error:
@@ -145,7 +145,7 @@ def live_model(
     )
 
 
-def _champion(
+def champion_on_split(
     pyspark: LazyPySparkResource,
     ease: EaseSettings,
     store: RecommendationStore,

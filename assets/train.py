@@ -53,12 +53,12 @@ def model_search(
     half-life, chosen on a validation split carved out of the training split by the same
     protocol as the test split (never the test split itself). The validation nDCG@10 also
     decides which family goes live."""
-    fit_part, validation = protocol.split(train_interactions, seed_offset=1)
+    folds = protocol.validation_folds(train_interactions)
     chosen: dict[str, Any] = {}
     searches: list[Search] = []
     for family in FAMILIES:
 
-        def fit(settings: dict, family: str = family) -> FactorModel:
+        def fit(settings: dict, fit_part: pd.DataFrame, family: str = family) -> FactorModel:
             spark = pyspark.spark_session if family == "als" else None
             return item_side(fit_model(family, settings, fit_part, spark, ease.max_items))
 
@@ -67,8 +67,7 @@ def model_search(
                 family,
                 configured_settings(family, als, ease),
                 fit,
-                fit_part,
-                validation,
+                folds,
                 config.time_budget_s.get(family, 0.0),
                 config.max_trials,
                 config.seed,
@@ -88,12 +87,13 @@ def model_search(
             "validation": named(best.metrics),
             "trials": len(search.trials),
         }
-    chosen["cold_start"] = _choose_trending(serving, fit_part, validation)
+    chosen["cold_start"] = _choose_trending(serving, *folds[0])
     return Output(
         chosen,
         metadata={
             "protocol": protocol.method,
-            "validation_rows": len(validation),
+            "validation_folds": len(folds),
+            "validation_rows": len(folds[0][1]),
             **{
                 f"{search.family}_trials": MetadataValue.md(search.table())
                 for search in searches

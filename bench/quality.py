@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,10 +134,38 @@ def run_protocol(
         figures[f"{protocol}_{family}_validation_ndcg_at_10"] = round(
             searched[family]["validation"]["ndcg_at_10"], 4
         )
+        figures |= {
+            f"{protocol}_{family}_no_recency_{metric}": round(value, 4)
+            for metric, value in without_recency(lake, family).items()
+            if metric in ("precision_at_10", "ndcg_at_10")
+        }
     figures[f"{protocol}_served_family"] = live["family"]
     figures[f"{protocol}_trending_half_life_days"] = searched["cold_start"]["half_life_days"]
     figures[f"{protocol}_job_s"] = round(job_s, 1)
     return figures | figures_search
+
+
+def without_recency(lake: Path, family: str) -> dict[str, float]:
+    """The family's evaluation model scored with every event of a history counting alike:
+    what recency adds, on the same fit and split."""
+    import pandas as pd
+
+    from reco_dagster.domain.als import is_spark_model_dir, load_als_factors
+    from reco_dagster.domain.evaluation import evaluate
+    from reco_dagster.domain.foldin import fold_in
+    from reco_dagster.domain.models import FactorModel
+
+    folder = lake / f"{family}_evaluation_model"
+    model = (
+        load_als_factors(folder, users=False)
+        if is_spark_model_dir(folder)
+        else FactorModel.load(folder, users=False)
+    )
+    undecayed = {**model.card.settings, "half_life_events": 0.0, "half_life_days": 0.0}
+    model = replace(model, card=replace(model.card, settings=undecayed))
+    train = pd.read_parquet(lake / "train_interactions.parquet")
+    test = pd.read_parquet(lake / "test_interactions.parquet")
+    return evaluate(fold_in(model, train), train, test)
 
 
 if __name__ == "__main__":

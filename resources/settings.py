@@ -176,9 +176,18 @@ class EvaluationProtocol(ConfigurableResource):
     it hides time)."""
     train_ratio: float = 0.75
     seed: int = 42
+    random_validation_folds: int = 2
+    """Validation splits the search averages over under the stratified protocol: one random
+    split is noisy enough to pick worse settings (the time-ordered protocols have exactly
+    one)."""
 
     def split(self, table: pd.DataFrame, seed_offset: int = 0) -> tuple[pd.DataFrame, ...]:
         return split_interactions(table, self.method, self.train_ratio, self.seed + seed_offset)
+
+    def validation_folds(self, train: pd.DataFrame) -> list[tuple[pd.DataFrame, ...]]:
+        """Validation splits carved out of a training split the way the test split was."""
+        folds = self.random_validation_folds if self.method == "stratified" else 1
+        return [self.split(train, seed_offset=fold) for fold in range(1, folds + 1)]
 
 
 class QualityGate(ConfigurableResource):

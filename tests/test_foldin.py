@@ -95,7 +95,7 @@ def test_new_users_and_unknown_items(spark):
         }
     )
     refolded = fold_in(model, history)
-    assert list(refolded.user_ids) == ["newbie", "ghost"]
-    assert refolded.user_factors[0].any() and not refolded.user_factors[1].any()
+    assert list(refolded.user_ids) == ["ghost", "newbie"]
+    assert refolded.user_factors[1].any() and not refolded.user_factors[0].any()
     ranked = refolded.recommend(history, k=3)
     assert not set(ranked[ranked.user_id == "newbie"].item_id) & {"i1", "i2"}

@@ -5,11 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from assets.live import champion_on_split
+from reco_dagster.domain.evaluation import evaluate
 from reco_dagster.domain.families import fit_model
+from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.recency import DAY_S, recency_weights
 from reco_dagster.domain.search import search_settings
 from reco_dagster.domain.splits import split_interactions
+from resources.settings import EaseSettings
+from resources.store import SqliteRecommendationStore
 
 EASE = {
     "l2": 50.0,
@@ -102,9 +107,8 @@ def test_the_search_chooses_a_short_half_life_only_where_users_drift(shuffle_tim
     search = search_settings(
         "ease",
         EASE,
-        lambda settings: fit_model("ease", settings, fit_part),
-        fit_part,
-        validation,
+        lambda settings, part: fit_model("ease", settings, part),
+        [(fit_part, validation)],
         time_budget_s=30.0,
         max_trials=3,
     )
@@ -113,3 +117,27 @@ def test_the_search_chooses_a_short_half_life_only_where_users_drift(shuffle_tim
         assert half_life == 0.0, f"recency chosen without time structure: {search.best.settings}"
     else:
         assert 0 < half_life <= 5, search.best.settings
+
+
+def test_the_champion_is_scored_on_the_challengers_split_not_its_own_old_one(tmp_path):
+    """The live version's settings are refitted on this run's training split and scored on
+    its test split; a challenger with the same settings lends its metrics instead."""
+    interactions = drifting_events(shuffle_time=False, users=120)
+    train, test = split_interactions(interactions, "chronological")
+    store = SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
+    live_settings = {**EASE, "l2": 80.0, "half_life_events": 2.0}
+    stale = {"precision_at_10": 0.99, "recall_at_10": 0.99, "ndcg_at_10": 0.99, "map_at_10": 0.9}
+    store.register("ease-live", {"family": "ease", "settings": live_settings, "metrics": stale})
+    store.write_version("ease-live", [("u0", [{"item_id": "g0-0", "score": 1.0}])], [])
+    store.activate("ease-live")
+    ease = EaseSettings()
+    challenger = {"family": "ease", "settings": {**EASE, "l2": 500.0}, "metrics": {"x": 1.0}}
+
+    champion = champion_on_split(None, ease, store, {"ease": challenger}, train, test)
+    refitted = fit_model("ease", live_settings, train)
+    assert champion["version"] == "ease-live"
+    assert champion["metrics"] == evaluate(fold_in(refitted, train), train, test) != stale
+
+    alike = {**challenger, "settings": {**live_settings, "rating_scale": 1.0}}
+    reused = champion_on_split(None, ease, store, {"ease": alike}, train, test)
+    assert reused["metrics"] == {"x": 1.0}

@@ -121,30 +121,37 @@ def validation_metrics(
     return ranking_metrics(users.recommend(seen=fit_part, k=K), validation, K)
 
 
+Fold = tuple[pd.DataFrame, pd.DataFrame]
+"""(fit part, validation): one validation split carved out of a training split."""
+
+
 def search_settings(
     family: str,
     configured: dict[str, Any],
-    fit: Callable[[dict[str, Any]], FactorModel],
-    fit_part: pd.DataFrame,
-    validation: pd.DataFrame,
+    fit: Callable[[dict[str, Any], pd.DataFrame], FactorModel],
+    folds: list[Fold],
     time_budget_s: float,
     max_trials: int,
     seed: int = 0,
 ) -> Search:
-    """The best settings for `family` on (fit_part → validation). `fit` fits the family with
-    the given settings and returns its item side. With no time budget only the configured
-    settings are scored, as they are."""
+    """The best settings for `family`, by validation metrics averaged over `folds`. `fit`
+    fits the family with the given settings on a fit part and returns its item side. With no
+    time budget only the configured settings are scored, as they are."""
     search, started = Search(family), time.perf_counter()
 
     def score(settings: dict[str, Any], decays: Iterable[tuple[float, float]]) -> Trial:
         trial_started = time.perf_counter()
-        item_side = fit(settings)
+        fitted = [(fit(settings, fit_part), fit_part, validation) for fit_part, validation in folds]
         scored = []
         for half_life, floor in decays:
             decay = {"half_life_events": half_life, "recency_floor": floor}
-            card = replace(item_side.card, settings={**item_side.card.settings, **decay})
-            metrics = validation_metrics(replace(item_side, card=card), fit_part, validation)
-            scored.append(Trial({**settings, **decay}, metrics, 0.0))
+            per_fold = pd.DataFrame(
+                [
+                    validation_metrics(_decayed(item_side, decay), fit_part, validation)
+                    for item_side, fit_part, validation in fitted
+                ]
+            )
+            scored.append(Trial({**settings, **decay}, per_fold.mean().to_dict(), 0.0))
         best = max(scored, key=lambda trial: trial.metrics[OBJECTIVE])
         best.seconds = time.perf_counter() - trial_started
         search.trials.append(best)
@@ -167,6 +174,11 @@ def search_settings(
         )
     search.elapsed_s = time.perf_counter() - started
     return search
+
+
+def _decayed(item_side: FactorModel, decay: dict[str, float]) -> FactorModel:
+    card = item_side.card
+    return replace(item_side, card=replace(card, settings={**card.settings, **decay}))
 
 
 def _shown(value: Any) -> str:
