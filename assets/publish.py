@@ -2,7 +2,6 @@
 written beside the live version, then made live in one switch when the family is served."""
 
 import time
-from collections.abc import Iterator
 
 import pandas as pd
 from dagster import (
@@ -17,18 +16,20 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 
 from reco_dagster.domain.families import FAMILIES
+from reco_dagster.domain.lists import (
+    PUBLISHED_DEPTH,
+    SIMILAR_DEPTH,
+    listed_items,
+    ranked_lists,
+    titles_by_item,
+)
 from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
 from resources.lake_io import StoredModel
 from resources.model_archive import ModelArchive
 from resources.settings import BatchScoring
-from resources.store import Item, RecommendationStore
-
-PUBLISHED_DEPTH = 100
-"""Items stored per user: the API serves any k up to this without touching the model."""
-SIMILAR_DEPTH = 100
-"""Similar items stored per item."""
+from resources.store import RecommendationStore
 
 
 @asset(group_name="publish", kinds={"pandas"})
@@ -162,30 +163,6 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         )
 
     return [recommendations, similar_items, published]
-
-
-def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(catalog["item_id"], catalog["title"], strict=True))
-
-
-def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
-    """Ranked rows as the store keeps them: item_id, score, and the title when known."""
-    items: list[Item] = []
-    for item_id, score in zip(ranked["item_id"], ranked["score"], strict=True):
-        item: Item = {"item_id": item_id, "score": round(float(score), 5)}
-        if item_id in titles:
-            item["title"] = titles[item_id]
-        items.append(item)
-    return items
-
-
-def ranked_lists(
-    ranked: pd.DataFrame, by: str, titles: dict[str, str]
-) -> Iterator[tuple[str, list[Item]]]:
-    """One list per value of `by` (a user, or an item for its similar items), best first."""
-    ordered = ranked.sort_values([by, "rank"], kind="stable")
-    for key, group in ordered.groupby(by, sort=False):
-        yield key, listed_items(group, titles)
 
 
 def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: int = 10) -> str:

@@ -8,9 +8,9 @@ from dagster import Failure, OpExecutionContext, in_process_executor, job, op
 from threadpoolctl import threadpool_limits
 
 from assets.ingest import IngestConfig, ingest_landed_files
-from assets.publish import PUBLISHED_DEPTH, ranked_lists, titles_by_item
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.lists import PUBLISHED_DEPTH, ranked_lists, titles_by_item
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import fill_short_lists
 from resources.landing_zone import LandingZone

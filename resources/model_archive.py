@@ -4,7 +4,7 @@ newer and rejected)."""
 
 from dagster import ConfigurableResource
 
-from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.models import CARD_FILE, FactorModel
 from resources.files import FileStore
 
 VERSIONS = "lake/versions/"
@@ -14,7 +14,12 @@ class ModelArchive(ConfigurableResource):
     files: FileStore
 
     def save(self, model: FactorModel) -> None:
-        with self.files.folder_to_write(f"{VERSIONS}{model.version}/") as folder:
+        """Write a version's item side once. A version id names one model, so a complete copy
+        (its card, written last) is never rewritten: a micro-batch may be reading it."""
+        folder_name = f"{VERSIONS}{model.version}/"
+        if self.files.exists(folder_name + CARD_FILE):
+            return
+        with self.files.folder_to_write(folder_name) as folder:
             model.save(folder)
 
     def load(self, version: str) -> FactorModel:

@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Literal
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
-Item = dict[str, Any]
+from reco_dagster.domain.lists import Item
+
 """{"item_id": str, "score": float, "title": str (when the catalogue has one)}"""
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from dagster_azure.blob import AzureBlobStorageKeyCredential, AzureBlobStorageResource
 
-from assets.publish import listed_items
+from reco_dagster.domain.lists import listed_items
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.micro_batch import micro_batch
 from resources.files import BlobFiles, FileStore, LocalFiles

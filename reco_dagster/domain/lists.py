@@ -1,0 +1,39 @@
+"""Ranked rows as the store keeps them: one list per user (or per item, for similar items),
+best first, each entry an item id, its score and its title when the catalogue has one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+
+Item = dict[str, Any]
+PUBLISHED_DEPTH = 100
+"""Items stored per user: the API serves any k up to this without touching the model."""
+SIMILAR_DEPTH = 100
+"""Similar items stored per item."""
+
+
+def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(catalog["item_id"], catalog["title"], strict=True))
+
+
+def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
+    """Ranked rows as the store keeps them: item_id, score, and the title when known."""
+    items: list[Item] = []
+    for item_id, score in zip(ranked["item_id"], ranked["score"], strict=True):
+        item: Item = {"item_id": item_id, "score": round(float(score), 5)}
+        if item_id in titles:
+            item["title"] = titles[item_id]
+        items.append(item)
+    return items
+
+
+def ranked_lists(
+    ranked: pd.DataFrame, by: str, titles: dict[str, str]
+) -> Iterator[tuple[str, list[Item]]]:
+    """One list per value of `by` (a user, or an item for its similar items), best first."""
+    ordered = ranked.sort_values([by, "rank"], kind="stable")
+    for key, group in ordered.groupby(by, sort=False):
+        yield key, listed_items(group, titles)
