@@ -4,7 +4,7 @@ import pytest
 
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
-from reco_dagster.domain.ranking import popular_items, recommend, top_k_items
+from reco_dagster.domain.ranking import fill_short_lists, popular_items, recommend, top_k_items
 from reco_dagster.domain.splits import chronological_split, stratified_random_split
 from reco_dagster.domain.synthetic import synthetic_events
 
@@ -116,3 +116,29 @@ def test_recommend_maps_ids_and_skips_everything_seen():
 def test_popular_items_rank_by_distinct_users():
     table = events([("a", "x", 1, 1), ("b", "x", 1, 2), ("a", "y", 1, 3)])
     assert popular_items(table, 5)["item_id"].tolist() == ["x", "y"]
+
+
+def test_trending_counts_recent_users_more_and_all_time_counts_everyone_alike():
+    day = 86_400
+    old = [(user, "old", 1, 0) for user in "abc"]
+    new = [(user, "new", 1, 30 * day) for user in "ab"]
+    table = events(old + new)
+    assert popular_items(table, 5)["item_id"].tolist() == ["old", "new"]
+    trending = popular_items(table, 5, half_life_days=7.0)
+    assert trending["item_id"].tolist() == ["new", "old"]
+    assert trending["score"].tolist() == pytest.approx([2.0, 3 * 0.5 ** (30 / 7)])
+
+
+def test_short_lists_go_on_with_the_cold_start_list_minus_seen_and_listed_items():
+    ranked = pd.DataFrame(
+        {"user_id": ["a", "a", "b"], "item_id": ["x", "y", "x"], "rank": [1, 2, 1]}
+    ).assign(score=[0.9, 0.8, 0.7])
+    fallback = pd.DataFrame({"item_id": ["y", "z", "w", "v"], "score": [9.0, 8.0, 7.0, 6.0]})
+    seen = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["z", "w"]})
+    filled = fill_short_lists(ranked, fallback, seen, depth=3)
+    assert filled[["user_id", "item_id", "rank"]].values.tolist() == [
+        ["a", "x", 1], ["a", "y", 2], ["a", "w", 3],
+        ["b", "x", 1], ["b", "y", 2], ["b", "z", 3],
+    ]  # fmt: skip
+    for _, user in filled.groupby("user_id"):
+        assert user["score"].is_monotonic_decreasing

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reco_dagster.domain import models
 from reco_dagster.domain.ease import CatalogueTooLargeError, fit_ease, rating_scale
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.gate import choose_family, gate_failures
@@ -26,6 +27,14 @@ def test_the_same_data_and_settings_make_the_same_version(interactions):
     assert ModelCard.describe("ease", {"l2": 200.0}, interactions).version != card.version
     assert ModelCard.describe("ease", {"l2": 300.0}, interactions.iloc[1:]).version != card.version
     assert card.version.startswith("ease-")
+
+
+def test_a_new_model_format_makes_a_new_version(interactions, monkeypatch):
+    """A retrain after a change to fitting or scoring must not collide with the live version
+    trained on the same data and settings."""
+    card = ModelCard.describe("ease", {"l2": 300.0}, interactions)
+    monkeypatch.setattr(models, "MODEL_FORMAT", models.MODEL_FORMAT + 1)
+    assert ModelCard.describe("ease", {"l2": 300.0}, interactions).version != card.version
 
 
 def test_ease_ranks_unseen_items_and_round_trips(interactions, tmp_path):
