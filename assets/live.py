@@ -23,6 +23,9 @@ from reco_dagster.domain.families import FAMILIES, fit_model, item_side
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.gate import choose_family, gate_failures, gate_floors
 from reco_dagster.domain.search import bar_chart
+from resources.landing_zone import LandingZone
+from resources.live_lists import refresh_live_users
+from resources.model_archive import ModelArchive
 from resources.settings import EaseSettings, QualityGate, Serving
 from resources.store import RecommendationStore
 
@@ -45,6 +48,8 @@ def live_model(
     context: AssetExecutionContext,
     pyspark: LazyPySparkResource,
     store: RecommendationStore,
+    landing_zone: LandingZone,
+    archive: ModelArchive,
     serving: Serving,
     quality_gate: QualityGate,
     ease: EaseSettings,
@@ -54,8 +59,9 @@ def live_model(
     test_interactions: pd.DataFrame,
 ) -> Iterator:
     """Scores the live model's family and settings (the champion) on this run's split beside
-    the challengers, gates every family, and switches to the chosen version. When no family
-    may go live the run fails and the live version keeps serving."""
+    the challengers, gates every family, and switches to the chosen version; then folds the
+    users whose events arrived after this run's data snapshot into it. When no family may go
+    live the run fails and the live version keeps serving."""
     evaluations = {"als": als_evaluation, "ease": ease_evaluation}
     candidates = {family: ev for family, ev in evaluations.items() if not ev["skipped"]}
     try:
@@ -122,9 +128,17 @@ def live_model(
             metadata={"comparison": MetadataValue.md(table)},
         )
     version = evaluations[chosen]["model_version"]
+    late_users = 0
     if version != previous:
         store.activate(version)
         context.log.info(f"Model version {version} ({chosen}) is live (was {previous})")
+        # Events that landed after this run's data snapshot went into the old version; fold
+        # their users into the new one, or the switch would serve lists built without them.
+        late = landing_zone.events_since_snapshot()
+        if not late.empty:
+            refresh = refresh_live_users(landing_zone, store, archive, late, context.log.warning)
+            late_users = refresh.counts.get("users_refreshed", 0)
+            context.log.info(f"Folded {late_users} users with later events into {version}")
     purged = store.purge_old_versions(serving.keep_versions)
     yield Output(
         {"version": version, "family": chosen, "previous": previous},
@@ -133,6 +147,7 @@ def live_model(
             "family": chosen,
             "chosen_by": f"pinned by serving.family={pinned}" if pinned else "validation nDCG@10",
             "previous_live_version": previous or "none",
+            "users_with_later_events_refolded": late_users,
             "comparison": MetadataValue.md(table),
             "test_ndcg_at_10": MetadataValue.md(
                 bar_chart(

@@ -208,19 +208,29 @@ class LandingZone(ConfigurableResource):
         and the event files ingested since it was written."""
         wanted = sorted(set(user_ids))
         condition = pc.field("user_id").isin(pa.array(wanted, type=pa.string()))
-        try:
-            manifest = json.loads(self.files.read(BY_USER_MANIFEST))
-        except FileNotFoundError:
-            manifest = {"snapshot": None, "event_files": []}
-        compacted = set(manifest["event_files"])
-        recent = [file.name for file in self.files.list(EVENTS) if file.name not in compacted]
-        tables = [self._event_table(recent, condition)]
+        manifest = self._snapshot_manifest()
+        tables = [self._event_table(self._since_snapshot(manifest), condition)]
         if manifest["snapshot"]:
             with self.files.open(manifest["snapshot"]) as source:
                 snapshot = pq.ParquetFile(source)
                 groups = _row_groups_holding(snapshot.metadata, wanted)
                 tables.append(snapshot.read_row_groups(groups).filter(condition))
         return pa.concat_tables(tables).to_pandas()
+
+    def events_since_snapshot(self) -> pd.DataFrame:
+        """The events of files ingested after the batch job last took its data snapshot
+        (`interactions` wrote the user-sorted history): what its models have not seen."""
+        return self._event_table(self._since_snapshot(self._snapshot_manifest())).to_pandas()
+
+    def _snapshot_manifest(self) -> dict:
+        try:
+            return json.loads(self.files.read(BY_USER_MANIFEST))
+        except FileNotFoundError:
+            return {"snapshot": None, "event_files": []}
+
+    def _since_snapshot(self, manifest: dict) -> list[str]:
+        compacted = set(manifest["event_files"])
+        return [file.name for file in self.files.list(EVENTS) if file.name not in compacted]
 
     def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
         """Event history files as one table in EVENT_SCHEMA."""

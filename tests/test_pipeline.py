@@ -12,9 +12,13 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from dagster import AssetSelection, materialize
 
+from reco_dagster import definitions
 from reco_dagster.domain.als import load_als_factors
 from reco_dagster.domain.evaluation import evaluate
+from reco_dagster.domain.foldin import fold_in
+from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.recency import decays
 from reco_dagster.domain.synthetic import synthetic_events
 from reco_dagster.micro_batch import micro_batch
@@ -208,6 +212,64 @@ def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(fir
         assert [i["score"] for i in folded.items] == pytest.approx(
             [i["score"] for i in batch.items], abs=2e-4
         )
+
+
+def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(
+    first_run, tmp_path, monkeypatch
+):
+    """A micro-batch that lands between a retrain's data snapshot and its switch writes into
+    the old version; the switch folds those users into the new version, not losing them."""
+    _, first_data_dir, events, _ = first_run
+    data_dir = tmp_path / "data"
+    shutil.copytree(first_data_dir, data_dir)
+    monkeypatch.setenv("RECO_DATA_DIR", str(data_dir))
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    old = store.live_version()
+    land(data_dir, "more.csv", events[events["user_id"] == "u1"].assign(user_id="u1-again"))
+    config = {
+        # Any new version may go live: this test is about the switch, not the gate.
+        "resources": {"als": {"config": SMALL_ALS}, "quality_gate": {"config": {"tolerance": 1.0}}},
+        "ops": {"model_search": {"config": {"time_budget_s": {"als": 0.0, "ease": 0.0}}}},
+    }
+    everything = AssetSelection.all()
+    before_switch = materialize(
+        definitions.batch_assets,
+        selection=everything - AssetSelection.assets("live_model", "online_evaluation"),
+        resources=definitions.build_resources(),
+        run_config=config,
+    )
+    assert before_switch.success and store.live_version() == old
+
+    late = pd.DataFrame(
+        {
+            "user_id": ["late-user"] * 3 + ["u2"],
+            "item_id": ["i3", "i4", "i5", "i6"],
+            "rating": 5.0,
+            "timestamp": 1_700_000_000,
+        }
+    )
+    land(data_dir, "late.csv", late)
+    files = LocalFiles(root=str(data_dir))
+    zone, archive = LandingZone(files=files), ModelArchive(files=files)
+    assert micro_batch.execute_in_process(resources=resources(zone, store, archive)).success
+    assert store.lookup("late-user", 10).model_version == old
+
+    switch = materialize(
+        definitions.batch_assets,
+        selection=AssetSelection.assets("live_model"),
+        resources=definitions.build_resources(),
+        run_config={"resources": config["resources"]},
+    )
+    assert switch.success
+    new = store.live_version()
+    assert new != old
+    for user in ("late-user", "u2"):
+        served = store.lookup(user, 100)
+        assert (served.model_version, served.source) == (new, "personal")
+        history, _ = build_interactions(zone.user_history([user]))
+        expected = fold_in(archive.load(new), history).recommend(seen=history, k=100)
+        assert [item["item_id"] for item in served.items] == expected["item_id"].tolist()
+    assert "i6" not in {item["item_id"] for item in store.lookup("u2", 100).items}
 
 
 def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(first_run):

@@ -1,0 +1,110 @@
+"""Some users' lists in the live version, refreshed from their whole history: what the
+micro-batch does for users with new events, and what a switch does for the users whose
+events arrived after the new version's data snapshot (else the switch would serve lists
+built without them)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from reco_dagster.domain.foldin import fold_in
+from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.lists import PUBLISHED_DEPTH, ranked_lists, titles_by_item
+from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.ranking import fill_short_lists
+from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
+from resources.store import RecommendationStore
+
+
+class LiveVersionChangedError(RuntimeError):
+    """The live version changed twice while users were being refreshed."""
+
+
+@dataclass
+class Refresh:
+    version: str | None
+    """The version the lists went into; None while nothing is live."""
+    counts: dict[str, int] = field(default_factory=dict)
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+def refresh_live_users(
+    landing_zone: LandingZone,
+    store: RecommendationStore,
+    archive: ModelArchive,
+    new_events: pd.DataFrame,
+    warn: Callable[[str], None],
+) -> Refresh:
+    """Fold the users of `new_events` into the live version from their whole event history,
+    rank their unseen items as the batch job does, and write their lists into the live
+    version, each user atomically. A switch during the work is noticed at the write (the
+    store writes only into the version that is still live) and the users are scored again
+    against the new version."""
+    refresh, clock = Refresh(None), time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        refresh.stages_ms[f"{stage}_ms"] = round(1000 * (now - clock), 1)
+        clock = now
+
+    events = landing_zone.user_history(new_events["user_id"].unique())
+    history, _ = build_interactions(events)
+    catalog, _ = landing_zone.item_catalog()
+    titles = titles_by_item(catalog)
+    lap("read_history")
+    for _ in range(2):
+        version = store.live_version()
+        if version is None:
+            return refresh
+        model = archive.load(version)
+        lap("load_model")
+        # Many small matrices: BLAS threads only fight the API for the same cores.
+        with threadpool_limits(limits=1):
+            ranked, counts = _rerank(model, history, new_events, _cold_start(store, version))
+        lap("fold_in_and_rank")
+        if store.update_live_users(version, list(ranked_lists(ranked, "user_id", titles))):
+            lap("write")
+            refresh.version = version
+            refresh.counts = {**counts, "first_time_users": _first_time_users(events, new_events)}
+            return refresh
+        warn(f"{version} stopped being live while its users were refreshed; scoring again")
+    raise LiveVersionChangedError("the live version changed twice during one refresh")
+
+
+def _first_time_users(history: pd.DataFrame, new_events: pd.DataFrame) -> int:
+    """Users all of whose events are these new ones."""
+    ever = history["user_id"].value_counts()
+    now = new_events["user_id"].value_counts()
+    return int((ever.reindex(now.index) == now).sum())
+
+
+def _cold_start(store: RecommendationStore, version: str) -> pd.DataFrame:
+    """The version's cold-start list, which continues lists that run short."""
+    found = store.lookup("", PUBLISHED_DEPTH, version=version, popular_only=True)
+    return pd.DataFrame(found.items if found else [], columns=["item_id", "score"])
+
+
+def _rerank(
+    model: FactorModel, history: pd.DataFrame, new_events: pd.DataFrame, cold_start: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Fold the users of `history` (interactions) into `model` and rank their unseen items,
+    exactly as the batch job ranks a user with that history."""
+    refolded = fold_in(model, history)
+    personal = refolded.user_factors.any(axis=1)
+    ranked = refolded.recommend(seen=history, k=PUBLISHED_DEPTH)
+    ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
+    ranked = fill_short_lists(ranked, cold_start, history, PUBLISHED_DEPTH)
+    known_items = new_events["item_id"].isin(model.item_ids)
+    return ranked, {
+        "users_refreshed": int(personal.sum()),
+        "users_without_known_items": int((~personal).sum()),
+        "events_applied": int(known_items.sum()),
+        "unknown_item_events": int((~known_items).sum()),
+    }
