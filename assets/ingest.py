@@ -11,6 +11,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from reco_dagster.domain.events import (
     UnreadableFileError,
     ValidationRules,
+    printable,
     read_event_file,
     validate_events,
 )
@@ -119,7 +120,7 @@ def ingest_landed_files(
             validated = validate_events(rows, rules)
         except Exception as error:
             # Whatever in one file trips the reader (names, encodings, types), the others go on.
-            why = str(error) if isinstance(error, UnreadableFileError) else repr(error)
+            why = printable(str(error) if isinstance(error, UnreadableFileError) else repr(error))
             copy = landing_zone.quarantine_file(file, why)
             ledger[file.sha256] = {"file": file.name}
             warn(f"Quarantined {file.name} whole: {why} (copy: {copy})")

@@ -178,10 +178,12 @@ def test_a_file_that_trips_the_reader_is_quarantined_and_later_files_still_go_in
             pa.table({"user_id": [b"ok", b"no\xff"], "item_id": [b"i", b"i"], "timestamp": [1, 2]})
         ),
     )
+    zone.land("header.csv", b"user_id,it\xffem_id,timestamp\nu,i,1600000000\n")
     zone.land("z-after.csv", b"user_id,item_id,timestamp\nlater,i9,1600000000\n")
     metadata = ingest(zone)
     assert sorted(zone.event_history()["user_id"]) == ["later", "ok"]
     assert "bad\\xff.csv: file name is not valid UTF-8" in metadata["quarantined_files"]
+    assert "found: user_id, it\\xffem_id, timestamp" in metadata["quarantined_files"]
     assert metadata["rows_quarantined"] == 1
     [rows] = zone.files.list("quarantine/rows/")
     assert "no\\xff" in zone.files.read(rows.name).decode()
