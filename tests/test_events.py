@@ -253,3 +253,19 @@ def test_a_text_file_whose_last_line_has_no_newline_says_so():
     assert read_event_file(
         "a.jsonl", b'{"user_id": "u", "item_id": "i", "timestamp": 1}'
     ).unterminated
+
+
+def test_a_file_column_named_like_a_quarantine_column_is_kept_apart():
+    data = b"reason,user_id,item_id,timestamp,row_number\nclick,u,,1,x\nview,v,i,1,y\n"
+    result = validate_events(read_event_file("a.csv", data), RULES, now_s=NOW)
+    assert result.rejected.drop(columns="offending_value").to_dict("records") == [
+        {
+            "reason (in file)": "click",
+            "user_id": "u",
+            "item_id": "",
+            "timestamp": "1",
+            "row_number (in file)": "x",
+            "row_number": 2,
+            "reason": "item_id is empty or null",
+        }
+    ]

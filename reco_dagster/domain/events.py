@@ -32,6 +32,10 @@ _SECONDS_PER = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _NO_BROKEN_ROWS = pd.DataFrame({"reason": [], "offending_value": []}, dtype="string")
 
 
+QUARANTINE_COLUMNS = ("row_number", "reason", "offending_value", "source_file")
+"""What a quarantined row carries besides the file's own columns."""
+
+
 class UnreadableFileError(ValueError):
     """A landing file that yields no rows at all; it is quarantined whole."""
 
@@ -292,16 +296,15 @@ def validate_events(
         "exact duplicate of an earlier row in the same file",
     )
     good = reason.isna()
-    rejected = pd.concat(
-        [
-            frame.loc[~good]
-            .astype("string")
-            .assign(reason=reason[~good], offending_value=value[~good]),
-            raw.broken,
-        ]
+    notes = pd.concat(
+        [pd.DataFrame({"reason": reason[~good], "offending_value": value[~good]}), raw.broken]
     ).sort_index()
-    rejected = rejected.rename_axis("row_number").reset_index()
-    rejected = rejected[[*rejected.columns[1:-2], "row_number", "reason", "offending_value"]]
+    # A file's own column named like a quarantine column is kept under another name.
+    as_read = frame.loc[~good].astype("string").reindex(notes.index)
+    as_read.columns = [f"{c} (in file)" if c in QUARANTINE_COLUMNS else c for c in as_read.columns]
+    rejected = pd.concat(
+        [as_read, notes.rename_axis("row_number").reset_index().set_index(notes.index)], axis=1
+    ).reset_index(drop=True)
     clean = events.loc[good].astype({"timestamp": "int64"}).reset_index(drop=True)
     return ValidatedEvents(events=clean, rejected=rejected)
 
