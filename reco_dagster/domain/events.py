@@ -302,9 +302,8 @@ def validate_events(
     # A file's own column named like a quarantine column is kept under another name.
     as_read = frame.loc[~good].astype("string").reindex(notes.index)
     as_read.columns = [f"{c} (in file)" if c in QUARANTINE_COLUMNS else c for c in as_read.columns]
-    rejected = pd.concat(
-        [as_read, notes.rename_axis("row_number").reset_index().set_index(notes.index)], axis=1
-    ).reset_index(drop=True)
+    notes.insert(0, "row_number", notes.index)
+    rejected = pd.concat([as_read, notes], axis=1).reset_index(drop=True)
     clean = events.loc[good].astype({"timestamp": "int64"}).reset_index(drop=True)
     return ValidatedEvents(events=clean, rejected=rejected)
 
@@ -322,11 +321,15 @@ def _as_id_strings(values: pd.Series, column: str) -> tuple[pd.Series, pd.Series
 
 
 def _id_text(value: object, column: str) -> tuple[str, str | None]:
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+    if (
+        value is None
+        or value is pd.NA
+        or (isinstance(value, float | np.floating) and np.isnan(value))
+    ):
         return "", None
     if isinstance(value, str):
         return value, None
-    if isinstance(value, bool | np.bool_):
+    if _is_bool(value):
         return "", f"{column} is a boolean"
     if isinstance(value, numbers.Integral):
         return str(int(value)), None
@@ -337,11 +340,16 @@ def _id_text(value: object, column: str) -> tuple[str, str | None]:
     return "", f"{column} is a {type(value).__name__}, not text or an integer"
 
 
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool | np.bool_)
+
+
 def _as_numbers(values: pd.Series) -> pd.Series:
     """Finite numbers (or numeric text); NaN elsewhere, also for booleans and containers."""
     if pd.api.types.is_object_dtype(values):
-        plain = values.map(lambda v: v if isinstance(v, str | numbers.Real) else None)
-        values = plain.where(~values.map(lambda v: isinstance(v, bool | np.bool_)), None)
+        values = values.map(
+            lambda v: v if isinstance(v, str | numbers.Real) and not _is_bool(v) else None
+        )
     numbers_ = pd.to_numeric(values.astype(object), errors="coerce").astype("float64")
     return numbers_.where(np.isfinite(numbers_))
 
