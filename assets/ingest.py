@@ -147,11 +147,11 @@ def _age_s(modified_ns: int) -> float:
 
 
 def _wait_to_settle(files: list[FileInfo], settle_s: float) -> None:
-    """Sleep until the youngest file is `settle_s` old (at most `settle_s`): the read that
-    follows is the second look, and a file changed since the listing waits for a later run."""
-    if files:
-        youngest = min(_age_s(file.modified_ns) for file in files)
-        time.sleep(min(settle_s, max(0.0, settle_s - youngest)))
+    """Sleep until the youngest file is `settle_s` old: the read that follows is the second
+    look, and a file changed since the listing waits for a later run. A modification time in
+    the future (another machine's clock) is no reason to wait."""
+    ages = [_age_s(file.modified_ns) for file in files]
+    time.sleep(max((settle_s - age for age in ages if 0 <= age < settle_s), default=0.0))
 
 
 def _defer(report: IngestReport, warn: Callable[[str], None], name: str, why: str) -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
-from assets.ingest import raw_events
+from assets.ingest import ingest_landed_files, raw_events
+from reco_dagster.domain.events import ValidationRules
 from resources.files import LocalFiles
 from resources.landing_zone import BY_USER, BY_USER_MANIFEST, LandingZone, _row_groups_holding
 
@@ -272,3 +274,17 @@ def test_a_file_that_changed_since_the_listing_waits(zone):
     assert zone.read_landed(listed) is None
     [relisted] = zone.landed()
     assert zone.read_landed(relisted).data.endswith(b"1600000002\n")
+
+
+def test_a_new_file_that_grows_while_ingest_waits_for_it_to_settle_waits_for_a_later_run(zone):
+    folder = local(zone)
+    patient = zone.model_copy(update={"settle_s": 1.5})
+    (folder / "growing.csv").write_bytes(GOOD_CSV)
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(ingest_landed_files, patient, ValidationRules(), warn=lambda _: None)
+        time.sleep(0.5)
+        with (folder / "growing.csv").open("ab") as handle:
+            handle.write(b"u3,i3,3,1600000002\n")
+        report = run.result()
+    assert report.deferred_files == ["growing.csv: it changed while being read"]
+    assert ingest_landed_files(patient, ValidationRules(), warn=print).rows_ingested == 3
