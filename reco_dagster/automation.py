@@ -130,8 +130,18 @@ def retrain_on_new_data(
     )
     if isinstance(reason, SkipReason):
         return reason
-    live = store.live_version()
-    return RunRequest(run_key=f"after-{live}", tags={"reco/retrain-reason": reason[:200]})
+    return RunRequest(
+        run_key=retrain_run_key(store, landing_zone), tags={"reco/retrain-reason": reason[:200]}
+    )
+
+
+def retrain_run_key(store: RecommendationStore, landing_zone: LandingZone) -> str:
+    """The live version and the files ingested since it was trained: a retrain that failed is
+    not asked for again until more data has come in."""
+    live = store.version(store.live_version() or "")
+    since = landing_zone.files_ingested_since(live.created_at) if live else []
+    data = sha256("".join(since).encode()).hexdigest()[:16]
+    return f"after-{live.version if live else None}-{data}"
 
 
 nightly_retrain = ScheduleDefinition(

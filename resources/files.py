@@ -4,13 +4,15 @@ an Azure Blob Storage container. Names are relative paths with forward slashes e
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
@@ -24,17 +26,30 @@ class FileInfo:
     name: str
     size: int
     modified_ns: int
+    kind: Literal["file", "symlink", "special"] = "file"
+    """A regular file, a symbolic link (never followed), or a FIFO, socket or device."""
 
 
 class FileStore(ConfigurableResource):
     """The few operations the landing zone and the lake need from a file system."""
 
     def list(self, prefix: str) -> list[FileInfo]:
-        """Every file under `prefix` (a folder name ending in "/", any depth), in name order."""
+        """Every regular file under `prefix` (a folder name ending in "/", any depth), in name
+        order."""
         raise NotImplementedError
+
+    def entries(self, prefix: str) -> list[FileInfo]:
+        """Everything under `prefix` but folders, in name order: symbolic links and special
+        files too, which `list` leaves out. A store without them lists its files."""
+        return self.list(prefix)
 
     def read(self, name: str) -> bytes:
         """A file's bytes; FileNotFoundError when there is none."""
+        raise NotImplementedError
+
+    def read_if_unchanged(self, file: FileInfo) -> bytes | None:
+        """A listed file's bytes, or None when it has changed since it was listed (a writer is
+        still at work)."""
         raise NotImplementedError
 
     def open(self, name: str) -> BinaryIO:
@@ -89,17 +104,63 @@ class LocalFiles(FileStore):
         return Path(self.root) / name
 
     def list(self, prefix: str) -> list[FileInfo]:
-        folder = self._path(prefix)
-        if not folder.is_dir():
-            return []
-        return [
-            FileInfo(path.relative_to(self.root).as_posix(), info.st_size, info.st_mtime_ns)
-            for path in sorted(folder.rglob("*"))
-            if path.is_file() and (info := path.stat())
-        ]
+        return [file for file in self.entries(prefix) if file.kind == "file"]
+
+    def entries(self, prefix: str) -> list[FileInfo]:
+        found: list[FileInfo] = []
+        self._walk(self._path(prefix), found)
+        return sorted(found, key=lambda file: file.name)
+
+    def _walk(self, folder: Path, found: list[FileInfo]) -> None:
+        """Looks at each entry itself (lstat): links are reported, never followed."""
+        try:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                self._walk(Path(entry.path), found)
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed while we looked
+                continue
+            kind = (
+                "symlink"
+                if stat.S_ISLNK(info.st_mode)
+                else "file"
+                if stat.S_ISREG(info.st_mode)
+                else "special"
+            )
+            name = Path(entry.path).relative_to(self.root).as_posix()
+            found.append(FileInfo(name, info.st_size, info.st_mtime_ns, kind))
 
     def read(self, name: str) -> bytes:
         return self._path(name).read_bytes()
+
+    def read_if_unchanged(self, file: FileInfo) -> bytes | None:
+        path = self._path(file.name)
+        # A link anywhere on the path must not lead out of the folder the file was listed in.
+        top = Path(os.path.realpath(self._path(file.name.split("/")[0])))
+        if not Path(os.path.realpath(path)).is_relative_to(top):
+            raise PermissionError(f"{file.name} leads out of {top}")
+        # O_NOFOLLOW: a link swapped in since the listing is refused; O_NONBLOCK: so is a FIFO,
+        # without waiting for a writer.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(descriptor, "rb") as handle:
+            before = os.fstat(descriptor)
+            if not stat.S_ISREG(before.st_mode):
+                raise PermissionError(f"{file.name} is not a regular file")
+            data = handle.read()
+            after = os.fstat(descriptor)
+        looks = {
+            (file.size, file.modified_ns),
+            (before.st_size, before.st_mtime_ns),
+            (after.st_size, after.st_mtime_ns),
+            (len(data), file.modified_ns),
+        }
+        return data if len(looks) == 1 else None
 
     def open(self, name: str) -> BinaryIO:
         return self._path(name).open("rb")
@@ -166,6 +227,20 @@ class BlobFiles(FileStore):
             return self._container().download_blob(self.prefix + name).readall()
         except ResourceNotFoundError as error:
             raise FileNotFoundError(f"no blob {self.location(name)}") from error
+
+    def read_if_unchanged(self, file: FileInfo) -> bytes | None:
+        try:
+            download = self._container().download_blob(self.prefix + file.name)
+        except ResourceNotFoundError as error:
+            raise FileNotFoundError(f"no blob {self.location(file.name)}") from error
+        # A blob is committed whole; a newer version than the listed one waits for the next look.
+        properties = download.properties
+        if (properties.size, int(properties.last_modified.timestamp() * 1e9)) != (
+            file.size,
+            file.modified_ns,
+        ):
+            return None
+        return download.readall()
 
     def exists(self, name: str) -> bool:
         return self._container().get_blob_client(self.prefix + name).exists()

@@ -6,8 +6,8 @@ import hashlib
 import io
 import json
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
@@ -20,6 +20,7 @@ from dagster import ConfigurableResource
 from reco_dagster.domain.events import (
     UnreadableFileError,
     is_event_file,
+    printable,
     read_table_file,
 )
 from resources.files import FileInfo, FileStore
@@ -32,6 +33,7 @@ EVENTS = "lake/events/"
 LEDGER = "lake/ingested/"
 BY_USER = "lake/history-by-user/"
 BY_USER_MANIFEST = BY_USER + "manifest.json"
+TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
 USERS_ROW_GROUP = 4096
 """Rows per row group of the user-sorted history: a few users' events are a few small reads."""
 
@@ -51,10 +53,35 @@ class LandingFile:
     name: str
     """Path relative to the landing zone, with forward slashes."""
     data: bytes
+    modified_ns: int
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A landing entry that is never read: a link, a special file, a name that is not UTF-8."""
+
+    name: str
+    """Printable: bytes that are not UTF-8 shown as \\xNN."""
+    size: int
+    reason: str
+
+    @property
+    def key(self) -> str:
+        """Its ledger key: by name, as it has no content of ours to hash."""
+        return hashlib.sha256(f"refused:{self.name}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LandingScan:
+    files: list[FileInfo]
+    """Event files to read, names relative to landing/."""
+    refused: list[Refusal]
+    unsupported: list[str]
+    """Files with a suffix the contract does not name."""
 
 
 class LandingZone(ConfigurableResource):
@@ -67,21 +94,48 @@ class LandingZone(ConfigurableResource):
     """
 
     files: FileStore
+    settle_s: float = 1.0
+    """Ingest waits until a new file is this old, then takes it only if it is unchanged since
+    it was listed: a file still being written waits for a later run."""
+    unterminated_settle_s: float = 60.0
+    """A CSV/JSONL file whose last line has no newline waits until it is this old."""
+
+    def scan(self) -> LandingScan:
+        """What the landing zone holds (any depth), in name order, without reading it. Names
+        starting with "_" or "." (also of a folder on the way) or ending in .tmp, .part or
+        .partial are files still being written elsewhere and are left out."""
+        files, refused, unsupported = [], [], []
+        for entry in self.files.entries(LANDING):
+            name = entry.name.removeprefix(LANDING)
+            path = PurePosixPath(name)
+            if any(part.startswith(("_", ".")) for part in path.parts) or (
+                path.suffix.lower() in TEMPORARY_SUFFIXES
+            ):
+                continue
+            if printable(name) != name:
+                refused.append(Refusal(printable(name), entry.size, "file name is not valid UTF-8"))
+            elif entry.kind == "symlink":
+                refused.append(
+                    Refusal(name, entry.size, "a symbolic link: not followed, its target not read")
+                )
+            elif entry.kind == "special":
+                refused.append(
+                    Refusal(name, entry.size, "not a regular file (a FIFO, socket or device)")
+                )
+            elif is_event_file(name):
+                files.append(FileInfo(name, entry.size, entry.modified_ns))
+            else:
+                unsupported.append(name)
+        return LandingScan(files, refused, unsupported)
 
     def landed(self) -> list[FileInfo]:
-        """Event files in the landing zone (any depth), in name order, without reading them;
-        names are relative to landing/."""
-        return [
-            FileInfo(file.name.removeprefix(LANDING), file.size, file.modified_ns)
-            for file in self.files.list(LANDING)
-            if is_event_file(file.name) and not PurePosixPath(file.name).name.startswith(".")
-        ]
+        """The event files of `scan`."""
+        return self.scan().files
 
-    def landed_files(self, only: Collection[str] | None = None) -> Iterator[LandingFile]:
-        """Event files with their bytes, in name order; `only` names a subset."""
-        for file in self.landed():
-            if only is None or file.name in only:
-                yield LandingFile(name=file.name, data=self.files.read(LANDING + file.name))
+    def read_landed(self, file: FileInfo) -> LandingFile | None:
+        """A landed file's bytes; None when it changed since it was listed."""
+        data = self.files.read_if_unchanged(replace(file, name=LANDING + file.name))
+        return None if data is None else LandingFile(file.name, data, file.modified_ns)
 
     def land(self, name: str, data: bytes) -> str:
         """Put a file into the landing zone; returns where it went."""
@@ -113,9 +167,18 @@ class LandingZone(ConfigurableResource):
         pq.write_table(table, buffer)
         self.files.write(f"{EVENTS}{file.sha256}.parquet", buffer.getvalue())
         if not rejected.empty:
-            rows = rejected.assign(source_file=file.name).to_csv(index=False).encode()
-            self.files.write(f"{QUARANTINE}rows/{_flat(file.name)}.{file.sha256[:12]}.csv", rows)
-        self._write_ledger(file, status="ingested", rows=len(events), rejected=len(rejected))
+            text = printable(rejected.assign(source_file=file.name).to_csv(index=False))
+            self.files.write(
+                f"{QUARANTINE}rows/{_flat(file.name)}.{file.sha256[:12]}.csv", text.encode()
+            )
+        self._write_ledger(
+            file.sha256,
+            file.name,
+            len(file.data),
+            status="ingested",
+            rows=len(events),
+            rejected=len(rejected),
+        )
 
     def quarantine_file(self, file: LandingFile, reason: str) -> str:
         """Keep a copy of a file that could not be read at all, with the reason beside it;
@@ -123,8 +186,31 @@ class LandingZone(ConfigurableResource):
         copy = f"{QUARANTINE}files/{file.sha256[:12]}.{_flat(file.name)}"
         self.files.write(copy, file.data)
         self.files.write(copy + ".reason.txt", (reason + "\n").encode())
-        self._write_ledger(file, status="quarantined", rows=0, rejected=0, reason=reason)
+        self._write_ledger(
+            file.sha256,
+            file.name,
+            len(file.data),
+            status="quarantined",
+            rows=0,
+            rejected=0,
+            reason=reason,
+        )
         return self.files.location(copy)
+
+    def refuse(self, entry: Refusal) -> str:
+        """Record why an entry is not read: a reason file, no copy; returns where it is."""
+        note = f"{QUARANTINE}files/{entry.key[:12]}.{_flat(entry.name)}.reason.txt"
+        self.files.write(note, f"{entry.name}: {entry.reason}\n".encode())
+        self._write_ledger(
+            entry.key,
+            entry.name,
+            entry.size,
+            status="refused",
+            rows=0,
+            rejected=0,
+            reason=entry.reason,
+        )
+        return self.files.location(note)
 
     def add_catalog(self, name: str, data: bytes) -> str:
         self.files.write(CATALOG + name, data)
@@ -137,11 +223,11 @@ class LandingZone(ConfigurableResource):
             if not is_event_file(file.name):
                 continue
             try:
-                frame = read_table_file(file.name, self.files.read(file.name), ("item_id", "title"))
+                rows = read_table_file(file.name, self.files.read(file.name), ("item_id", "title"))
             except UnreadableFileError as error:
                 problems.append(f"{file.name}: {error}")
                 continue
-            frames.append(frame[["item_id", "title"]].astype("string"))
+            frames.append(rows.frame[["item_id", "title"]].astype("string"))
         if not frames:
             return pd.DataFrame({"item_id": [], "title": []}, dtype="string"), problems
         catalog = pd.concat(frames).dropna().drop_duplicates("item_id", keep="last")
@@ -165,19 +251,29 @@ class LandingZone(ConfigurableResource):
 
     def ingested_since(self, moment: str) -> pd.DataFrame:
         """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
-        return self._events_where(lambda entry: entry["ingested_at"] > moment)
+        return self._event_table(self._event_files(self.files_ingested_since(moment))).to_pandas()
+
+    def files_ingested_since(self, moment: str) -> list[str]:
+        """Content hashes of the files ingested after `moment` (an ISO-8601 UTC time), sorted."""
+        return self._ingested_where(lambda entry: entry["ingested_at"] > moment)
 
     def events_of(self, names: Collection[str]) -> pd.DataFrame:
         """The validated events ingested from these landing files (any earlier run too)."""
         return self._events_where(lambda entry: entry["file"] in names)
 
     def _events_where(self, wanted: Callable[[dict], bool]) -> pd.DataFrame:
-        names = [
-            f"{EVENTS}{digest}.parquet"
+        return self._event_table(self._event_files(self._ingested_where(wanted))).to_pandas()
+
+    def _ingested_where(self, wanted: Callable[[dict], bool]) -> list[str]:
+        return sorted(
+            digest
             for digest, entry in self.ingested().items()
             if entry["status"] == "ingested" and wanted(entry)
-        ]
-        return self._event_table(names).to_pandas()
+        )
+
+    @staticmethod
+    def _event_files(digests: list[str]) -> list[str]:
+        return [f"{EVENTS}{digest}.parquet" for digest in digests]
 
     def compact_history(self) -> pd.DataFrame:
         """Every ingested event, as `event_history`; also written sorted by user in small row
@@ -241,14 +337,14 @@ class LandingZone(ConfigurableResource):
         events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
         return events if condition is None else events.filter(condition)
 
-    def _write_ledger(self, file: LandingFile, **entry: object) -> None:
+    def _write_ledger(self, key: str, name: str, size: int, **entry: object) -> None:
         record = {
-            "file": file.name,
-            "size": len(file.data),
+            "file": name,
+            "size": size,
             "ingested_at": datetime.now(UTC).isoformat(),
             **entry,
         }
-        self.files.write(f"{LEDGER}{file.sha256}.json", json.dumps(record).encode())
+        self.files.write(f"{LEDGER}{key}.json", json.dumps(record).encode())
 
 
 def _flat(name: str) -> str:

@@ -3,11 +3,15 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from reco_dagster.domain.events import (
+    RawRows,
     UnreadableFileError,
     ValidationRules,
+    is_event_file,
     read_event_file,
     validate_events,
 )
@@ -87,24 +91,26 @@ u12,i12,2,1600000001
     assert result.events["user_id"].tolist() == ["u1", "u12"]
     reasons = dict(zip(result.rejected["row_number"], result.rejected["reason"], strict=True))
     assert reasons == {
-        2: "user_id is empty or null",
-        3: "item_id is empty or null",
-        4: "rating is not a finite number",
-        5: "rating is outside [0, 5]",
+        3: "user_id is empty or null",
+        4: "item_id is empty or null",
+        5: "rating is not a finite number",
         6: "rating is outside [0, 5]",
-        7: "timestamp is neither Unix seconds nor ISO-8601",
-        8: "timestamp is in the future (milliseconds instead of seconds?)",
-        9: "timestamp is before 1970",
-        10: "exact duplicate of an earlier row in the same file",
-        11: "user_id is longer than 256 characters",
-        12: "rating is not a finite number",
+        7: "rating is outside [0, 5]",
+        8: "timestamp is neither Unix seconds nor ISO-8601",
+        9: "timestamp is in the future (milliseconds instead of seconds?)",
+        10: "timestamp is before 1970",
+        11: "exact duplicate of an earlier row in the same file",
+        12: "user_id is longer than 256 characters",
+        13: "rating is not a finite number",
     }
-    bad_rating = result.rejected.set_index("row_number").loc[4]
+    bad_rating = result.rejected.set_index("row_number").loc[5]
     assert bad_rating["rating"] == "great" and bad_rating["offending_value"] == "great"
 
 
 def test_rating_bounds_are_configurable():
-    raw = pd.DataFrame({"user_id": ["a"], "item_id": ["b"], "rating": [9.0], "timestamp": [1]})
+    raw = RawRows(
+        pd.DataFrame({"user_id": ["a"], "item_id": ["b"], "rating": [9.0], "timestamp": [1]})
+    )
     assert validate_events(raw, ValidationRules(max_rating=10), now_s=NOW).rejected.empty
 
 
@@ -122,3 +128,144 @@ def test_rating_bounds_are_configurable():
 def test_unreadable_files_say_why(name, data, message):
     with pytest.raises(UnreadableFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_event_file(name, data)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("zone", [None, "UTC", "Europe/Paris"])
+def test_parquet_timestamps_are_read_as_unix_seconds_in_any_unit_and_zone(unit, zone):
+    moment = pd.Timestamp("2023-11-14T22:13:20.750Z")
+    times = pa.array([moment.value, None], pa.timestamp("ns")).cast(
+        pa.timestamp(unit, zone), safe=False
+    )
+    table = pa.table({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": times})
+    result = validate_events(read_event_file("t.parquet", parquet_bytes(table)), RULES, now_s=NOW)
+    assert result.events["timestamp"].tolist() == [1_700_000_000]
+    assert result.rejected["reason"].tolist() == ["timestamp is neither Unix seconds nor ISO-8601"]
+
+
+def test_ids_are_text_or_integers_and_anything_else_is_rejected_per_row():
+    table = pa.table(
+        {
+            "user_id": pa.array([1.0, 2.5, 1e20, 2.0**53, -7.0, None, 9.0]),
+            "item_id": pa.array([b"a/b", b"c", b"d", b"e", b"f", b"g", b"bad\xff"]),
+            "timestamp": [1] * 7,
+        }
+    )
+    result = validate_events(read_event_file("f.parquet", parquet_bytes(table)), RULES, now_s=NOW)
+    assert result.events[["user_id", "item_id"]].values.tolist() == [["1", "a/b"], ["-7", "f"]]
+    not_integer = "user_id is a float that is not an integer below 2^53"
+    assert dict(zip(result.rejected["row_number"], result.rejected["reason"], strict=True)) == {
+        2: not_integer,
+        3: not_integer,
+        4: not_integer,
+        6: "user_id is empty or null",
+        7: "item_id is not valid UTF-8",
+    }
+
+    lines = [
+        {"user_id": 12345678901234567890123, "item_id": "x", "timestamp": 1},
+        {"user_id": True, "item_id": "x", "timestamp": 1},
+        {"user_id": [1, 2], "item_id": "x", "timestamp": 1},
+        {"user_id": {"id": 1}, "item_id": "x", "timestamp": 1},
+        {"user_id": "u\u0000", "item_id": "x", "timestamp": 1},
+        {"user_id": "u", "item_id": "x\u001f", "timestamp": 1},
+        {"user_id": "u", "item_id": "x", "timestamp": True},
+        {"user_id": "u", "item_id": "x", "rating": False, "timestamp": 2},
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    result = validate_events(read_event_file("j.jsonl", data), RULES, now_s=NOW)
+    assert result.events["user_id"].tolist() == ["12345678901234567890123"]
+    assert result.rejected["reason"].tolist() == [
+        "user_id is a boolean",
+        "user_id is a list, not text or an integer",
+        "user_id is a dict, not text or an integer",
+        "user_id holds a control character",
+        "item_id holds a control character",
+        "timestamp is neither Unix seconds nor ISO-8601",
+        "rating is not a finite number",
+    ]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [pa.array([True, False]), pa.array([[1], [2]]), pa.array([{"a": 1}, {"a": 2}])],
+    ids=["bool", "list", "struct"],
+)
+def test_parquet_id_columns_of_other_types_are_rejected_row_by_row(column):
+    table = pa.table({"user_id": column, "item_id": ["x", "y"], "timestamp": [1, 2]})
+    result = validate_events(read_event_file("c.parquet", parquet_bytes(table)), RULES, now_s=NOW)
+    assert result.events.empty and len(result.rejected) == 2
+    assert result.rejected["reason"].str.startswith("user_id is a").all()
+
+
+def test_a_broken_line_or_ragged_row_is_rejected_alone_with_its_line_number():
+    jsonl = (
+        b'{"user_id": "a", "item_id": "x", "timestamp": 1}\n'
+        b'{"user_id": "b", "item_id": \n'
+        b"[1, 2]\n"
+        b'{"user_id": "c", "item_id": "z", "timestamp": 3}\n'
+    )
+    result = validate_events(read_event_file("j.jsonl", jsonl), RULES, now_s=NOW)
+    assert result.events["user_id"].tolist() == ["a", "c"]
+    assert result.rejected["row_number"].tolist() == [2, 3]
+    assert result.rejected["reason"].iloc[0].startswith("line is not JSON")
+    assert result.rejected["reason"].iloc[1] == "line is not a JSON object"
+
+    ragged = b"user_id,item_id,timestamp\na,x,1\nb,y,2,extra\nc,z\nd,w,4\n"
+    result = validate_events(read_event_file("r.csv", ragged), RULES, now_s=NOW)
+    assert result.events["user_id"].tolist() == ["a", "d"]
+    assert dict(zip(result.rejected["row_number"], result.rejected["reason"], strict=True)) == {
+        3: "row has 4 fields, the header 3",
+        4: "timestamp is neither Unix seconds nor ISO-8601",
+    }
+    assert result.rejected["offending_value"].iloc[0] == "b,y,2,extra"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_compressed_files_are_read(suffix, compression):
+    frame = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": [1, 2]})
+    plain = {
+        ".csv": frame.to_csv(index=False).encode(),
+        ".jsonl": frame.to_json(orient="records", lines=True).encode(),
+        ".parquet": frame.to_parquet(),
+    }[suffix]
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, compression) as stream:
+        stream.write(plain)
+    name = "f" + suffix + {"gzip": ".gz", "zstd": ".zst"}[compression]
+    assert is_event_file(name) and not is_event_file("f.gz") and not is_event_file("f.txt")
+    result = validate_events(read_event_file(name, sink.getvalue().to_pybytes()), RULES, NOW)
+    assert result.events["user_id"].tolist() == ["a", "b"] and result.rejected.empty
+    with pytest.raises(UnreadableFileError, match="cannot decompress"):
+        read_event_file(name, sink.getvalue().to_pybytes()[:-8])
+
+
+def test_a_text_file_whose_last_line_has_no_newline_says_so():
+    assert read_event_file("a.csv", b"user_id,item_id,timestamp\nu,i,17000").unterminated
+    assert not read_event_file("a.csv", b"user_id,item_id,timestamp\nu,i,1700000000\n").unterminated
+    assert read_event_file(
+        "a.jsonl", b'{"user_id": "u", "item_id": "i", "timestamp": 1}'
+    ).unterminated
+
+
+def test_a_file_column_named_like_a_quarantine_column_is_kept_apart():
+    data = b"reason,user_id,item_id,timestamp,row_number\nclick,u,,1,x\nview,v,i,1,y\n"
+    result = validate_events(read_event_file("a.csv", data), RULES, now_s=NOW)
+    assert result.rejected.drop(columns="offending_value").to_dict("records") == [
+        {
+            "reason (in file)": "click",
+            "user_id": "u",
+            "item_id": "",
+            "timestamp": "1",
+            "row_number (in file)": "x",
+            "row_number": 2,
+            "reason": "item_id is empty or null",
+        }
+    ]

@@ -1,21 +1,30 @@
 """The raw_events asset on a real landing zone, on local disk and in Azure Blob Storage
 (azurite): quarantine, counts, ingest-once."""
 
+import gzip
 import io
 import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
-from assets.ingest import raw_events
+from assets.ingest import ingest_landed_files, raw_events
+from reco_dagster.domain.events import ValidationRules
+from resources.files import LocalFiles
 from resources.landing_zone import BY_USER, BY_USER_MANIFEST, LandingZone, _row_groups_holding
 
 
 @pytest.fixture
 def zone(files):
-    return LandingZone(files=files)
+    # Files are complete when land() returns: no need to wait for them to settle.
+    return LandingZone(files=files, settle_s=0)
 
 
 def ingest(zone: LandingZone) -> dict:
@@ -50,7 +59,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_go_on(zone):
     assert quarantined.name.startswith("quarantine/rows/mixed.csv.")
     rows = pd.read_csv(io.BytesIO(zone.files.read(quarantined.name)), dtype=str)
     assert rows["reason"].tolist() == ["rating is not a finite number", "user_id is empty or null"]
-    assert rows["row_number"].tolist() == ["2", "3"] and set(rows["source_file"]) == {"mixed.csv"}
+    assert rows["row_number"].tolist() == ["3", "4"] and set(rows["source_file"]) == {"mixed.csv"}
 
 
 def test_unreadable_files_are_quarantined_whole_and_the_run_still_succeeds(zone):
@@ -143,3 +152,139 @@ def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_sinc
         metadata = pq.ParquetFile(source).metadata
     assert metadata.num_row_groups == 4
     assert len(_row_groups_holding(metadata, ["u7", "u8"])) == 1, "only the group holding them"
+
+
+def local(zone: LandingZone) -> Path:
+    """The landing folder of a local zone, for what only a file system has (links, FIFOs)."""
+    if not isinstance(zone.files, LocalFiles):
+        pytest.skip("Blob Storage has no links, special files or undecodable names")
+    folder = Path(zone.files.root) / "landing"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def test_a_file_that_trips_the_reader_is_quarantined_and_later_files_still_go_in(zone):
+    folder = local(zone)
+    descriptor = os.open(bytes(folder) + b"/bad\xff.csv", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(descriptor, GOOD_CSV)
+    os.close(descriptor)
+    zone.land(
+        "binary.parquet",
+        parquet(
+            pa.table({"user_id": [b"ok", b"no\xff"], "item_id": [b"i", b"i"], "timestamp": [1, 2]})
+        ),
+    )
+    zone.land("header.csv", b"user_id,it\xffem_id,timestamp\nu,i,1600000000\n")
+    zone.land("z-after.csv", b"user_id,item_id,timestamp\nlater,i9,1600000000\n")
+    metadata = ingest(zone)
+    assert sorted(zone.event_history()["user_id"]) == ["later", "ok"]
+    assert "bad\\xff.csv: file name is not valid UTF-8" in metadata["quarantined_files"]
+    assert "found: user_id, it\\xffem_id, timestamp" in metadata["quarantined_files"]
+    assert metadata["rows_quarantined"] == 1
+    [rows] = zone.files.list("quarantine/rows/")
+    assert "no\\xff" in zone.files.read(rows.name).decode()
+    again = ingest(zone)
+    assert again["files_quarantined"] == 0 and again["new_files"] == 0, "refused once"
+
+
+def test_links_and_special_files_are_refused_without_reading_them(zone, tmp_path):
+    folder = local(zone)
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes(b"user_id,item_id,timestamp\nintruder,i1,1600000000\n")
+    (folder / "passwd.csv").symlink_to("/etc/passwd")
+    (folder / "outside.csv").symlink_to(outside)
+    (folder / "linked-folder").symlink_to(tmp_path)
+    os.mkfifo(folder / "pipe.csv")
+    zone.land("good.csv", GOOD_CSV)
+    metadata = ingest(zone)
+    assert sorted(zone.event_history()["user_id"]) == ["u1", "u2"]
+    assert metadata["files_quarantined"] == 4
+    quarantined = names(zone, "quarantine/files/")
+    assert all(name.endswith(".reason.txt") for name in quarantined), "no target is copied"
+    [passwd] = [name for name in quarantined if "passwd" in name]
+    assert zone.files.read(f"quarantine/files/{passwd}").decode() == (
+        "passwd.csv: a symbolic link: not followed, its target not read\n"
+    )
+    assert (
+        "pipe.csv: not a regular file (a FIFO, socket or device)" in (metadata["quarantined_files"])
+    )
+    assert "root:" not in "".join(
+        zone.files.read(f"quarantine/files/{name}").decode() for name in quarantined
+    )
+
+
+def test_a_link_swapped_in_after_the_listing_is_not_followed(zone, tmp_path):
+    folder = local(zone)
+    zone.land("swap.csv", GOOD_CSV)
+    [listed] = zone.landed()
+    (folder / "swap.csv").unlink()
+    (folder / "swap.csv").symlink_to("/etc/passwd")
+    with pytest.raises(OSError):
+        zone.read_landed(listed)
+
+
+def test_compressed_files_are_ingested_and_other_files_reported_not_read(zone):
+    zone.land("a.csv.gz", gzip.compress(b"user_id,item_id,timestamp\ngz,i1,1600000000\n"))
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as stream:
+        stream.write(b'{"user_id": "zst", "item_id": "i1", "timestamp": 1600000000}\n')
+    zone.land("b.jsonl.zst", sink.getvalue().to_pybytes())
+    zone.land("notes.txt", b"user_id,item_id,timestamp\nnope,i1,1600000000\n")
+    zone.land("export.csv.tmp", b"user_id,item_id,timestamp\nnope,i1,1600000000\n")
+    zone.land("_staging/c.csv", b"user_id,item_id,timestamp\nnope,i1,1600000000\n")
+    zone.land(".hidden.csv", b"user_id,item_id,timestamp\nnope,i1,1600000000\n")
+    metadata = ingest(zone)
+    assert sorted(zone.event_history()["user_id"]) == ["gz", "zst"]
+    assert metadata["files_unsupported"] == 1 and metadata["unsupported_files"] == "- notes.txt"
+    assert metadata["files_quarantined"] == 0
+    assert names(zone, "quarantine/files/") == [], "reported, not copied"
+    assert ingest(zone)["unsupported_files"] == "- notes.txt", "reported every run"
+
+
+def test_a_file_written_half_way_is_read_once_complete(zone):
+    folder = local(zone)
+    zone_now = zone.model_copy(update={"settle_s": 0.2})
+    half = b"user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,17000"
+    (folder / "growing.csv").write_bytes(half)
+    first = ingest(zone_now)
+    assert first["new_files"] == 0 and first["files_deferred"] == 1
+    assert "growing.csv: its last line has no newline yet" in first["deferred_files"]
+    # A writer that stalls past the settle time: the cut-off row still is not read.
+    past = time.time_ns() - 30 * 10**9
+    os.utime(folder / "growing.csv", ns=(past, past))
+    assert ingest(zone_now)["new_files"] == 0
+    with (folder / "growing.csv").open("ab") as handle:
+        handle.write(b"00000\nu3,i3,1700000001\n")
+    second = ingest(zone_now)
+    assert second["new_files"] == 1 and second["rows_ingested"] == 3
+    assert ingest(zone_now)["new_files"] == 0
+    assert sorted(zone.event_history()["timestamp"]) == [1700000000, 1700000000, 1700000001]
+
+
+def test_a_file_that_changed_since_the_listing_waits(zone):
+    zone.land("moving.csv", GOOD_CSV)
+    [listed] = zone.landed()
+    zone.land("moving.csv", GOOD_CSV + b"u3,i3,1,1600000002\n")
+    assert zone.read_landed(listed) is None
+    [relisted] = zone.landed()
+    assert zone.read_landed(relisted).data.endswith(b"1600000002\n")
+
+
+def test_a_new_file_that_grows_while_ingest_waits_for_it_to_settle_waits_for_a_later_run(zone):
+    folder = local(zone)
+    patient = zone.model_copy(update={"settle_s": 1.5})
+    (folder / "growing.csv").write_bytes(GOOD_CSV)
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(ingest_landed_files, patient, ValidationRules(), warn=lambda _: None)
+        time.sleep(0.5)
+        with (folder / "growing.csv").open("ab") as handle:
+            handle.write(b"u3,i3,3,1600000002\n")
+        report = run.result()
+    assert report.deferred_files == ["growing.csv: it changed while being read"]
+    assert ingest_landed_files(patient, ValidationRules(), warn=print).rows_ingested == 3

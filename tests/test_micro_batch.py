@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 
-from reco_dagster.automation import landing_zone_sensor, new_landing_files, retrain_reason
+from reco_dagster.automation import (
+    landing_zone_sensor,
+    new_landing_files,
+    retrain_on_new_data,
+    retrain_reason,
+)
 from reco_dagster.micro_batch import micro_batch
 from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
@@ -137,3 +142,26 @@ def test_the_retrain_sensor_says_why_it_waits_and_fires_when_the_data_moved(worl
         "3 new events name items the live model does not know"
     )
     assert retrain_reason(store, zone, archive, 0.05, 100).startswith("3 new events are 10.0%")
+
+
+def test_a_failed_retrain_is_asked_for_again_once_more_data_came_in(world, data_dir):
+    zone, store, archive, _ = world
+
+    def evaluate():
+        with build_sensor_context(
+            instance=DagsterInstance.ephemeral(),
+            resources={"store": store, "landing_zone": zone, "archive": archive},
+        ) as context:
+            return retrain_on_new_data(context)
+
+    def drop(name, users):
+        frame = pd.DataFrame({"user_id": users, "item_id": "i1", "timestamp": 1_700_000_000})
+        land(data_dir, name, frame)
+        run(world, [name])
+
+    drop("a.csv", ["u1", "u2", "u3"])
+    first = evaluate()
+    # Were that run to fail, the daemon would skip every later request with its run key.
+    assert evaluate().run_key == first.run_key
+    drop("b.csv", ["u4"])
+    assert evaluate().run_key != first.run_key

@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import json
+import numbers
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-SUPPORTED_SUFFIXES = (".parquet", ".csv", ".jsonl")
+FORMATS = (".parquet", ".csv", ".jsonl")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 MAX_ID_LENGTH = 256
+# Above 2^53 a float no longer holds every integer: 1e20 is many ids at once.
+MAX_FLOAT_ID = 2**53
+# Cc: NUL, tabs, newlines, escapes. An id that differs from another only by one of them would
+# be merged with it (or split from it) by whatever strips or prints them downstream.
+_CONTROL = r"[\x00-\x1f\x7f-\x9f]"
+# Lone surrogates: bytes that were not UTF-8 (decoded with surrogateescape).
+_NOT_UTF8 = r"[\ud800-\udfff]"
+_SECONDS_PER = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_NO_BROKEN_ROWS = pd.DataFrame({"reason": [], "offending_value": []}, dtype="string")
+
+
+QUARANTINE_COLUMNS = ("row_number", "reason", "offending_value", "source_file")
+"""What a quarantined row carries besides the file's own columns."""
 
 
 class UnreadableFileError(ValueError):
@@ -29,6 +49,19 @@ class ValidationRules:
 
 
 @dataclass(frozen=True)
+class RawRows:
+    """A file as read, before validation."""
+
+    frame: pd.DataFrame
+    """The rows split into fields, indexed by row number: the line a CSV/JSONL row starts on
+    (a CSV header is line 1), the 1-based position of a parquet row."""
+    broken: pd.DataFrame = field(default_factory=lambda: _NO_BROKEN_ROWS)
+    """Rows that could not be split into fields (reason, offending_value), by row number."""
+    unterminated: bool = False
+    """A text file whose last line has no newline: its writer may not be done."""
+
+
+@dataclass(frozen=True)
 class ValidatedEvents:
     events: pd.DataFrame
     """user_id, item_id (str), rating (float, NaN = implicit event), timestamp (int64 Unix s)."""
@@ -36,130 +69,300 @@ class ValidatedEvents:
     """The offending rows as they were read, plus `row_number`, `reason`, `offending_value`."""
 
 
+def file_format(name: str) -> tuple[str, str | None] | None:
+    """(format, compression) of a landing file by its name (`x.csv.gz`: (".csv", "gzip")), or
+    None for a file the contract does not name."""
+    suffixes = [suffix.lower() for suffix in PurePosixPath(name).suffixes[-2:]]
+    if suffixes and suffixes[-1] in FORMATS:
+        return suffixes[-1], None
+    if len(suffixes) == 2 and suffixes[0] in FORMATS and suffixes[1] in COMPRESSIONS:
+        return suffixes[0], COMPRESSIONS[suffixes[1]]
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` with its lone surrogates (bytes that were not UTF-8, read with surrogateescape)
+    shown as \\xNN, so that it can be written as UTF-8."""
+    return re.sub(_NOT_UTF8, _escape_surrogate, text)
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def is_event_file(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in SUPPORTED_SUFFIXES
+    return file_format(name) is not None
 
 
-def read_table_file(name: str, data: bytes, required: tuple[str, ...]) -> pd.DataFrame:
-    """Parse one landing file; raise UnreadableFileError when nothing in it can be used."""
+def read_table_file(name: str, data: bytes, required: tuple[str, ...]) -> RawRows:
+    """Parse one landing file; raise UnreadableFileError when nothing in it can be used.
+    Damage confined to some rows (a line that is not JSON, a CSV row with extra fields)
+    leaves those rows in `broken` and the others readable."""
+    kind = file_format(name)
+    if kind is None:
+        raise UnreadableFileError(f"unsupported file type {PurePosixPath(name).suffix!r}")
+    suffix, compression = kind
+    try:
+        if compression is not None:
+            data = pa.input_stream(pa.py_buffer(data), compression=compression).read()
+    except Exception as error:
+        raise UnreadableFileError(f"cannot decompress ({compression}): {error}") from error
     if not data.strip():
         raise UnreadableFileError("file is empty")
-    suffix = PurePosixPath(name).suffix.lower()
     try:
         if suffix == ".parquet":
-            frame = pd.read_parquet(io.BytesIO(data))
-        elif suffix == ".csv":
-            # Everything as text: ids like "007" must keep their zeros, and bad cells must
-            # reach validation instead of failing the whole file.
-            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-        elif suffix == ".jsonl":
-            frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False, convert_dates=False)
+            rows = RawRows(_parquet_frame(data))
         else:
-            raise UnreadableFileError(f"unsupported file type {suffix!r}")
+            text = data.decode("utf-8-sig", errors="surrogateescape")
+            rows = _csv_rows(text) if suffix == ".csv" else _jsonl_rows(text)
     except UnreadableFileError:
         raise
     except Exception as error:
         raise UnreadableFileError(f"cannot parse as {suffix[1:]}: {error}") from error
-    missing = [column for column in required if column not in frame.columns]
+    repeated = sorted({str(c) for c in rows.frame.columns[rows.frame.columns.duplicated()]})
+    if repeated:
+        raise UnreadableFileError(f"column(s) named twice: {', '.join(repeated)}")
+    missing = [column for column in required if column not in rows.frame.columns]
     if missing:
         raise UnreadableFileError(
             f"missing required column(s): {', '.join(missing)} "
-            f"(found: {', '.join(map(str, frame.columns))})"
+            f"(found: {', '.join(map(str, rows.frame.columns))})"
         )
-    if frame.empty:
+    if rows.frame.empty and rows.broken.empty:
         raise UnreadableFileError("file has a header but no rows")
-    return frame
+    return rows
 
 
-def read_event_file(name: str, data: bytes) -> pd.DataFrame:
+def read_event_file(name: str, data: bytes) -> RawRows:
     return read_table_file(name, data, REQUIRED_COLUMNS)
 
 
+def _parquet_frame(data: bytes) -> pd.DataFrame:
+    table = pq.read_table(pa.BufferReader(data))
+    frame = pd.DataFrame({n: _arrow_column(column) for n, column in enumerate(table.columns)})
+    # Set after building: repeated names must stay visible to the caller's check.
+    frame.columns = table.column_names
+    frame.index = pd.RangeIndex(1, table.num_rows + 1)
+    return frame
+
+
+def _arrow_column(column: pa.ChunkedArray) -> pd.Series:
+    """A parquet column as its type says: text as text, integers exact (also with nulls),
+    timestamps and dates as Unix seconds; anything else as Python values, judged per row."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        return _arrow_column(column.cast(kind.value_type))
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column.to_pandas().astype("string")
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        # Bytes that are not UTF-8 become lone surrogates, rejected in the rows holding them.
+        text = [
+            None if v is None else v.decode("utf-8", "surrogateescape") for v in column.to_pylist()
+        ]
+        return pd.Series(text, dtype="string")
+    if pa.types.is_integer(kind):
+        return column.to_pandas(types_mapper=pd.ArrowDtype).astype("string")
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return column.cast(pa.float64()).to_pandas()
+    if pa.types.is_date(kind):
+        return _arrow_column(column.cast(pa.timestamp("s")))
+    if pa.types.is_timestamp(kind):
+        # The stored integer is UTC in the column's unit, whatever time zone it names.
+        ticks = column.cast(pa.int64())
+        seconds = np.floor_divide(ticks.fill_null(0).to_numpy(), _SECONDS_PER[kind.unit])
+        return pd.Series(seconds.astype("float64")).where(~ticks.is_null().to_numpy())
+    return pd.Series(column.to_pylist(), dtype=object)
+
+
+def _csv_rows(text: str) -> RawRows:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    numbers, rows, broken = [], [], {}
+    last_line = 0
+    while True:
+        start = last_line + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            broken[start] = (f"not a CSV row: {error}", "")
+            last_line = reader.line_num
+            continue
+        last_line = reader.line_num
+        if not fields:
+            continue
+        if header is None:
+            header = fields
+        elif len(fields) > len(header):
+            broken[start] = (
+                f"row has {len(fields)} fields, the header {len(header)}",
+                ",".join(fields),
+            )
+        else:
+            numbers.append(start)
+            rows.append(fields + [None] * (len(header) - len(fields)))
+    if header is None:
+        raise UnreadableFileError("file is empty")
+    frame = pd.DataFrame(rows, columns=header, index=numbers, dtype="string")
+    return RawRows(frame, _broken(broken), unterminated=_unterminated(text))
+
+
+def _jsonl_rows(text: str) -> RawRows:
+    numbers, records, broken = [], [], {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            broken[number] = (f"line is not JSON: {error}", line)
+            continue
+        if not isinstance(record, dict):
+            broken[number] = ("line is not a JSON object", line)
+            continue
+        numbers.append(number)
+        records.append(record)
+    if not records:
+        number, (why, _) = next(iter(broken.items()), (0, ("no JSON objects", "")))
+        raise UnreadableFileError(f"cannot parse as jsonl: line {number}: {why}")
+    # Objects, not inferred dtypes: an integer column with a gap would turn into floats.
+    frame = pd.DataFrame(records, index=numbers, dtype=object)
+    return RawRows(frame, _broken(broken), unterminated=_unterminated(text))
+
+
+def _broken(rows: dict[int, tuple[str, str]]) -> pd.DataFrame:
+    if not rows:
+        return _NO_BROKEN_ROWS
+    frame = pd.DataFrame.from_dict(
+        rows, orient="index", columns=["reason", "offending_value"], dtype="string"
+    )
+    return frame.sort_index()
+
+
+def _unterminated(text: str) -> bool:
+    return not text.endswith(("\n", "\r"))
+
+
 def validate_events(
-    raw: pd.DataFrame, rules: ValidationRules, now_s: float | None = None
+    raw: RawRows, rules: ValidationRules, now_s: float | None = None
 ) -> ValidatedEvents:
     """Split a parsed file into clean events and rejected rows, one reason per rejected row."""
     now_s = time.time() if now_s is None else now_s
-    user_id = _as_id_strings(raw["user_id"])
-    item_id = _as_id_strings(raw["item_id"])
-    rating = _as_ratings(raw["rating"]) if "rating" in raw.columns else _no_ratings(len(raw))
-    timestamp = _as_unix_seconds(raw["timestamp"])
+    frame = raw.frame
+    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+    value = pd.Series(pd.NA, index=frame.index, dtype="string")
 
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
-    value = pd.Series(pd.NA, index=raw.index, dtype="string")
-
-    def reject(mask: pd.Series, why: str, offending: pd.Series | None = None) -> None:
+    def reject(mask: pd.Series, why: str | pd.Series, offending: pd.Series | None = None) -> None:
         fresh = mask & reason.isna()
-        reason[fresh] = why
+        reason[fresh] = why if isinstance(why, str) else why[fresh]
         if offending is not None:
             value[fresh] = offending[fresh].astype("string")
 
-    for column, ids in (("user_id", user_id), ("item_id", item_id)):
-        reject(ids == "", f"{column} is empty or null")
-        reject(ids.str.len() > MAX_ID_LENGTH, f"{column} is longer than {MAX_ID_LENGTH} characters")
-    if "rating" in raw.columns:
-        given = raw["rating"].notna() & (raw["rating"].astype("string").str.strip() != "")
-        reject(given & rating.isna(), "rating is not a finite number", raw["rating"])
+    ids = {}
+    for column in ("user_id", "item_id"):
+        text, wrong_type = _as_id_strings(frame[column], column)
+        reject(wrong_type.notna(), wrong_type, frame[column])
+        reject(text.str.contains(_NOT_UTF8), f"{column} is not valid UTF-8", text)
+        reject(text.str.contains(_CONTROL), f"{column} holds a control character", text)
+        text = text.str.strip()
+        reject(text == "", f"{column} is empty or null")
+        reject(
+            text.str.len() > MAX_ID_LENGTH, f"{column} is longer than {MAX_ID_LENGTH} characters"
+        )
+        ids[column] = text
+    if "rating" in frame.columns:
+        given = frame["rating"].notna() & (frame["rating"].astype("string").str.strip() != "")
+        rating = _as_numbers(frame["rating"])
+        reject(given & rating.isna(), "rating is not a finite number", frame["rating"])
         outside = rating.notna() & ~rating.between(rules.min_rating, rules.max_rating)
         reject(outside, f"rating is outside [{rules.min_rating:g}, {rules.max_rating:g}]", rating)
-    reject(timestamp.isna(), "timestamp is neither Unix seconds nor ISO-8601", raw["timestamp"])
-    reject(timestamp < 0, "timestamp is before 1970", raw["timestamp"])
+    else:
+        rating = pd.Series(np.nan, index=frame.index)
+    timestamp = _as_unix_seconds(frame["timestamp"])
+    reject(timestamp.isna(), "timestamp is neither Unix seconds nor ISO-8601", frame["timestamp"])
+    reject(timestamp < 0, "timestamp is before 1970", frame["timestamp"])
     reject(
         timestamp > now_s + rules.max_future_skew_s,
         "timestamp is in the future (milliseconds instead of seconds?)",
-        raw["timestamp"],
+        frame["timestamp"],
     )
 
-    events = pd.DataFrame(
-        {"user_id": user_id, "item_id": item_id, "rating": rating, "timestamp": timestamp}
-    )
+    events = pd.DataFrame({**ids, "rating": rating, "timestamp": timestamp})
     repeated = events[reason.isna()].duplicated(keep="first")
     reject(
-        repeated.reindex(raw.index, fill_value=False),
+        repeated.reindex(frame.index, fill_value=False),
         "exact duplicate of an earlier row in the same file",
     )
     good = reason.isna()
-    rejected = (
-        raw.loc[~good]
-        .astype("string")
-        .assign(
-            row_number=np.flatnonzero(~good.to_numpy()) + 1,
-            reason=reason[~good],
-            offending_value=value[~good],
-        )
-    )
+    notes = pd.concat(
+        [pd.DataFrame({"reason": reason[~good], "offending_value": value[~good]}), raw.broken]
+    ).sort_index()
+    # A file's own column named like a quarantine column is kept under another name.
+    as_read = frame.loc[~good].astype("string").reindex(notes.index)
+    as_read.columns = [f"{c} (in file)" if c in QUARANTINE_COLUMNS else c for c in as_read.columns]
+    notes.insert(0, "row_number", notes.index)
+    rejected = pd.concat([as_read, notes], axis=1).reset_index(drop=True)
     clean = events.loc[good].astype({"timestamp": "int64"}).reset_index(drop=True)
-    return ValidatedEvents(events=clean, rejected=rejected.reset_index(drop=True))
+    return ValidatedEvents(events=clean, rejected=rejected)
 
 
-def _as_id_strings(values: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(values):
-        # Parquet writers turn integer columns with nulls into floats; 196.0 is user "196".
-        whole = values.notna() & (values % 1 == 0)
-        text = values.astype("string")
-        text[whole] = values[whole].astype("int64").astype("string")
-    else:
-        text = values.astype("string")
-    return text.str.strip().fillna("")
+def _as_id_strings(values: pd.Series, column: str) -> tuple[pd.Series, pd.Series]:
+    """Ids as text ("" for null), and why a value is no id (NA where it is one): ids are text
+    or integers, and floats that hold an integer exactly (parquet writers turn integer columns
+    with nulls into floats: 196.0 is user "196"); nothing else is coerced."""
+    if pd.api.types.is_string_dtype(values) and not pd.api.types.is_object_dtype(values):
+        return values.fillna(""), pd.Series(pd.NA, index=values.index, dtype="string")
+    pairs = values.astype(object).map(lambda value: _id_text(value, column))
+    text = pd.Series([pair[0] for pair in pairs], index=values.index, dtype="string")
+    why = pd.Series([pair[1] for pair in pairs], index=values.index, dtype="string")
+    return text, why
 
 
-def _as_ratings(values: pd.Series) -> pd.Series:
-    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-    return numbers.where(np.isfinite(numbers))
+def _id_text(value: object, column: str) -> tuple[str, str | None]:
+    if (
+        value is None
+        or value is pd.NA
+        or (isinstance(value, float | np.floating) and np.isnan(value))
+    ):
+        return "", None
+    if isinstance(value, str):
+        return value, None
+    if _is_bool(value):
+        return "", f"{column} is a boolean"
+    if isinstance(value, numbers.Integral):
+        return str(int(value)), None
+    if isinstance(value, numbers.Real):
+        if float(value).is_integer() and abs(value) < MAX_FLOAT_ID:
+            return str(int(value)), None
+        return "", f"{column} is a float that is not an integer below 2^53"
+    return "", f"{column} is a {type(value).__name__}, not text or an integer"
 
 
-def _no_ratings(length: int) -> pd.Series:
-    return pd.Series(np.full(length, np.nan))
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool | np.bool_)
+
+
+def _as_numbers(values: pd.Series) -> pd.Series:
+    """Finite numbers (or numeric text); NaN elsewhere, also for booleans and containers."""
+    if pd.api.types.is_object_dtype(values):
+        values = values.map(
+            lambda v: v if isinstance(v, str | numbers.Real) and not _is_bool(v) else None
+        )
+    numbers_ = pd.to_numeric(values.astype(object), errors="coerce").astype("float64")
+    return numbers_.where(np.isfinite(numbers_))
 
 
 def _as_unix_seconds(values: pd.Series) -> pd.Series:
     """Unix seconds (numbers or numeric text) or ISO-8601 text; NaN where neither parses."""
-    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-    textual = numbers.isna() & values.notna()
+    seconds = _as_numbers(values)
+    textual = seconds.isna() & values.map(lambda v: isinstance(v, str))
     if textual.any():
         parsed = pd.to_datetime(
             values[textual].astype("string"), utc=True, format="ISO8601", errors="coerce"
         )
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-        numbers[textual] = seconds.astype("float64")
-    return numbers.where(np.isfinite(numbers)).floordiv(1)
+        seconds[textual] = ((parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).astype(
+            "float64"
+        )
+    return seconds.where(np.isfinite(seconds)).floordiv(1)
