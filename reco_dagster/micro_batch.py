@@ -6,7 +6,7 @@ import time
 import pandas as pd
 from dagster import Failure, OpExecutionContext, in_process_executor, job, op
 
-from assets.ingest import IngestConfig, ingest_landed_files
+from resources.ingestion import IngestConfig, ingest_landed_files
 from resources.landing_zone import LandingZone
 from resources.live_lists import LiveVersionChangedError, refresh_live_users
 from resources.model_archive import ModelArchive

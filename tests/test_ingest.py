@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
-from assets.ingest import ingest_landed_files, raw_events
+from assets.ingest import raw_events
 from reco_dagster.domain.events import ValidationRules
 from resources.files import LocalFiles
+from resources.ingestion import ingest_landed_files
 from resources.landing_zone import BY_USER, BY_USER_MANIFEST, LandingZone, _row_groups_holding
 
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assets.ingest import ingest_landed_files
 from reco_dagster.domain.events import ValidationRules
 from resources.files import LocalFiles
+from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
 
 NOW = 1_700_000_000

@@ -3,6 +3,8 @@ the real Dagster machinery (sensor contexts, in-process runs); no Spark needed."
 
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -17,7 +19,7 @@ from reco_dagster.automation import (
 from reco_dagster.micro_batch import micro_batch
 from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
-from tests.conftest import land, live_world, resources
+from tests.conftest import REPO, land, live_world, resources
 
 
 @pytest.fixture
@@ -165,3 +167,21 @@ def test_a_failed_retrain_is_asked_for_again_once_more_data_came_in(world, data_
     assert evaluate().run_key == first.run_key
     drop("b.csv", ["u4"])
     assert evaluate().run_key != first.run_key
+
+
+def test_the_micro_batch_needs_nothing_from_the_assets():
+    """Shared ingest and list building live in domain/ and resources/: the micro-batch job
+    (and its run process) loads no asset module."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, reco_dagster.micro_batch; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'assets'))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -1,0 +1,173 @@
+"""Ingesting landing files: the one path the batch job's `raw_events` and the micro-batch
+share. Good rows join the event history, bad rows go to quarantine with a reason each, and a
+file that cannot be read at all is quarantined whole."""
+
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+import pandas as pd
+from dagster import Config, MetadataValue
+
+from reco_dagster.domain.events import (
+    UnreadableFileError,
+    ValidationRules,
+    printable,
+    read_event_file,
+    validate_events,
+)
+from resources.files import FileInfo
+from resources.landing_zone import QUARANTINE, LandingZone
+
+
+class IngestConfig(Config):
+    min_rating: float = 0.0
+    max_rating: float = 5.0
+    max_future_skew_s: float = 86_400.0
+
+    def rules(self) -> ValidationRules:
+        return ValidationRules(self.min_rating, self.max_rating, self.max_future_skew_s)
+
+
+@dataclass
+class IngestReport:
+    ingested_files: list[str] = field(default_factory=list)
+    repeated_files: list[str] = field(default_factory=list)
+    quarantined_files: list[str] = field(default_factory=list)
+    deferred_files: list[str] = field(default_factory=list)
+    unsupported_files: list[str] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    new_events: list[pd.DataFrame] = field(default_factory=list)
+    files_in_history: int = 0
+
+    @property
+    def rows_ingested(self) -> int:
+        return sum(len(events) for events in self.new_events)
+
+    def metadata(self, landing_zone: LandingZone) -> dict:
+        return {
+            "new_files": len(self.ingested_files),
+            "rows_ingested": self.rows_ingested,
+            "rows_quarantined": sum(self.reasons.values()),
+            "files_quarantined": len(self.quarantined_files),
+            "files_repeated": len(self.repeated_files),
+            "files_deferred": len(self.deferred_files),
+            "files_unsupported": len(self.unsupported_files),
+            "files_in_history": self.files_in_history,
+            "quarantine_reasons": MetadataValue.md(_reasons_table(self.reasons)),
+            "quarantined_files": _listing(self.quarantined_files),
+            "deferred_files": _listing(self.deferred_files),
+            "unsupported_files": _listing(self.unsupported_files),
+            "quarantine_dir": MetadataValue.path(landing_zone.where(QUARANTINE)),
+        }
+
+
+def ingest_landed_files(
+    landing_zone: LandingZone,
+    rules: ValidationRules,
+    warn: Callable[[str], None],
+    only: Collection[str] | None = None,
+) -> IngestReport:
+    """Ingest every landing file (or those named in `only`) not ingested before: good rows
+    join the event history, bad rows go to quarantine with a reason each, unreadable files
+    are quarantined whole, files still being written wait for a later run. Links, special
+    files and unusable names are refused (whatever `only` says). The one ingest path for the
+    batch and the micro-batch."""
+    ledger = landing_zone.ingested()
+    report = IngestReport()
+    scan = landing_zone.scan()
+    for entry in scan.refused:
+        if entry.key not in ledger:
+            note = landing_zone.refuse(entry)
+            ledger[entry.key] = {"file": entry.name}
+            warn(f"Refused {entry.name}: {entry.reason} (reason: {note})")
+            report.quarantined_files.append(f"{entry.name}: {entry.reason}")
+    if scan.unsupported:
+        report.unsupported_files = scan.unsupported
+        warn(
+            f"{len(scan.unsupported)} file(s) in the landing zone are not event files "
+            f"(.csv, .jsonl, .parquet, each also .gz or .zst) and were left alone: "
+            f"{', '.join(scan.unsupported[:20])}"
+        )
+    wanted = [file for file in scan.files if only is None or file.name in only]
+    _wait_to_settle(wanted, landing_zone.settle_s)
+    for listed in wanted:
+        try:
+            file = landing_zone.read_landed(listed)
+        except FileNotFoundError:  # removed since the listing: nothing to ingest
+            continue
+        except OSError as error:
+            # Not recorded in the ledger: a permission fixed later lets a later run read it.
+            warn(f"Cannot read {listed.name}: {error}")
+            report.quarantined_files.append(f"{listed.name}: cannot be read: {error}")
+            continue
+        if file is None:
+            _defer(report, warn, listed.name, "it changed while being read")
+            continue
+        earlier = ledger.get(file.sha256)
+        if earlier is not None:
+            if earlier["file"] != file.name:
+                warn(
+                    f"{file.name} has the same content as {earlier['file']}, ingested "
+                    f"{earlier.get('ingested_at', 'in this run')}; skipped"
+                )
+                report.repeated_files.append(file.name)
+            continue
+        try:
+            rows = read_event_file(file.name, file.data)
+            if rows.unterminated and _age_s(file.modified_ns) < landing_zone.unterminated_settle_s:
+                _defer(report, warn, file.name, "its last line has no newline yet")
+                continue
+            validated = validate_events(rows, rules)
+        except Exception as error:
+            # Whatever in one file trips the reader (names, encodings, types), the others go on.
+            why = printable(str(error) if isinstance(error, UnreadableFileError) else repr(error))
+            copy = landing_zone.quarantine_file(file, why)
+            ledger[file.sha256] = {"file": file.name}
+            warn(f"Quarantined {file.name} whole: {why} (copy: {copy})")
+            report.quarantined_files.append(f"{file.name}: {why}")
+            continue
+        landing_zone.record_events(file, validated.events, validated.rejected)
+        ledger[file.sha256] = {"file": file.name}
+        report.ingested_files.append(file.name)
+        report.new_events.append(validated.events)
+        if not validated.rejected.empty:
+            file_reasons = Counter(validated.rejected["reason"])
+            report.reasons.update(file_reasons)
+            warn(
+                f"{file.name}: {len(validated.rejected)} row(s) quarantined "
+                f"({', '.join(f'{n}x {why}' for why, n in file_reasons.most_common())}); "
+                f"{len(validated.events)} good row(s) ingested"
+            )
+    report.files_in_history = len(ledger)
+    return report
+
+
+def _age_s(modified_ns: int) -> float:
+    return (time.time_ns() - modified_ns) / 1e9
+
+
+def _wait_to_settle(files: list[FileInfo], settle_s: float) -> None:
+    """Sleep until the youngest file is `settle_s` old: the read that follows is the second
+    look, and a file changed since the listing waits for a later run. A modification time in
+    the future (another machine's clock) is no reason to wait."""
+    ages = [_age_s(file.modified_ns) for file in files]
+    time.sleep(max((settle_s - age for age in ages if 0 <= age < settle_s), default=0.0))
+
+
+def _defer(report: IngestReport, warn: Callable[[str], None], name: str, why: str) -> None:
+    warn(f"{name} is still being written ({why}); a later run reads it")
+    report.deferred_files.append(f"{name}: {why}")
+
+
+def _listing(lines: list[str]) -> MetadataValue:
+    return MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none")
+
+
+def _reasons_table(reasons: Counter[str]) -> str:
+    if not reasons:
+        return "no rows quarantined"
+    lines = ["| reason | rows |", "|---|---|"]
+    lines += [f"| {why} | {n} |" for why, n in reasons.most_common()]
+    return "\n".join(lines)
