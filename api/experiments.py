@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
+import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+
+from api.metrics import TALLY
 
 LIVE, POPULAR = "live", "popular"
 
@@ -64,29 +69,87 @@ class Experiment:
 
 
 FLUSH_INTERVAL_S = 0.2
+LOG_NAME = re.compile(r"served-(\d{10})\.jsonl")
+"""A log file's name: the UTC hour (YYYYMMDDHH) its records were written in."""
+
+log = logging.getLogger(__name__)
 
 
 class ServedLog:
     """Every served list, appended in memory and written every FLUSH_INTERVAL_S to
-    `<directory>/served-<UTC hour>.jsonl` as [time, user, variant, version, item ids]."""
+    `<directory>/served-<UTC hour>.jsonl` as [time, user, variant, version, item ids].
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.pending: list[tuple] = []
+    Memory stays bounded whatever happens to the disk: at most `capacity` records wait (the
+    oldest are dropped and counted beyond that), a failed write is retried at the next flush,
+    and files of hours older than `retention_days` are deleted when a new hour's file starts.
+    """
+
+    def __init__(
+        self, directory: Path, capacity: int = 200_000, retention_days: float = 30
+    ) -> None:
+        self.directory, self.capacity, self.retention_days = directory, capacity, retention_days
+        self.pending: deque[tuple] = deque(maxlen=capacity)
         self._encoder = msgspec.json.Encoder()
         self._task: asyncio.Task | None = None
+        self._hour: str | None = None
+        self._failing = False
+
+    @classmethod
+    def from_environment(cls, directory: Path) -> ServedLog:
+        """RECO_SERVED_BUFFER (records, default 200,000) and RECO_SERVED_RETENTION_DAYS (30)."""
+        return cls(
+            directory,
+            capacity=int(os.environ.get("RECO_SERVED_BUFFER", "200000")),
+            retention_days=float(os.environ.get("RECO_SERVED_RETENTION_DAYS", "30")),
+        )
 
     def record(self, user_id: str, variant: str | None, version: str, items: list[str]) -> None:
+        if len(self.pending) == self.capacity:
+            TALLY.served_dropped += 1  # the deque drops its oldest record to take this one
         self.pending.append((time.time(), user_id, variant, version, items))
 
     def flush(self) -> None:
-        if not self.pending:
+        """Write what waits; on an I/O error keep it (as far as the capacity allows) for the
+        next flush."""
+        # popleft, not a swap of the deque: on a threaded store, requests append meanwhile.
+        records = [self.pending.popleft() for _ in range(len(self.pending))]
+        if not records:
             return
-        records, self.pending = self.pending, []
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"served-{time.strftime('%Y%m%d%H', time.gmtime())}.jsonl"
-        with path.open("ab") as handle:
-            handle.write(self._encoder.encode_lines(records))
+        hour = time.strftime("%Y%m%d%H", time.gmtime())
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with (self.directory / f"served-{hour}.jsonl").open("ab") as handle:
+                handle.write(self._encoder.encode_lines(records))
+        except OSError as error:
+            TALLY.served_write_errors += 1
+            room = max(self.capacity - len(self.pending), 0)
+            kept = records[len(records) - room :] if room else []
+            TALLY.served_dropped += len(records) - len(kept)
+            self.pending.extendleft(reversed(kept))
+            if not self._failing:
+                log.error(
+                    "served-list log: cannot write to %s (%s); retrying", self.directory, error
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.warning("served-list log: writing to %s again", self.directory)
+            self._failing = False
+        if hour != self._hour:
+            self._hour = hour
+            self._delete_expired()
+
+    def _delete_expired(self) -> None:
+        oldest_kept = time.strftime(
+            "%Y%m%d%H", time.gmtime(time.time() - self.retention_days * 86_400)
+        )
+        try:
+            for path in self.directory.iterdir():
+                name = LOG_NAME.fullmatch(path.name)
+                if name and name.group(1) < oldest_kept:
+                    path.unlink(missing_ok=True)
+        except OSError as error:  # tried again when the next hour's file starts
+            log.error("served-list log: cannot delete expired files (%s)", error)
 
     async def _flush_often(self) -> None:
         # Small, frequent writes: a flush holds up every request in flight, and a second's

@@ -16,7 +16,7 @@ from dagster_pyspark import LazyPySparkResource
 from assets.ingest import raw_events
 from reco_dagster.domain.evaluation import evaluate, popularity_baseline
 from reco_dagster.domain.families import FAMILIES
-from reco_dagster.domain.online import served_hit_rate
+from reco_dagster.domain.online import served_hit_rate_in_chunks
 from reco_dagster.domain.spark_scoring import ranked_on
 from resources.lake_io import StoredModel
 from resources.landing_zone import LandingZone
@@ -104,15 +104,14 @@ def online_evaluation(
 ) -> Output[pd.DataFrame]:
     """The hit rate of served lists per A/B variant and model version: the API's log of
     served lists joined with the events that arrived after them."""
-    served = landing_zone.served_lists()
     events = landing_zone.event_history()
-    summary = served_hit_rate(served, events, config.window_s)
+    summary = served_hit_rate_in_chunks(landing_zone.served_lists(), events, config.window_s)
     if summary.empty:
         context.log.info("No served lists logged yet")
     return Output(
         summary,
         metadata={
-            "lists_served": len(served),
+            "lists_served": int(summary["lists_served"].sum()),
             "by_variant_and_version": MetadataValue.md(
                 summary.to_markdown(index=False) if not summary.empty else "nothing served yet"
             ),

@@ -10,21 +10,30 @@ live lists reversed) is written and switched live, and counts failed requests, r
 entirely from the version they name, and old-version answers to requests started after the
 switch and the cache's bound (the store's change_check_interval_s); it then makes the
 original version live again (the extra version stays in the registry of a --data-dir).
-The last line is one JSON object of the figures.
+
+Phase 3 asks for 1,000,000 distinct unknown users' top-100 (each one a store lookup and the
+shared popular list) and reports the API's peak resident memory (target: 500 MB) beside the
+cached phase's. Phase 4 writes 1,000,000 users' synthetic top-10 lists straight into a new
+SQLite store and asks for random users, so most requests miss the response cache (target:
+half the bare route's throughput, no errors). Phases 3 and 4 log their served lists to a
+scratch folder, deleted afterwards. The last line is one JSON object of the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +48,36 @@ request = function()
   return wrk.format("GET", "/users/" .. users[math.random(#users)] .. "/recommendations")
 end
 """
+
+UNKNOWN_LUA = """
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("thread", threads)
+end
+init = function(args)
+  prefix = "/users/stranger-" .. args[1] .. "-" .. thread .. "-"
+end
+local asked = 0
+request = function()
+  asked = asked + 1
+  return wrk.format("GET", prefix .. asked .. "/recommendations?k=100")
+end
+"""
+RANDOM_USER_LUA = """
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+init = function()
+  math.randomseed(seed * 7919)
+end
+request = function()
+  return wrk.format("GET", "/users/user" .. math.random(%d) .. "/recommendations")
+end
+"""
+MILLION = 1_000_000
 
 
 def main() -> None:
@@ -58,18 +97,25 @@ def main() -> None:
     figures: dict[str, float] = {}
     for name, app in (("bare", "bench.bare_app:app"), ("api", "api.app:app")):
         port = free_port()
-        with _server(args.server, app, port, data_dir):
+        with _server(args.server, app, port, data_dir) as server:
             url = f"http://127.0.0.1:{port}"
             _wrk(url, 50, 3, script)  # warm-up
             busy = _wrk(url, 200, args.duration, script)
             calm = _wrk(url, 20, args.duration, script)
+            peak_mb = _peak_rss_mb(server.pid)
         figures[f"{name}_rps_200c"] = busy["rps"]
         figures[f"{name}_errors_200c"] = busy["errors"]
         figures[f"{name}_p50_ms_20c"] = calm["p50_ms"]
         figures[f"{name}_p99_ms_20c"] = calm["p99_ms"]
         figures[f"{name}_rps_20c"] = calm["rps"]
+        figures[f"{name}_peak_rss_mb"] = peak_mb
     figures["api_to_bare_throughput"] = round(figures["api_rps_200c"] / figures["bare_rps_200c"], 3)
     figures.update(_switch_under_load(args.server, data_dir, users))
+    figures.update(_unknown_users(args.server, data_dir))
+    figures.update(_million_users(args.server, args.duration))
+    figures["million_users_to_bare_throughput"] = round(
+        figures["million_users_rps_200c"] / figures["bare_rps_200c"], 3
+    )
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
@@ -134,6 +180,114 @@ def _switch_under_load(
     }
 
 
+def _unknown_users(server: str, data_dir: Path) -> dict[str, float]:
+    """Phase 3: a million distinct users the model does not know, k = 100."""
+    from tests.servers import free_port
+
+    scratch = Path(tempfile.mkdtemp(prefix="reco-api-unknown-"))
+    script = scratch / "unknown.lua"
+    script.write_text(UNKNOWN_LUA)
+    port = free_port()
+    store = {"RECO_DATA_DIR": str(scratch), "RECO_SQLITE_PATH": str(data_dir / "reco.sqlite")}
+    try:
+        with _server(server, "api.app:app", port, data_dir, store) as process:
+            url = f"http://127.0.0.1:{port}"
+            # Each run's ids are its own (the tag): every request names a new user. The
+            # warm-up's rate sets the main run's length, enough for a million ids in all.
+            warm_up = _wrk(url, 200, 3, script, "warm-up")
+            seconds = max(1, math.ceil((MILLION - warm_up["requests"]) / warm_up["rps"] * 1.2))
+            result = _wrk(url, 200, seconds, script, "main")
+            peak_mb = _peak_rss_mb(process.pid)
+    finally:
+        shutil.rmtree(scratch)
+    return {
+        "unknown_users_distinct_ids": warm_up["requests"] + result["requests"],
+        "unknown_users_rps_200c": result["rps"],
+        "unknown_users_errors_200c": result["errors"],
+        "unknown_users_peak_rss_mb": peak_mb,
+    }
+
+
+def _million_users(server: str, seconds: int) -> dict[str, float]:
+    """Phase 4: random users of a million, most of them not in the response cache."""
+    from resources.store import SqliteRecommendationStore
+    from tests.servers import free_port
+
+    scratch = Path(tempfile.mkdtemp(prefix="reco-api-million-"))
+    try:
+        store = SqliteRecommendationStore(path=str(scratch / "reco.sqlite"))
+        rng = random.Random(0)
+        started = time.perf_counter()
+        store.register("synthetic", {"family": "als"})
+        store.write_version(
+            "synthetic",
+            (
+                (
+                    f"user{n}",
+                    [
+                        {"item_id": str(rng.randrange(30_000)), "score": round(1 - r / 100, 4)}
+                        for r in range(10)
+                    ],
+                )
+                for n in range(1, MILLION + 1)
+            ),
+            [{"item_id": str(n), "score": 1.0} for n in range(100)],
+        )
+        store.activate("synthetic")
+        written_s = time.perf_counter() - started
+        script = scratch / "random_users.lua"
+        script.write_text(RANDOM_USER_LUA % MILLION)
+        port = free_port()
+        with _server(server, "api.app:app", port, scratch) as process:
+            url = f"http://127.0.0.1:{port}"
+            _wrk(url, 50, 3, script)  # warm-up
+            before = _cache_counts(url)
+            busy = _wrk(url, 200, seconds, script)
+            after = _cache_counts(url)
+            peak_mb = _peak_rss_mb(process.pid)
+    finally:
+        shutil.rmtree(scratch)
+    hits, misses = (after[n] - before[n] for n in range(2))
+    return {
+        "million_users_store_write_s": round(written_s, 1),
+        "million_users_rps_200c": busy["rps"],
+        "million_users_errors_200c": busy["errors"],
+        "million_users_cache_miss_ratio": round(misses / max(hits + misses, 1), 3),
+        "million_users_peak_rss_mb": peak_mb,
+    }
+
+
+def _cache_counts(url: str) -> tuple[float, float]:
+    scraped = httpx.get(f"{url}/metrics").text
+
+    def total(name: str) -> float:
+        return float(re.search(rf"^reco_api_cache_{name}_total (\S+)$", scraped, re.M).group(1))
+
+    return total("hits"), total("misses")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The peak resident memory (VmHWM) of a process and its descendants, summed: granian
+    serves from a worker process it starts."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {pid}, True
+    while grew:
+        children = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    peak_kb = 0
+    for member in tree:
+        status = Path(f"/proc/{member}/status").read_text()
+        peak_kb += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+    return round(peak_kb / 1024, 1)
+
+
 def _fresh_data_dir() -> Path:
     from tests.conftest import dagster_job
 
@@ -159,8 +313,12 @@ def _user_ids(data_dir: Path) -> list[str]:
 
 
 @contextmanager
-def _server(name: str, app: str, port: int, data_dir: Path):
-    env = {**os.environ, "RECO_DATA_DIR": str(data_dir)}
+def _server(
+    name: str, app: str, port: int, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    from api.serve import header_timeout_s, max_connections
+
+    env = {**os.environ, "RECO_DATA_DIR": str(data_dir), **(extra_env or {})}
     command = {
         "uvicorn": [
             sys.executable,
@@ -185,6 +343,11 @@ def _server(name: str, app: str, port: int, data_dir: Path):
             "1",
             "--log-level",
             "warning",
+            # reco-api's settings (api/serve.py)
+            "--backpressure",
+            str(max_connections()),
+            "--http1-header-read-timeout",
+            str(round(header_timeout_s() * 1000)),
             app,
         ],
     }[name]
@@ -196,24 +359,29 @@ def _server(name: str, app: str, port: int, data_dir: Path):
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield
+        yield server
     finally:
         server.terminate()
         server.wait()
 
 
-def _wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
+def _wrk(url: str, connections: int, seconds: int, script: Path, *args: str) -> dict[str, float]:
     output = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [
+            *("wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"),
+            *("-s", str(script), url, "--", *args),
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return {
         "rps": rps,
+        "requests": requests,
         "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
         "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", output).group(1)),
         "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", output).group(1)),

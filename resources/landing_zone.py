@@ -6,11 +6,12 @@ import hashlib
 import io
 import json
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+import msgspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +24,7 @@ from reco_dagster.domain.events import (
     printable,
     read_table_file,
 )
+from reco_dagster.domain.online import SERVED_COLUMNS
 from resources.files import FileInfo, FileStore
 
 LANDING = "landing/"
@@ -237,17 +239,25 @@ class LandingZone(ConfigurableResource):
         """Every validated event ingested so far, with its source file."""
         return self._event_table([file.name for file in self.files.list(EVENTS)]).to_pandas()
 
-    def served_lists(self) -> pd.DataFrame:
-        """The API's log of served lists: time, user_id, variant, version, items."""
-        columns = ["time", "user_id", "variant", "version", "items"]
-        frames = [
-            pd.read_json(io.BytesIO(self.files.read(file.name)), lines=True, dtype=False)
-            for file in self.files.list(SERVED)
-            if file.name.endswith(".jsonl") and file.size
-        ]
-        if not frames:
-            return pd.DataFrame(columns=columns)
-        return pd.concat(frames, ignore_index=True).set_axis(columns, axis=1)
+    def served_lists(self, chunk_rows: int = 20_000) -> Iterator[pd.DataFrame]:
+        """The API's log of served lists (time, user_id, variant, version, items), oldest hour
+        first, in frames of at most `chunk_rows` lists: the log can outgrow memory (a list
+        of 100 item ids is about 40 times its line's size as Python objects)."""
+        decode = msgspec.json.Decoder(tuple).decode
+        for file in self.files.list(SERVED):
+            if not (file.name.endswith(".jsonl") and file.size):
+                continue
+            rows: list[tuple] = []
+            with self.files.open(file.name) as source:
+                for line in source:
+                    if not line.endswith(b"\n"):
+                        break  # the API is appending this line right now
+                    rows.append(decode(line))
+                    if len(rows) == chunk_rows:
+                        yield pd.DataFrame(rows, columns=SERVED_COLUMNS)
+                        rows = []
+            if rows:
+                yield pd.DataFrame(rows, columns=SERVED_COLUMNS)
 
     def ingested_since(self, moment: str) -> pd.DataFrame:
         """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import msgspec
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
@@ -189,6 +190,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+_decode_items = msgspec.json.Decoder().decode
+"""json.loads, three times as fast: an unknown user's lookup decodes the whole popular list
+(100 items with titles), and with the standard library that was half of its time."""
+
+
 class SqliteRecommendationStore(RecommendationStore):
     """The embedded default: one SQLite file in WAL mode, safe for one writer and many readers."""
 
@@ -324,7 +330,7 @@ class SqliteRecommendationStore(RecommendationStore):
         return Lookup(
             model_version=version,
             source="personal" if is_personal else "popular",
-            items=json.loads(items)[:k],
+            items=_decode_items(items)[:k],
         )
 
     def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
@@ -341,7 +347,7 @@ class SqliteRecommendationStore(RecommendationStore):
         if row is None:
             return None
         version, items = row
-        return version, json.loads(items)[:k] if items else None
+        return version, _decode_items(items)[:k] if items else None
 
     def versions(self) -> list[ModelVersion]:
         rows = self._connection().execute(

@@ -120,7 +120,7 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
             assert body["items"][0]["item_id"] == ("i1" if expected == "control" else "i9")
         time.sleep(1.5)  # the log is written once a second
     zone = LandingZone(files=LocalFiles(root=str(data_dir)))
-    served = zone.served_lists()
+    served = pd.concat(zone.served_lists())
     assert len(served) == len(users) and set(served["version"]) == {"v1"}
     land(
         data_dir,

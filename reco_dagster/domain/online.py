@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
 import pandas as pd
+
+SERVED_COLUMNS = ["time", "user_id", "variant", "version", "items"]
 
 
 def served_hit_rate(served: pd.DataFrame, events: pd.DataFrame, window_s: float) -> pd.DataFrame:
@@ -23,5 +28,27 @@ def served_hit_rate(served: pd.DataFrame, events: pd.DataFrame, window_s: float)
     summary = lists.groupby(["variant", "version"]).agg(
         lists_served=("list_id", "size"), lists_hit=("hit", "sum")
     )
+    summary["hit_rate"] = summary["lists_hit"] / summary["lists_served"]
+    return summary.reset_index()
+
+
+def served_hit_rate_in_chunks(
+    served: Iterable[pd.DataFrame], events: pd.DataFrame, window_s: float
+) -> pd.DataFrame:
+    """`served_hit_rate` over a log read a chunk at a time (however it is split, the answer is
+    the same): each chunk is joined with the events from its first list to its last list's
+    window only, so memory follows the chunk, not the log."""
+    events = events[["user_id", "item_id", "timestamp"]].sort_values("timestamp", kind="stable")
+    times = events["timestamp"].to_numpy()
+    parts = []
+    for chunk in served:
+        if chunk.empty:
+            continue
+        first = np.searchsorted(times, chunk["time"].min(), side="left")
+        last = np.searchsorted(times, chunk["time"].max() + window_s, side="right")
+        parts.append(served_hit_rate(chunk, events.iloc[first:last], window_s))
+    if not parts:
+        return served_hit_rate(pd.DataFrame(columns=SERVED_COLUMNS), events, window_s)
+    summary = pd.concat(parts).groupby(["variant", "version"])[["lists_served", "lists_hit"]].sum()
     summary["hit_rate"] = summary["lists_hit"] / summary["lists_served"]
     return summary.reset_index()
