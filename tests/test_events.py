@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from reco_dagster.domain import events
 from reco_dagster.domain.events import (
     RawRows,
     UnreadableFileError,
@@ -269,3 +270,18 @@ def test_a_file_column_named_like_a_quarantine_column_is_kept_apart():
             "reason": "item_id is empty or null",
         }
     ]
+
+
+def test_a_compressed_file_that_expands_too_far_is_refused_whole(monkeypatch):
+    """A decompression bomb is one bad file: refused with its reason, memory untouched."""
+    header = b"user_id,item_id,timestamp\n"
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "gzip") as stream:
+        stream.write(header + b"u,i,1\n" * 200_000)
+    bomb = sink.getvalue().to_pybytes()
+    assert len(bomb) < 20_000
+    monkeypatch.setattr(events, "MAX_EXPANDED_BYTES", 1_000_000)
+    with pytest.raises(UnreadableFileError, match="expands past 1,000,000 bytes"):
+        read_event_file("bomb.csv.gz", bomb)
+    monkeypatch.setattr(events, "MAX_EXPANDED_BYTES", 2_000_000)
+    assert len(read_event_file("bomb.csv.gz", bomb).frame) == 200_000

@@ -20,6 +20,9 @@ REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 FORMATS = (".parquet", ".csv", ".jsonl")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+MAX_EXPANDED_BYTES = 2 * 1024**3
+"""A compressed landing file that expands past this is refused: a few kilobytes of zeros can
+expand to gigabytes and take the run's memory with them."""
 MAX_ID_LENGTH = 256
 # Above 2^53 a float no longer holds every integer: 1e20 is many ids at once.
 MAX_FLOAT_ID = 2**53
@@ -105,9 +108,15 @@ def read_table_file(name: str, data: bytes, required: tuple[str, ...]) -> RawRow
     suffix, compression = kind
     try:
         if compression is not None:
-            data = pa.input_stream(pa.py_buffer(data), compression=compression).read()
+            stream = pa.input_stream(pa.py_buffer(data), compression=compression)
+            data = stream.read(MAX_EXPANDED_BYTES + 1)
     except Exception as error:
         raise UnreadableFileError(f"cannot decompress ({compression}): {error}") from error
+    if len(data) > MAX_EXPANDED_BYTES:
+        raise UnreadableFileError(
+            f"expands past {MAX_EXPANDED_BYTES:,} bytes ({compression}); "
+            "split it into smaller files"
+        )
     if not data.strip():
         raise UnreadableFileError("file is empty")
     try:
