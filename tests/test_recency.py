@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from assets.live import champion_on_split
+from reco_dagster.domain import search
 from reco_dagster.domain.evaluation import evaluate
 from reco_dagster.domain.families import fit_model
 from reco_dagster.domain.foldin import fold_in
@@ -141,3 +142,23 @@ def test_the_champion_is_scored_on_the_challengers_split_not_its_own_old_one(tmp
     alike = {**challenger, "settings": {**live_settings, "rating_scale": 1.0}}
     reused = champion_on_split(None, ease, store, {"ease": alike}, train, test)
     assert reused["metrics"] == {"x": 1.0}
+
+
+def test_the_search_scores_a_seeded_sample_of_validation_users_on_large_data():
+    interactions = drifting_events(shuffle_time=False, users=120)
+    fit_part, validation = split_interactions(interactions, "chronological")
+    history, sampled = search._sampled(fit_part, validation, max_users=40, seed=3)
+    assert sampled["user_id"].nunique() == 40
+    assert set(history["user_id"]) == set(sampled["user_id"])
+    again, _ = search._sampled(fit_part, validation, max_users=40, seed=3)
+    assert again.equals(history)
+    found = search_settings(
+        "ease",
+        EASE,
+        lambda settings, part: fit_model("ease", settings, part),
+        [(fit_part, validation)],
+        time_budget_s=0.0,
+        max_trials=1,
+        max_validation_users=40,
+    )
+    assert 0 < found.best.metrics["ndcg_at_k"] <= 1

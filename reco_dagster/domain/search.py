@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -133,22 +134,32 @@ def search_settings(
     time_budget_s: float,
     max_trials: int,
     seed: int = 0,
+    max_validation_users: int = 10_000,
 ) -> Search:
     """The best settings for `family`, by validation metrics averaged over `folds`. `fit`
-    fits the family with the given settings on a fit part and returns its item side. With no
-    time budget only the configured settings are scored, as they are."""
+    fits the family with the given settings on a fit part and returns its item side; a seeded
+    sample of at most `max_validation_users` users is scored (scoring every user of a large
+    catalogue for every decay would cost more than the fits). With no time budget only the
+    configured settings are scored, as they are."""
     search, started = Search(family), time.perf_counter()
+    scored_users = [
+        (fit_part, *_sampled(fit_part, validation, max_validation_users, seed))
+        for fit_part, validation in folds
+    ]
 
     def score(settings: dict[str, Any], decays: Iterable[tuple[float, float]]) -> Trial:
         trial_started = time.perf_counter()
-        fitted = [(fit(settings, fit_part), fit_part, validation) for fit_part, validation in folds]
+        fitted = [
+            (fit(settings, fit_part), history, validation)
+            for fit_part, history, validation in scored_users
+        ]
         scored = []
         for half_life, floor in decays:
             decay = {"half_life_events": half_life, "recency_floor": floor}
             per_fold = pd.DataFrame(
                 [
-                    validation_metrics(_decayed(item_side, decay), fit_part, validation)
-                    for item_side, fit_part, validation in fitted
+                    validation_metrics(_decayed(item_side, decay), history, validation)
+                    for item_side, history, validation in fitted
                 ]
             )
             scored.append(Trial({**settings, **decay}, per_fold.mean().to_dict(), 0.0))
@@ -174,6 +185,20 @@ def search_settings(
         )
     search.elapsed_s = time.perf_counter() - started
     return search
+
+
+def _sampled(
+    fit_part: pd.DataFrame, validation: pd.DataFrame, max_users: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The histories and validation rows of at most `max_users` validation users."""
+    users = validation["user_id"].unique()
+    if len(users) <= max_users:
+        return fit_part, validation
+    chosen = np.random.default_rng(seed).choice(users, max_users, replace=False)
+    return (
+        fit_part[fit_part["user_id"].isin(chosen)],
+        validation[validation["user_id"].isin(chosen)],
+    )
 
 
 def _decayed(item_side: FactorModel, decay: dict[str, float]) -> FactorModel:
