@@ -116,7 +116,9 @@ def test_the_ui_shows_the_assets_launches_the_batch_job_and_shows_its_metrics(
         graph = wait_for(lambda: "als_model" in page_text() and page_text(), 60, "the graph")
         browser.save_screenshot(str(SCREENSHOTS / "1-asset-graph-train.png"))
         # The group's nodes in view and their neighbours in the other groups.
-        assert {"als_model", "ease_model", "interactions", "als_published"} <= set(graph.split())
+        assert {"model_search", "als_model", "train_interactions", "als_published"} <= set(
+            graph.split()
+        )
 
         browser.get(f"{url}/locations/reco_dagster/jobs/batch_retrain/playground")
         wait_for(lambda: click("Launch Run"), 60, "the launchpad's Launch Run button")
