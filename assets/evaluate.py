@@ -59,6 +59,8 @@ def build_evaluation(family: str) -> AssetsDefinition:
         lift = metrics["precision_at_10"] / max(baseline["precision_at_10"], 1e-12)
         context.log.info(", ".join(f"{name}={value:.4f}" for name, value in metrics.items()))
         card = served.card
+        # Skipped by the search, or by a fit on a table with more items than it searched on.
+        skipped = searched.get("skipped") or card.settings.get("skipped")
         return Output(
             {
                 "model_version": card.version,
@@ -69,7 +71,7 @@ def build_evaluation(family: str) -> AssetsDefinition:
                 "protocol": protocol.method,
                 "metrics": metrics,
                 "validation": searched.get("validation", {}),
-                "skipped": searched.get("skipped"),
+                "skipped": skipped,
                 "popularity_baseline": baseline,
                 "trending_baseline": trending,
             },
@@ -83,7 +85,7 @@ def build_evaluation(family: str) -> AssetsDefinition:
                 "precision_lift_over_popularity": round(lift, 2),
                 "evaluated_users": test_interactions["user_id"].nunique(),
                 "rating_metrics": "computed" if "rmse" in metrics else "n/a: implicit feedback",
-                **({"skipped": searched["skipped"]} if "skipped" in searched else {}),
+                **({"skipped": skipped} if skipped else {}),
             },
         )
 

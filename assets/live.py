@@ -17,7 +17,6 @@ from dagster import (
 )
 from dagster_pyspark import LazyPySparkResource
 
-from reco_dagster.domain.ease import CatalogueTooLargeError
 from reco_dagster.domain.evaluation import evaluate
 from reco_dagster.domain.families import FAMILIES, fit_model, item_side
 from reco_dagster.domain.foldin import fold_in
@@ -68,8 +67,8 @@ def live_model(
         champion = champion_on_split(
             pyspark, ease, store, candidates, train_interactions, test_interactions
         )
-    except CatalogueTooLargeError as error:
-        context.log.warning(f"The live model cannot be refitted for comparison: {error}")
+    except Exception as error:  # the comparison is advisory: never let it block a switch
+        context.log.warning(f"The live model could not be refitted for comparison: {error!r}")
         champion = None
     failures: dict[str, list[str]] = {}
     for family, evaluation in evaluations.items():
@@ -121,6 +120,8 @@ def live_model(
     previous = store.live_version()
     table = _comparison(evaluations, champion, failures, chosen)
     if chosen is None:
+        # Rejected versions' lists were written before the gate: retention still applies.
+        store.purge_old_versions(serving.keep_versions)
         raise Failure(
             "no model version may go live"
             + (f" (serving.family pins {pinned})" if pinned else "")

@@ -148,14 +148,19 @@ def _fit(
     evaluation says why, so the run goes on with the others."""
     started = time.perf_counter()
     candidate = model_search[family]
-    if "skipped" in candidate:
-        context.log.warning(f"{family} skipped: {candidate['skipped']}")
-        card = ModelCard.describe(family, {"skipped": candidate["skipped"]}, table)
+    skipped = candidate.get("skipped")
+    if skipped is None:
+        spark = pyspark.spark_session if family == "als" else None
+        try:
+            model = fit_model(family, candidate["settings"], table, spark, ease.max_items)
+        except CatalogueTooLargeError as error:  # this table has items the search's had not
+            skipped = str(error)
+    if skipped is not None:
+        context.log.warning(f"{family} skipped: {skipped}")
+        card = ModelCard.describe(family, {"skipped": skipped}, table)
         no_items = np.empty(0, dtype=object)
         empty = FactorModel.item_side_of(card, no_items, np.empty((0, 0), np.float32))
-        return Output(empty, metadata={"skipped": candidate["skipped"]})
-    spark = pyspark.spark_session if family == "als" else None
-    model = fit_model(family, candidate["settings"], table, spark, ease.max_items)
+        return Output(empty, metadata={"skipped": skipped})
     return Output(
         model,
         metadata={
@@ -163,7 +168,7 @@ def _fit(
             "data_fingerprint": model.card.data_fingerprint,
             "fit_s": round(time.perf_counter() - started, 2),
             "interactions": len(table),
-            **({"spark_master": pyspark.spark_context.master} if spark else {}),
+            **({"spark_master": pyspark.spark_context.master} if family == "als" else {}),
             **_settings_metadata(model.card.settings, family),
         },
     )

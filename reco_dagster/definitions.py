@@ -42,7 +42,10 @@ batch_retrain = define_asset_job(
     selection=AssetSelection.all(),
     # dagster.yaml allows one run per value of this tag at a time: never two retrains.
     tags={"reco/run": "batch-retrain"},
-    description="Ingest new landing files, retrain ALS, evaluate it and publish its top-k lists.",
+    description=(
+        "Ingest new landing files, choose settings on validation, fit and evaluate every "
+        "model family, publish their lists and switch to the best one that passes the gate."
+    ),
 )
 
 

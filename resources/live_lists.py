@@ -97,7 +97,10 @@ def _rerank(
     """Fold the users of `history` (interactions) into `model` and rank their unseen items,
     exactly as the batch job ranks a user with that history."""
     refolded = fold_in(model, history)
-    personal = refolded.user_factors.any(axis=1)
+    # A user is personal with at least one item the model knows (an ALS popularity prior
+    # makes every vector non-zero, so the vector cannot tell).
+    known_by_user = history["item_id"].isin(model.item_ids).groupby(history["user_id"]).any()
+    personal = known_by_user.reindex(refolded.user_ids, fill_value=False).to_numpy()
     ranked = refolded.recommend(seen=history, k=PUBLISHED_DEPTH)
     ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
     ranked = fill_short_lists(ranked, cold_start, history, PUBLISHED_DEPTH)

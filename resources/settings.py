@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from dagster import ConfigurableResource, EnvVar
@@ -205,10 +206,12 @@ class BatchScoring(ConfigurableResource):
     """Where the batch job ranks every user's items."""
 
     spark_from_users: int = 100_000
-    """From this many users on, an ALS model is ranked on Spark's executors: its user factors
-    stay there and only the ranked lists reach the driver. Below, the driver ranks with the
-    same numpy code and skips Spark's task overhead (bench/scoring.py: at 138,000 users on 2
-    local cores the two take about as long; on a cluster the executors add cores)."""
+    """From this many users on, users are scored on Spark's executors: folded in from their
+    histories there (SparkFoldIn), or for an ALS model that leaves histories undecayed ranked
+    with the user factors Spark fitted (SparkAls); only the ranked lists reach the driver.
+    Below, the driver does the same with the same numpy code and skips Spark's task overhead
+    (bench/scoring.py measured the SparkAls path: at 138,000 users on 2 local cores it takes
+    about as long as the driver; on a cluster the executors add cores)."""
 
     def spark_to_rank(self, users: int, pyspark: LazyPySparkResource) -> LazyPySparkResource | None:
         """Spark, to rank `users` users on its executors; None: rank them on the driver."""
@@ -216,7 +219,7 @@ class BatchScoring(ConfigurableResource):
 
 
 class Serving(ConfigurableResource):
-    family: str = "auto"
+    family: Literal["auto", "als", "ease"] = "auto"
     """The model family whose versions go live: `auto` (the gate-passing family with the best
     validation nDCG@10 in the run), or `als` / `ease` to pin one."""
     keep_versions: int = 4

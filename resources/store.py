@@ -22,8 +22,6 @@ from pydantic import PrivateAttr
 
 from reco_dagster.domain.lists import Item
 
-"""{"item_id": str, "score": float, "title": str (when the catalogue has one)}"""
-
 
 class VersionNotPublishableError(RuntimeError):
     pass

@@ -80,11 +80,13 @@ def test_ease_weights_a_few_users_as_it_weighted_the_whole_table(interactions):
     settings = {**EASE, "l2": 10.0, "rating_weighted": True}
     card = ModelCard.describe("ease", settings, interactions)
     model = fit_ease(interactions, card, max_items=1000, **settings)
-    everyone = fold_in(model, interactions)
-    user = interactions["user_id"].iloc[0]
-    alone = fold_in(model, interactions[interactions["user_id"] == user])
-    row = pd.Index(everyone.user_ids).get_loc(user)
-    assert np.array_equal(alone.user_factors[0], everyone.user_factors[row])
+    lukewarm = interactions[interactions["user_id"] == interactions["user_id"].iloc[0]].assign(
+        rating=3.0
+    )
+    [row] = fold_in(model, lukewarm).user_factors
+    columns = pd.Index(model.item_ids).get_indexer(lukewarm["item_id"])
+    assert row[columns] == pytest.approx(np.full(len(columns), np.sqrt(3.0 / 5.0)))
+    assert np.count_nonzero(row) == len(columns)
 
 
 def test_the_gate_names_each_failed_metric_and_by_how_much():

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from reco_dagster.domain.als import rating_confidence
-from reco_dagster.domain.ease import ease_weights
+from reco_dagster.domain.ease import ease_weights, rating_scale
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.recency import settings_recency_weights
 
@@ -33,11 +33,10 @@ def history_weights(history: pd.DataFrame, family: str, settings: Mapping[str, A
     ALS model fits the ratings themselves and takes them unweighted."""
     ratings = history["rating"]
     if family == "ease":
-        base = (
-            ease_weights(ratings, settings["rating_scale"])
-            if settings.get("rating_weighted")
-            else np.ones(len(history))
-        )
+        # Versions from before MODEL_FORMAT 2 kept no scale: the history's own top rating.
+        scale = settings.get("rating_scale") or rating_scale(ratings)
+        weighted = settings.get("rating_weighted")
+        base = ease_weights(ratings, scale) if weighted else np.ones(len(history))
     elif not settings["implicit_prefs"]:
         return ratings.to_numpy(dtype=np.float64)
     elif settings.get("confidence") == "rating":
@@ -97,6 +96,8 @@ def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
     Interactions with items the model does not know cannot move a vector and are skipped.
     """
     card = model.card
+    if card.family == "als" and not card.settings["implicit_prefs"]:
+        history = history[history["rating"].notna()]  # as the explicit fit drops them
     users, user_rows = np.unique(history["user_id"].to_numpy(dtype=object), return_inverse=True)
     columns = pd.Index(model.item_ids).get_indexer(history["item_id"])
     weights = history_weights(history, card.family, card.settings)

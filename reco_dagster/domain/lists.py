@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 Item = dict[str, Any]
+"""{"item_id": str, "score": float, "title": str (when the catalogue has one)}"""
 PUBLISHED_DEPTH = 100
 """Items stored per user: the API serves any k up to this without touching the model."""
 SIMILAR_DEPTH = 100

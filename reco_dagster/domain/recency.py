@@ -43,7 +43,10 @@ def recency_weights(
 
 
 def decays(settings: Mapping[str, Any]) -> bool:
-    """Whether a model's settings weight histories by recency when scoring."""
+    """Whether a model's settings weight histories by recency when scoring (an explicit
+    rating model fits ratings as they are, and never does)."""
+    if not settings.get("implicit_prefs", True):
+        return False
     return settings.get("half_life_events", 0) > 0 or settings.get("half_life_days", 0) > 0
 
 

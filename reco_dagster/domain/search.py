@@ -3,7 +3,8 @@
 Optuna (TPE) samples the settings that change the fitted model; every fit is then scored
 with each recency decay of RECENCY_GRIDS, since the decay only changes how a history is
 scored (fold-in), not the fit. A trial's value is its best decay's validation nDCG@10.
-The configured settings are always the first trial, so a tiny budget still scores them.
+The configured fit settings are always the first trial (with no budget, the configured decay
+alone is scored), so a tiny budget still scores them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Top-k for every user computed where the user factors are: on Spark's executors.
+"""Top-k for every user computed on Spark's executors: `SparkAls` ranks with the user factors
+Spark fitted, `SparkFoldIn` folds users in from their histories there first.
 
 Each executor ranks its partitions of user factors in blocks against the item factors
 (broadcast: the catalogue is the small side) with the same numpy/BLAS code the driver uses
@@ -191,14 +192,14 @@ class SparkFoldIn:
         def rank(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             # A user's rows may straddle two Arrow batches: the last user of a batch waits
             # for the next one.
-            pending = pd.DataFrame(columns=list(HISTORY_COLUMNS))
+            pending: pd.DataFrame | None = None
             for batch in batches:
-                rows = pd.concat([pending, batch], ignore_index=True)
+                rows = batch if pending is None else pd.concat([pending, batch], ignore_index=True)
                 last = rows["user_id"].iloc[-1]
                 complete, pending = rows[rows["user_id"] != last], rows[rows["user_id"] == last]
                 if not complete.empty:
                     yield _ranked(broadcast.value, complete, k)
-            if not pending.empty:
+            if pending is not None and not pending.empty:
                 yield _ranked(broadcast.value, pending, k)
 
         ranked = by_user.mapInPandas(rank, FOLDED_SCHEMA).toPandas()
@@ -208,7 +209,8 @@ class SparkFoldIn:
 
     def predict(self, user_ids: pd.Series, item_ids: pd.Series) -> np.ndarray:
         raise NotImplementedError(
-            "predicted ratings come from explicit models, which score undecayed on the driver"
+            "predicted ratings come from explicit models, whose undecayed users Spark ranks "
+            "with its own factors (SparkAls)"
         )
 
 

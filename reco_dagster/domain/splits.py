@@ -42,8 +42,8 @@ def stratified_random_split(
 def chronological_split(
     interactions: pd.DataFrame, ratio: float = 0.75
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each user's earliest interactions train, the latest ones test (ties in time keep the
-    table's order, so the split is deterministic)."""
+    """Each user's earliest interactions train, the latest ones test (ties in time are broken
+    by item id, so the split does not depend on the table's order)."""
     return _split_by_order(interactions, interactions["timestamp"].to_numpy(), ratio)
 
 
@@ -72,7 +72,8 @@ def _split_by_order(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     _check_ratio(ratio)
     keyed = interactions.assign(_key=order_key)
-    position = keyed.sort_values(["user_id", "_key"], kind="stable").groupby("user_id").cumcount()
+    ordered = keyed.sort_values(["user_id", "_key", "item_id"], kind="stable")
+    position = ordered.groupby("user_id").cumcount()
     counts = keyed.groupby("user_id")["user_id"].transform("size")
     in_train = position.reindex(keyed.index) < np.round(ratio * counts)
     return (
