@@ -51,8 +51,9 @@ def main() -> None:
         "--stratified-search-s",
         type=float,
         default=120.0,
-        help="search seconds per family under the stratified protocol (a configured run: "
-        "settings chosen on chronological validation do not carry over to random splits)",
+        help="search seconds per family (up to 50 trials) under the stratified protocol (a "
+        "configured run: settings chosen on chronological validation do not carry over to "
+        "random splits)",
     )
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -92,7 +93,10 @@ def run_protocol(
     config = data_dir / "protocol.json"
     run_config: dict = {"resources": {"protocol": {"config": {"method": protocol}}}}
     if search_s is not None:
-        budget = {"time_budget_s": {"als": search_s, "ease": search_s}}
+        budget = {
+            "time_budget_s": {"als": search_s, "ease": search_s},
+            "max_trials": {"als": 50, "ease": 50},
+        }
         run_config["ops"] = {"model_search": {"config": budget}}
         figures_search = {f"{protocol}_search_s_per_family": search_s}
     else:

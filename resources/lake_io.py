@@ -59,6 +59,9 @@ class StoredModel:
         the user factors Spark fitted (fold-in would reproduce them)."""
         with self.files.folder_to_read(self.prefix) as folder:
             spark_model = is_spark_model_dir(folder)
+            if "skipped" in self.card.settings:  # a family that could not be fitted: no items
+                yield FactorModel.load(folder, users=False)
+                return
             if spark is not None and spark_model and not decays(self.card.settings):
                 yield load_als_on_spark(spark.spark_session, folder)
                 return

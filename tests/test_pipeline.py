@@ -104,7 +104,7 @@ def first_run(tmp_path_factory):
         {"item_id": [f"i{n}" for n in range(400)], "title": [f"Title {n}" for n in range(400)]}
     ).to_parquet(data_dir / "catalog" / "items.parquet")
     # ALS as configured (with a recency decay), EASE searched: two trials.
-    search = {"time_budget_s": {"als": 0.0, "ease": 60.0}, "max_trials": 2}
+    search = {"time_budget_s": {"als": 0.0, "ease": 60.0}, "max_trials": {"ease": 2}}
     result = run_batch_retrain(data_dir, tmp_path, DECAYED_ALS, search)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path, data_dir, events, result
