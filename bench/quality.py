@@ -154,17 +154,13 @@ def without_recency(lake: Path, family: str) -> dict[str, float]:
     what recency adds, on the same fit and split."""
     import pandas as pd
 
-    from reco_dagster.domain.als import is_spark_model_dir, load_als_factors
     from reco_dagster.domain.evaluation import evaluate
     from reco_dagster.domain.foldin import fold_in
-    from reco_dagster.domain.models import FactorModel
+    from resources.files import LocalFiles
+    from resources.lake_io import StoredModel
 
-    folder = lake / f"{family}_evaluation_model"
-    model = (
-        load_als_factors(folder, users=False)
-        if is_spark_model_dir(folder)
-        else FactorModel.load(folder, users=False)
-    )
+    files = LocalFiles(root=str(lake.parent))
+    model = StoredModel(files, f"lake/{family}_evaluation_model/").item_side()
     undecayed = {**model.card.settings, "half_life_events": 0.0, "half_life_days": 0.0}
     model = replace(model, card=replace(model.card, settings=undecayed))
     train = pd.read_parquet(lake / "train_interactions.parquet")

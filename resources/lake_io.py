@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -45,9 +46,7 @@ class StoredModel:
         """The card and the item factors, no user factors: what similar items, the archive
         and the micro-batch's fold-in need."""
         with self.files.folder_to_read(self.prefix) as folder:
-            if is_spark_model_dir(folder):
-                return load_als_factors(folder, users=False)
-            return FactorModel.load(folder, users=False)
+            return _item_side(folder)
 
     @contextmanager
     def scorer(
@@ -58,22 +57,24 @@ class StoredModel:
         executors. An ALS model that leaves histories undecayed ranks on the executors with
         the user factors Spark fitted (fold-in would reproduce them)."""
         with self.files.folder_to_read(self.prefix) as folder:
-            spark_model = is_spark_model_dir(folder)
-            if "skipped" in self.card.settings:  # a family that could not be fitted: no items
-                yield FactorModel.load(folder, users=False)
-                return
-            if spark is not None and spark_model and not decays(self.card.settings):
+            settings = ModelCard.load(folder).settings
+            if spark is not None and is_spark_model_dir(folder) and not decays(settings):
                 yield load_als_on_spark(spark.spark_session, folder)
                 return
-            item_side = (
-                load_als_factors(folder, users=False)
-                if spark_model
-                else FactorModel.load(folder, users=False)
-            )
-            if spark is not None:
-                yield SparkFoldIn(spark.spark_session, item_side)
-            else:
+            item_side = _item_side(folder)
+            if "skipped" in settings:  # a family that could not be fitted: nothing to score
+                yield item_side
+            elif spark is None:
                 yield fold_in(item_side, history)
+            else:
+                yield SparkFoldIn(spark.spark_session, item_side)
+
+
+def _item_side(folder: Path) -> FactorModel:
+    """A stored model's card and item factors, whatever format its family saves in."""
+    if is_spark_model_dir(folder):
+        return load_als_factors(folder, users=False)
+    return FactorModel.load(folder, users=False)
 
 
 class LakeIOManager(ConfigurableIOManager):
