@@ -16,21 +16,27 @@ COPY reco_dagster ./reco_dagster
 COPY assets ./assets
 COPY resources ./resources
 COPY api ./api
+# The API's environment has no Dagster and no Spark: a lookup service, not an orchestrator.
+RUN python -m venv /opt/api-venv \
+    && /opt/api-venv/bin/pip install --no-cache-dir --upgrade pip \
+    && /opt/api-venv/bin/pip install --no-cache-dir . \
+    && ! /opt/api-venv/bin/python -c "import dagster" 2>/dev/null \
+    && ! /opt/api-venv/bin/python -c "import pyspark" 2>/dev/null
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir ".[pipeline]"
 
 FROM python:3.11-slim-bookworm AS runtime
 RUN useradd --system --uid 10001 --home-dir /app reco \
     && mkdir -p /app /data /opt/dagster/home \
     && chown -R reco /app /data /opt/dagster/home
-COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RECO_DATA_DIR=/data
 WORKDIR /app
 
 FROM runtime AS api
+COPY --from=build /opt/api-venv /opt/venv
 USER reco
 ENV RECO_API_HOST=0.0.0.0 RECO_API_PORT=8000
 EXPOSE 8000
@@ -38,6 +44,7 @@ HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request, sy
 CMD ["reco-api"]
 
 FROM runtime AS dagster
+COPY --from=build /opt/venv /opt/venv
 # Spark's JVM, and native BLAS/LAPACK for ALS.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless libblas3 liblapack3 \

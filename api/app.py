@@ -38,7 +38,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
 from reco_dagster.domain.events import MAX_ID_LENGTH
-from resources.settings import data_dir, recommendation_store, required_env
+from resources.deployment import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
 
 MAX_K = 100
@@ -431,7 +431,7 @@ def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None
 
 
 def create_app(store: RecommendationStore | None = None) -> Litestar:
-    store = store or recommendation_store(secret=required_env)
+    store = store or recommendation_store()
     cache = ResponseCache(
         store, max_bytes=int(float(os.environ.get("RECO_API_CACHE_MB", "256")) * 2**20)
     )

@@ -19,5 +19,3 @@ def raw_events(
         "file(s) quarantined"
     )
     return MaterializeResult(metadata=report.metadata(landing_zone))
-
-

@@ -13,6 +13,7 @@ from dagster import (
     Failure,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -46,7 +47,7 @@ from resources.store import RecommendationStore
 def live_model(
     context: AssetExecutionContext,
     pyspark: LazyPySparkResource,
-    store: RecommendationStore,
+    store: ResourceParam[RecommendationStore],
     landing_zone: LandingZone,
     archive: ModelArchive,
     serving: Serving,
@@ -108,9 +109,7 @@ def live_model(
             check_name=f"{family}_quality_gate",
             passed=not failures[family],
             # A family skipped for the catalogue's size is expected at scale, not an alarm.
-            severity=AssetCheckSeverity.WARN
-            if evaluation["skipped"]
-            else AssetCheckSeverity.ERROR,
+            severity=AssetCheckSeverity.WARN if evaluation["skipped"] else AssetCheckSeverity.ERROR,
             description="; ".join(failures[family]) or "passed every floor and the comparison",
             metadata={
                 "model_version": evaluation["model_version"],

@@ -11,6 +11,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -116,7 +117,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
     )
     def published(
         context: AssetExecutionContext,
-        store: RecommendationStore,
+        store: ResourceParam[RecommendationStore],
         archive: ModelArchive,
         evaluation: dict,
         ranked: pd.DataFrame,

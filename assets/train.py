@@ -102,10 +102,7 @@ def model_search(
             "protocol": protocol.method,
             "validation_folds": len(folds),
             "validation_rows": len(folds[0][1]),
-            **{
-                f"{search.family}_trials": MetadataValue.md(search.table())
-                for search in searches
-            },
+            **{f"{search.family}_trials": MetadataValue.md(search.table()) for search in searches},
             **{
                 f"{search.family}_validation_ndcg_by_trial": MetadataValue.md(search.bar_chart())
                 for search in searches

@@ -79,9 +79,7 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def run_protocol(
-    protocol: str, dataset: Path, search_s: float | None
-) -> dict[str, float | str]:
+def run_protocol(protocol: str, dataset: Path, search_s: float | None) -> dict[str, float | str]:
     """The whole job in a fresh data dir with this protocol (and, given `search_s`, that
     many seconds of search per family); its figures, prefixed."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"reco-quality-{protocol}-"))

@@ -11,6 +11,7 @@ from pathlib import Path
 from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    ResourceParam,
     RunFailureSensorContext,
     RunRequest,
     ScheduleDefinition,
@@ -22,9 +23,9 @@ from dagster import (
 )
 
 from reco_dagster.micro_batch import micro_batch
+from resources.deployment import data_dir
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
-from resources.settings import data_dir
 from resources.store import RecommendationStore
 
 BATCH_RETRAIN = "batch_retrain"
@@ -114,7 +115,7 @@ def retrain_reason(
 )
 def retrain_on_new_data(
     context: SensorEvaluationContext,
-    store: RecommendationStore,
+    store: ResourceParam[RecommendationStore],
     landing_zone: LandingZone,
     archive: ModelArchive,
 ):

@@ -31,8 +31,8 @@ from resources.settings import (
     QualityGate,
     Serving,
     file_store,
-    recommendation_store,
     spark_config,
+    store_resource,
 )
 
 batch_assets = load_assets_from_modules([ingest, prepare, train, evaluate, publish, live])
@@ -56,7 +56,7 @@ def build_resources() -> dict[str, object]:
         "landing_zone": LandingZone(files=files),
         "io_manager": LakeIOManager(files=files),
         "archive": ModelArchive(files=files),
-        "store": recommendation_store(),
+        "store": store_resource(),
         "pyspark": LazyPySparkResource(spark_config=spark_config()),
         "batch_scoring": BatchScoring(),
         "als": AlsSettings(),

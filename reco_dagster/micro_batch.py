@@ -4,7 +4,7 @@ in seconds, without Spark and without retraining."""
 import time
 
 import pandas as pd
-from dagster import Failure, OpExecutionContext, in_process_executor, job, op
+from dagster import Failure, OpExecutionContext, ResourceParam, in_process_executor, job, op
 
 from resources.ingestion import IngestConfig, ingest_landed_files
 from resources.landing_zone import LandingZone
@@ -25,7 +25,7 @@ def score_new_events(
     context: OpExecutionContext,
     config: MicroBatchConfig,
     landing_zone: LandingZone,
-    store: RecommendationStore,
+    store: ResourceParam[RecommendationStore],
     archive: ModelArchive,
 ) -> None:
     """Validates and ingests the new files (the batch path's rules and quarantine), folds the
@@ -47,9 +47,7 @@ def score_new_events(
         context.add_output_metadata({**metadata, "users_refreshed": 0})
         return
     try:
-        refresh = refresh_live_users(
-            landing_zone, store, archive, new_events, context.log.warning
-        )
+        refresh = refresh_live_users(landing_zone, store, archive, new_events, context.log.warning)
     except LiveVersionChangedError as error:
         raise Failure(f"{error}; the sensor retries") from error
     if refresh.version is None:

@@ -1,22 +1,17 @@
-"""Settings chosen by the deployment: where files and lists live, the Spark session, the models.
-
-`RECO_DEPLOYMENT` picks the backends: `embedded` (the default: files under `RECO_DATA_DIR`,
-lists in a SQLite file) or `azure` (files in an Azure Blob Storage container, lists in Azure
-Cosmos DB). Secrets are only ever read from the environment.
+"""Settings chosen by the deployment, as Dagster resources: where files and lists live, the
+Spark session, the models. What the API shares with them (the deployment, the data folder, the
+store) is plain Python in `resources.deployment`; here it is wrapped for the assets.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from dagster_azure.blob import (
     AzureBlobStorageDefaultCredential,
     AzureBlobStorageKeyCredential,
@@ -28,43 +23,9 @@ from pydantic import Field
 from reco_dagster.domain.als import Confidence
 from reco_dagster.domain.splits import SplitMethod, split_interactions
 from resources.cosmos_store import CosmosRecommendationStore
+from resources.deployment import Secret, cosmos_settings, data_dir, deployment, sqlite_store_path
 from resources.files import BlobFiles, FileStore, LocalFiles
 from resources.store import RecommendationStore, SqliteRecommendationStore
-
-DEPLOYMENTS = ("embedded", "azure")
-
-# The Azure SDKs log every HTTP request and response at INFO: keep them to warnings.
-for sdk_http_log in (
-    "azure.core.pipeline.policies.http_logging_policy",
-    "azure.cosmos._cosmos_http_logging_policy",
-):
-    logging.getLogger(sdk_http_log).setLevel(logging.WARNING)
-
-Secret = Callable[[str], str]
-"""How a resource gets a secret by its variable's name: `EnvVar` in Dagster's definitions
-(read when a run starts, never stored in config), `required_env` in plain processes."""
-
-
-def required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise RuntimeError(f"{name} is not set; the {deployment()} deployment needs it")
-    return value
-
-
-def deployment() -> str:
-    chosen = os.environ.get("RECO_DEPLOYMENT", "embedded")
-    if chosen not in DEPLOYMENTS:
-        raise ValueError(f"RECO_DEPLOYMENT={chosen!r}: choose one of {', '.join(DEPLOYMENTS)}")
-    return chosen
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("RECO_DATA_DIR", "data")).resolve()
-
-
-def sqlite_store_path() -> Path:
-    return Path(os.environ.get("RECO_SQLITE_PATH", data_dir() / "reco.sqlite")).resolve()
 
 
 def spark_config() -> dict[str, str]:
@@ -111,17 +72,36 @@ def file_store(secret: Secret = EnvVar) -> FileStore:
     )
 
 
-def recommendation_store(secret: Secret = EnvVar) -> RecommendationStore:
-    """The store this deployment serves from: the SQLite file, or for azure the Cosmos DB
-    database `RECO_COSMOS_DATABASE` (default reco) at `RECO_COSMOS_ENDPOINT`, signed in with
-    `RECO_COSMOS_KEY` when set, else with DefaultAzureCredential."""
+class SqliteStore(ConfigurableResource):
+    """The embedded store for assets, jobs and sensors: they get a `RecommendationStore`
+    (annotate `ResourceParam[RecommendationStore]`)."""
+
+    path: str
+
+    def create_resource(self, context: InitResourceContext) -> RecommendationStore:
+        return SqliteRecommendationStore(path=self.path)
+
+
+class CosmosStore(ConfigurableResource):
+    """Azure Cosmos DB for assets, jobs and sensors; `key` None signs in with
+    DefaultAzureCredential (managed identity)."""
+
+    endpoint: str
+    key: str | None = None
+    database: str = "reco"
+
+    def create_resource(self, context: InitResourceContext) -> RecommendationStore:
+        return CosmosRecommendationStore(
+            endpoint=self.endpoint, key=self.key, database=self.database
+        )
+
+
+def store_resource(secret: Secret = EnvVar) -> SqliteStore | CosmosStore:
+    """The store this deployment serves from (`resources.deployment.recommendation_store`),
+    as a Dagster resource whose secrets are read from the environment when a run starts."""
     if deployment() == "embedded":
-        return SqliteRecommendationStore(path=str(sqlite_store_path()))
-    return CosmosRecommendationStore(
-        endpoint=secret("RECO_COSMOS_ENDPOINT"),
-        key=secret("RECO_COSMOS_KEY") if os.environ.get("RECO_COSMOS_KEY") else None,
-        database=os.environ.get("RECO_COSMOS_DATABASE", "reco"),
-    )
+        return SqliteStore(path=str(sqlite_store_path()))
+    return CosmosStore(**cosmos_settings(secret))
 
 
 class AlsSettings(ConfigurableResource):

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import msgspec
-from dagster import ConfigurableResource
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
 from reco_dagster.domain.lists import Item
 
@@ -67,8 +66,9 @@ class ModelVersion:
     info: dict[str, Any]
 
 
-class RecommendationStore(ConfigurableResource):
-    """The interface every store implements (SQLite embedded, Cosmos DB in production).
+class RecommendationStore(BaseModel):
+    """The interface every store implements (SQLite embedded, Cosmos DB in production). A plain
+    class (the API imports it without Dagster); `resources.settings` wraps it for the assets.
 
     A model's life: `register` (candidate, or rejected by the quality gate) → `write_version`
     (its lists, beside the live ones) → `activate` (the switch) → retired when another

@@ -19,5 +19,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # pyspark builds from its source package on first install: a few minutes, once.
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[pipeline,test]"
 echo "setup: .venv ready ($(.venv/bin/python --version))"

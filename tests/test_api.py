@@ -242,3 +242,39 @@ def test_metrics_count_requests_per_route_cache_hits_and_the_live_version(data_d
     dashboard = (Path(__file__).parents[1] / "deploy/grafana/reco-api-dashboard.json").read_text()
     charted = set(re.findall(r"reco_api_\w+", dashboard))
     assert charted and all(f"\n{name}" in metrics for name in charted), charted
+
+
+# Installed in the API's processes (granian's workers too, through PYTHONPATH): an environment
+# where Dagster and Spark are not installed, as in the Dockerfile's api image.
+WITHOUT_THE_ORCHESTRATOR = '''
+import importlib.abc, sys
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dagster", "pyspark") or name.startswith("dagster_"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+'''
+
+
+def test_the_api_is_a_lookup_service_without_dagster_or_spark(data_dir, store, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(WITHOUT_THE_ORCHESTRATOR)
+    env = {"PYTHONPATH": f"{site}:{Path(__file__).resolve().parents[1]}"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, api.app, api.serve; print(sorted(sys.modules))"],
+        env={**env, "RECO_DATA_DIR": str(data_dir), "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "'dagster" not in loaded and "'pyspark" not in loaded
+    store.register("v1", {"family": "als"})
+    store.write_version("v1", personal("v1"), POPULAR)
+    store.activate("v1")
+    with running_api(data_dir, **env) as url:
+        body = httpx.get(f"{url}/users/196/recommendations").json()
+        assert (body["model_version"], body["source"]) == ("v1", "personal")

@@ -14,7 +14,10 @@ def test_the_dockerfile_builds_an_api_and_a_dagster_image_from_one_build_stage()
     dockerfile = (REPO / "Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+) AS (\w+)", dockerfile, flags=re.MULTILINE)
     assert [name for _, name in stages] == ["build", "runtime", "api", "dagster"]
-    assert dockerfile.count("pip install --no-cache-dir .") == 1
+    # The API's environment is the package without extras: no Dagster, no Spark.
+    assert dockerfile.count("pip install --no-cache-dir . ") == 1
+    assert dockerfile.count('pip install --no-cache-dir ".[pipeline]"') == 1
+    assert "COPY --from=build /opt/api-venv" in dockerfile.split("AS api")[1].split("AS dagster")[0]
     dagster_stage = dockerfile.split("AS dagster")[1]
     assert (
         "openjdk-17-jre-headless" in dagster_stage

@@ -144,9 +144,18 @@ def test_the_job_publishes_a_model_that_beats_popularity(first_run):
     live = store.version(store.live_version())
     searched = json.loads((data_dir / "lake" / "model_search.json").read_text())
     assert "ease: 2 trial(s)" in result.stderr and "als: 1 trial(s)" in result.stderr
-    assert evaluation["settings"] == searched["als"]["settings"] == {**DECAYED_ALS, **{
-        key: value for key, value in evaluation["settings"].items() if key not in DECAYED_ALS
-    }}
+    assert (
+        evaluation["settings"]
+        == searched["als"]["settings"]
+        == {
+            **DECAYED_ALS,
+            **{
+                key: value
+                for key, value in evaluation["settings"].items()
+                if key not in DECAYED_ALS
+            },
+        }
+    )
     # The family with the better validation nDCG@10 goes live; the other stays a candidate.
     by_validation = sorted(
         (evaluation, ease), key=lambda family: family["validation"]["ndcg_at_10"]

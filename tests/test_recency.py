@@ -96,9 +96,7 @@ def drifting_events(shuffle_time: bool, users: int = 300, seed: int = 0) -> pd.D
     rows = []
     for user in range(users):
         start = rng.integers(12)
-        picks = [
-            f"g{(start + step // 5) % 12}-{rng.integers(8)}" for step in range(20)
-        ]
+        picks = [f"g{(start + step // 5) % 12}-{rng.integers(8)}" for step in range(20)]
         times = rng.permutation(20) if shuffle_time else np.arange(20)
         rows += [(f"u{user}", item, int(t)) for item, t in zip(picks, times, strict=True)]
     return table(rows)

@@ -89,9 +89,7 @@ def fill_short_lists(
     fills = []
     for user_id, group in listed:
         taken = set(group["item_id"]) | seen_by_user.get(user_id, set())
-        extra = [item for item in fallback["item_id"] if item not in taken][
-            : depth - len(group)
-        ]
+        extra = [item for item in fallback["item_id"] if item not in taken][: depth - len(group)]
         last = group["score"].min()
         fills.append(
             pd.DataFrame(

@@ -1,0 +1,71 @@
+"""Which deployment this process serves, where its data lives, and its recommendation store:
+what the API and the pipeline share. Plain Python, without Dagster or Spark, so that the API
+(a lookup service) starts without loading the orchestrator.
+
+`RECO_DEPLOYMENT` picks the backends: `embedded` (the default: files under `RECO_DATA_DIR`,
+lists in a SQLite file) or `azure` (files in an Azure Blob Storage container, lists in Azure
+Cosmos DB). Secrets are only ever read from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from resources.cosmos_store import CosmosRecommendationStore
+from resources.store import RecommendationStore, SqliteRecommendationStore
+
+DEPLOYMENTS = ("embedded", "azure")
+
+# The Azure SDKs log every HTTP request and response at INFO: keep them to warnings.
+for sdk_http_log in (
+    "azure.core.pipeline.policies.http_logging_policy",
+    "azure.cosmos._cosmos_http_logging_policy",
+):
+    logging.getLogger(sdk_http_log).setLevel(logging.WARNING)
+
+Secret = Callable[[str], str]
+"""How a caller gets a secret by its variable's name: `EnvVar` in Dagster's definitions (read
+when a run starts, never stored in config), `required_env` in plain processes."""
+
+
+def required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"{name} is not set; the {deployment()} deployment needs it")
+    return value
+
+
+def deployment() -> str:
+    chosen = os.environ.get("RECO_DEPLOYMENT", "embedded")
+    if chosen not in DEPLOYMENTS:
+        raise ValueError(f"RECO_DEPLOYMENT={chosen!r}: choose one of {', '.join(DEPLOYMENTS)}")
+    return chosen
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("RECO_DATA_DIR", "data")).resolve()
+
+
+def sqlite_store_path() -> Path:
+    return Path(os.environ.get("RECO_SQLITE_PATH", data_dir() / "reco.sqlite")).resolve()
+
+
+def cosmos_settings(secret: Secret) -> dict[str, str | None]:
+    """The Cosmos DB database `RECO_COSMOS_DATABASE` (default reco) at `RECO_COSMOS_ENDPOINT`,
+    signed in with `RECO_COSMOS_KEY` when set, else with DefaultAzureCredential."""
+    return {
+        "endpoint": secret("RECO_COSMOS_ENDPOINT"),
+        "key": secret("RECO_COSMOS_KEY") if os.environ.get("RECO_COSMOS_KEY") else None,
+        "database": os.environ.get("RECO_COSMOS_DATABASE", "reco"),
+    }
+
+
+def recommendation_store() -> RecommendationStore:
+    """The store this deployment serves from: the SQLite file, or for azure Cosmos DB
+    (`cosmos_settings`)."""
+    if deployment() == "embedded":
+        return SqliteRecommendationStore(path=str(sqlite_store_path()))
+    return CosmosRecommendationStore(**cosmos_settings(required_env))
