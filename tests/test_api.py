@@ -246,7 +246,7 @@ def test_metrics_count_requests_per_route_cache_hits_and_the_live_version(data_d
 
 # Installed in the API's processes (granian's workers too, through PYTHONPATH): an environment
 # where Dagster and Spark are not installed, as in the Dockerfile's api image.
-WITHOUT_THE_ORCHESTRATOR = '''
+WITHOUT_THE_ORCHESTRATOR = """
 import importlib.abc, sys
 
 class NotInstalled(importlib.abc.MetaPathFinder):
@@ -256,7 +256,7 @@ class NotInstalled(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NotInstalled())
-'''
+"""
 
 
 def test_the_api_is_a_lookup_service_without_dagster_or_spark(data_dir, store, tmp_path):
