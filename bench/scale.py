@@ -109,8 +109,9 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         ]
 
         _land_micro_batch(landing / "micro-batch.csv", known_users, items)
+        streaming = importlib.import_module("reco_dagster.streaming")
         started = time.perf_counter()
-        micro = definitions.defs.resolve_job_def("micro_batch").execute_in_process(
+        micro = streaming.defs.resolve_job_def("micro_batch").execute_in_process(
             instance=instance,
             run_config={"ops": {"score_new_events": {"config": {"files": ["micro-batch.csv"]}}}},
         )

@@ -155,7 +155,8 @@ nightly_retrain = ScheduleDefinition(
 )
 
 
-@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING)
+# Every location's runs: the micro-batches are the streaming location's.
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=True)
 def record_failed_runs(context: RunFailureSensorContext) -> None:
     """Appends every failed run to $RECO_DATA_DIR/failed_runs.jsonl and, when
     RECO_FAILURE_WEBHOOK_URL is set, posts the same record there as JSON."""

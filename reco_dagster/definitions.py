@@ -1,4 +1,5 @@
-"""The code location: every asset, resource and job, with the deployment's resources."""
+"""The batch code location: every asset, the batch job, its schedule and sensors, with the
+deployment's resources. Micro-batches are the streaming location's (`reco_dagster.streaming`)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,13 @@ from dagster_pyspark import LazyPySparkResource
 from assets import evaluate, ingest, live, prepare, publish, train
 from reco_dagster.automation import (
     BATCH_RETRAIN,
-    landing_zone_sensor,
     nightly_retrain,
     record_failed_runs,
     retrain_on_new_data,
 )
-from reco_dagster.micro_batch import micro_batch
+from reco_dagster.streaming import streaming_resources
+from resources.backends import file_store
 from resources.lake_io import LakeIOManager
-from resources.landing_zone import LandingZone
-from resources.model_archive import ModelArchive
 from resources.settings import (
     AlsSettings,
     BatchScoring,
@@ -30,9 +29,7 @@ from resources.settings import (
     EvaluationProtocol,
     QualityGate,
     Serving,
-    file_store,
     spark_config,
-    store_resource,
 )
 
 batch_assets = load_assets_from_modules([ingest, prepare, train, evaluate, publish, live])
@@ -51,12 +48,9 @@ batch_retrain = define_asset_job(
 
 def build_resources() -> dict[str, object]:
     """The resources of the deployment RECO_DEPLOYMENT names (embedded by default)."""
-    files = file_store()
     return {
-        "landing_zone": LandingZone(files=files),
-        "io_manager": LakeIOManager(files=files),
-        "archive": ModelArchive(files=files),
-        "store": store_resource(),
+        **streaming_resources(),
+        "io_manager": LakeIOManager(files=file_store()),
         "pyspark": LazyPySparkResource(spark_config=spark_config()),
         "batch_scoring": BatchScoring(),
         "als": AlsSettings(),
@@ -69,9 +63,9 @@ def build_resources() -> dict[str, object]:
 
 defs = Definitions(
     assets=batch_assets,
-    jobs=[batch_retrain, micro_batch],
+    jobs=[batch_retrain],
     schedules=[nightly_retrain],
-    sensors=[landing_zone_sensor, retrain_on_new_data, record_failed_runs],
+    sensors=[retrain_on_new_data, record_failed_runs],
     resources=build_resources(),
     # Each Spark step in its own process would start its own JVM (~30 s each): keep one run
     # in one process, so one SparkSession serves every step.

@@ -1,7 +1,5 @@
-"""Settings chosen by the deployment, as Dagster resources: where files and lists live, the
-Spark session, the models. What the API shares with them (the deployment, the data folder, the
-store) is plain Python in `resources.deployment`; here it is wrapped for the assets.
-"""
+"""Settings of the batch job, as Dagster resources: the Spark session, the models, the
+evaluation, the gate and serving. Where files and lists live is `resources.backends`."""
 
 from __future__ import annotations
 
@@ -11,21 +9,13 @@ import sys
 from typing import Literal
 
 import pandas as pd
-from dagster import ConfigurableResource, EnvVar, InitResourceContext
-from dagster_azure.blob import (
-    AzureBlobStorageDefaultCredential,
-    AzureBlobStorageKeyCredential,
-    AzureBlobStorageResource,
-)
+from dagster import ConfigurableResource
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from reco_dagster.domain.als import Confidence
 from reco_dagster.domain.splits import SplitMethod, split_interactions
-from resources.cosmos_store import CosmosRecommendationStore
-from resources.deployment import Secret, cosmos_settings, data_dir, deployment, sqlite_store_path
-from resources.files import BlobFiles, FileStore, LocalFiles
-from resources.store import RecommendationStore, SqliteRecommendationStore
+from resources.deployment import data_dir
 
 
 def spark_config() -> dict[str, str]:
@@ -51,57 +41,6 @@ def spark_config() -> dict[str, str]:
     if master.startswith("local"):
         config |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
     return config | json.loads(os.environ.get("RECO_SPARK_CONF", "{}"))
-
-
-def file_store(secret: Secret = EnvVar) -> FileStore:
-    """Where the landing zone and the lake are: `RECO_DATA_DIR`, or for azure the container
-    `RECO_BLOB_CONTAINER` (default reco) of the account at `RECO_BLOB_ACCOUNT_URL`, signed in
-    with `RECO_BLOB_KEY` when set, else with DefaultAzureCredential (managed identity)."""
-    if deployment() == "embedded":
-        return LocalFiles(root=str(data_dir()))
-    credential = (
-        AzureBlobStorageKeyCredential(key=secret("RECO_BLOB_KEY"))
-        if os.environ.get("RECO_BLOB_KEY")
-        else AzureBlobStorageDefaultCredential()
-    )
-    return BlobFiles(
-        storage=AzureBlobStorageResource(
-            account_url=secret("RECO_BLOB_ACCOUNT_URL"), credential=credential
-        ),
-        container=os.environ.get("RECO_BLOB_CONTAINER", "reco"),
-    )
-
-
-class SqliteStore(ConfigurableResource):
-    """The embedded store for assets, jobs and sensors: they get a `RecommendationStore`
-    (annotate `ResourceParam[RecommendationStore]`)."""
-
-    path: str
-
-    def create_resource(self, context: InitResourceContext) -> RecommendationStore:
-        return SqliteRecommendationStore(path=self.path)
-
-
-class CosmosStore(ConfigurableResource):
-    """Azure Cosmos DB for assets, jobs and sensors; `key` None signs in with
-    DefaultAzureCredential (managed identity)."""
-
-    endpoint: str
-    key: str | None = None
-    database: str = "reco"
-
-    def create_resource(self, context: InitResourceContext) -> RecommendationStore:
-        return CosmosRecommendationStore(
-            endpoint=self.endpoint, key=self.key, database=self.database
-        )
-
-
-def store_resource(secret: Secret = EnvVar) -> SqliteStore | CosmosStore:
-    """The store this deployment serves from (`resources.deployment.recommendation_store`),
-    as a Dagster resource whose secrets are read from the environment when a run starts."""
-    if deployment() == "embedded":
-        return SqliteStore(path=str(sqlite_store_path()))
-    return CosmosStore(**cosmos_settings(secret))
 
 
 class AlsSettings(ConfigurableResource):

@@ -32,8 +32,8 @@ def test_a_dropped_file_changes_what_the_api_serves(data_dir, tmp_path):
             [
                 Path(sys.executable).with_name("dagster-daemon"),
                 "run",
-                "-m",
-                "reco_dagster.definitions",
+                "-w",
+                "workspace.yaml",
             ],
             cwd=REPO,
             env=env,

@@ -27,15 +27,27 @@ def test_the_dockerfile_builds_an_api_and_a_dagster_image_from_one_build_stage()
         assert (REPO / copied).exists(), copied
 
 
+def local_workspace() -> list[dict]:
+    return yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
+
+
 def test_compose_runs_dagster_on_postgres_beside_the_api():
     compose = yaml.safe_load((DEPLOY / "docker" / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "code", "webserver", "daemon", "api"}
+    assert set(services) == {"postgres", "code", "streaming", "webserver", "daemon", "api"}
     workspace = yaml.safe_load((DEPLOY / "docker" / "workspace.yaml").read_text())
-    [location] = workspace["load_from"]
-    assert location["grpc_server"]["host"] == "code"
-    code_command = yaml.safe_load((REPO / "Dockerfile").read_text().split("CMD ")[-1])
-    assert str(location["grpc_server"]["port"]) == code_command[code_command.index("-p") + 1]
+    commands = {
+        "code": yaml.safe_load((REPO / "Dockerfile").read_text().split("CMD ")[-1]),
+        "streaming": services["streaming"]["command"],
+    }
+    # The same code locations as the workspace dagster dev loads, each served where it says.
+    assert [location["grpc_server"]["location_name"] for location in workspace["load_from"]] == [
+        location["python_module"]["location_name"] for location in local_workspace()
+    ]
+    for location, local in zip(workspace["load_from"], local_workspace(), strict=True):
+        command = commands[location["grpc_server"]["host"]]
+        assert str(location["grpc_server"]["port"]) == command[command.index("-p") + 1]
+        assert command[command.index("-m") + 1] == local["python_module"]["module_name"]
     for name in ("webserver", "daemon"):
         assert "/app/workspace.yaml" in services[name]["command"]
         assert services[name]["environment"]["DAGSTER_PG_HOST"] == "postgres"
@@ -64,6 +76,8 @@ def test_the_helm_values_keep_the_run_queue_of_dagster_yaml():
     embedded = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_queue"]
     assert queue["tagConcurrencyLimits"] == embedded["tag_concurrency_limits"]
     assert queue["dequeueIntervalSeconds"] == embedded["dequeue_interval_seconds"]
-    [deployment] = values["dagster-user-deployments"]["deployments"]
-    assert deployment["dagsterApiGrpcArgs"] == ["-m", "reco_dagster.definitions"]
+    deployments = values["dagster-user-deployments"]["deployments"]
+    assert [deployment["dagsterApiGrpcArgs"] for deployment in deployments] == [
+        ["-m", location["python_module"]["module_name"]] for location in local_workspace()
+    ]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"

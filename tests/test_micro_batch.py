@@ -169,15 +169,16 @@ def test_a_failed_retrain_is_asked_for_again_once_more_data_came_in(world, data_
     assert evaluate().run_key != first.run_key
 
 
-def test_the_micro_batch_needs_nothing_from_the_assets():
-    """Shared ingest and list building live in domain/ and resources/: the micro-batch job
-    (and its run process) loads no asset module."""
+def test_the_micro_batch_location_loads_no_assets_and_no_spark():
+    """Shared ingest and list building live in domain/ and resources/: the streaming code
+    location, which each micro-batch run's process loads, needs no asset module, no Spark and
+    no model search."""
     loaded = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, reco_dagster.micro_batch; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'assets'))",
+            "import sys, reco_dagster.streaming; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('assets', 'pyspark', 'dagster_pyspark', 'optuna')))",
         ],
         cwd=REPO,
         capture_output=True,
