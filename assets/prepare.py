@@ -5,6 +5,7 @@ from dagster import (
     AssetExecutionContext,
     AssetOut,
     Failure,
+    MaterializeResult,
     MetadataValue,
     Output,
     asset,
@@ -17,11 +18,28 @@ from resources.landing_zone import LANDING, LandingZone
 from resources.settings import EvaluationProtocol
 
 
-@asset(group_name="prepare", deps=[raw_events], kinds={"pandas"})
+@asset(group_name="prepare", deps=[raw_events], kinds={"parquet"})
+def history_by_user(landing_zone: LandingZone) -> MaterializeResult:
+    """The event history sorted by user, in small row groups: the batch job's data snapshot,
+    and where a micro-batch reads a few users' whole histories without scanning everyone's.
+    Files ingested after it are what the models of this run have not seen: a switch folds
+    their users in (`live_model`)."""
+    snapshot = landing_zone.compact_history()
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": snapshot.events,
+            "users": snapshot.users,
+            "event_files": snapshot.event_files,
+            "path": MetadataValue.path(snapshot.location),
+        }
+    )
+
+
+@asset(group_name="prepare", deps=[history_by_user], kinds={"pandas"})
 def interactions(context: AssetExecutionContext, landing_zone: LandingZone) -> Output[pd.DataFrame]:
-    """Deduplicated interactions, one row per (user, item), with dense integer indices.
-    Also re-sorts the event history by user, for the micro-batch's history reads."""
-    events = landing_zone.compact_history()
+    """Deduplicated interactions, one row per (user, item), with dense integer indices, from
+    the snapshot `history_by_user` wrote."""
+    events = landing_zone.snapshot_events()
     if events.empty:
         raise Failure(
             f"No events have been ingested: put event files in {landing_zone.where(LANDING)} "

@@ -105,29 +105,51 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         )
 
     @asset(
+        name=f"{family}_archived_model",
+        group_name="publish",
+        kinds={"numpy"},
+        ins={"evaluation": AssetIn(f"{family}_evaluation"), "model": AssetIn(f"{family}_model")},
+    )
+    def archived_model(
+        archive: ModelArchive, evaluation: dict, model: StoredModel
+    ) -> MaterializeResult:
+        """The version's item side (card and item factors), written once under its version id
+        and never rewritten in place: what micro-batches fold users into while it is live."""
+        version = evaluation["model_version"]
+        if evaluation["skipped"]:
+            outcome = f"skipped: {evaluation['skipped']}"
+        else:
+            outcome = "written" if archive.save(model.item_side()) else "archived already"
+        return MaterializeResult(
+            metadata={
+                "model_version": version,
+                "outcome": outcome,
+                "path": MetadataValue.path(archive.location(version)),
+            }
+        )
+
+    @asset(
         name=f"{family}_published",
         group_name="publish",
         kinds={"sqlite"},
+        deps=[f"{family}_archived_model"],
         ins={
             "evaluation": AssetIn(f"{family}_evaluation"),
             "ranked": AssetIn(f"{family}_recommendations"),
-            "model": AssetIn(f"{family}_model"),
             "similar": AssetIn(f"{family}_similar_items"),
         },
     )
     def published(
         context: AssetExecutionContext,
         store: ResourceParam[RecommendationStore],
-        archive: ModelArchive,
         evaluation: dict,
         ranked: pd.DataFrame,
-        model: StoredModel,
         similar: pd.DataFrame,
         popular_items: pd.DataFrame,
         item_catalog: pd.DataFrame,
     ) -> MaterializeResult:
-        """Registers the version, archives its item side (the micro-batch folds users into it)
-        and writes its lists beside the live ones; `live_model` decides what goes live."""
+        """Registers the version and writes its lists beside the live ones; `live_model`
+        decides what goes live."""
         version = evaluation["model_version"]
         if evaluation["skipped"]:
             return MaterializeResult(
@@ -138,7 +160,6 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
         titles = titles_by_item(item_catalog)
         store.register(version, evaluation)
-        archive.save(model.item_side())
         written = store.write_version(
             version,
             ranked_lists(ranked, "user_id", titles),
@@ -163,7 +184,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             }
         )
 
-    return [recommendations, similar_items, published]
+    return [recommendations, similar_items, archived_model, published]
 
 
 def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: int = 10) -> str:

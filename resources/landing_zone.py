@@ -78,6 +78,16 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class HistorySnapshot:
+    """A copy of the event history sorted by user: what the batch job trains on."""
+
+    location: str
+    events: int
+    users: int
+    event_files: int
+
+
+@dataclass(frozen=True)
 class LandingScan:
     files: list[FileInfo]
     """Event files to read, names relative to landing/."""
@@ -285,10 +295,10 @@ class LandingZone(ConfigurableResource):
     def _event_files(digests: list[str]) -> list[str]:
         return [f"{EVENTS}{digest}.parquet" for digest in digests]
 
-    def compact_history(self) -> pd.DataFrame:
-        """Every ingested event, as `event_history`; also written sorted by user in small row
-        groups (the previous copy kept for readers still on it), so that `user_history` reads
-        a few users' events without scanning everyone's."""
+    def compact_history(self) -> HistorySnapshot:
+        """Write every ingested event sorted by user in small row groups (the previous copy
+        kept for readers still on it), so that `user_history` reads a few users' events
+        without scanning everyone's; the batch job's data snapshot (`snapshot_events`)."""
         names = [file.name for file in self.files.list(EVENTS)]
         events = self._event_table(names)
         snapshot = f"{BY_USER}{datetime.now(UTC):%Y%m%dT%H%M%S%f}/"
@@ -307,7 +317,20 @@ class LandingZone(ConfigurableResource):
         )
         for stale in snapshots[:-2]:
             self.files.delete_folder(f"{BY_USER}{stale}/")
-        return events.to_pandas()
+        return HistorySnapshot(
+            self.files.location(snapshot + "events.parquet"),
+            events.num_rows,
+            len(set(events["user_id"].to_pylist())),
+            len(names),
+        )
+
+    def snapshot_events(self) -> pd.DataFrame:
+        """The events of the latest user-sorted history (`compact_history`)."""
+        manifest = self._snapshot_manifest()
+        if manifest["snapshot"] is None:
+            return EVENT_SCHEMA.empty_table().to_pandas()
+        with self.files.open(manifest["snapshot"]) as source:
+            return pq.read_table(source, schema=EVENT_SCHEMA).to_pandas()
 
     def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
         """Every ingested event of these users: their row groups of the user-sorted history,

@@ -13,14 +13,19 @@ VERSIONS = "lake/versions/"
 class ModelArchive(ConfigurableResource):
     files: FileStore
 
-    def save(self, model: FactorModel) -> None:
-        """Write a version's item side once. A version id names one model, so a complete copy
-        (its card, written last) is never rewritten: a micro-batch may be reading it."""
+    def save(self, model: FactorModel) -> bool:
+        """Write a version's item side once; False when it is archived already. A version id
+        names one model, so a complete copy (its card, written last) is never rewritten: a
+        micro-batch may be reading it."""
         folder_name = f"{VERSIONS}{model.version}/"
         if self.files.exists(folder_name + CARD_FILE):
-            return
+            return False
         with self.files.folder_to_write(folder_name) as folder:
             model.save(folder)
+        return True
+
+    def location(self, version: str) -> str:
+        return self.files.location(f"{VERSIONS}{version}/")
 
     def load(self, version: str) -> FactorModel:
         try:

@@ -36,7 +36,7 @@ def test_assets_materialize_with_run_and_event_storage_in_postgres(tmp_path, dat
                 "-m",
                 "reco_dagster.definitions",
                 "--select",
-                "raw_events,interactions",
+                "raw_events,history_by_user,interactions",
             ],
             cwd=REPO,
             env={
@@ -67,6 +67,6 @@ def test_assets_materialize_with_run_and_event_storage_in_postgres(tmp_path, dat
                 "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' ORDER BY id"
             )
             keys = [row[0] for row in cursor.fetchall()]
-    assert keys == ['["raw_events"]', '["interactions"]']
+    assert keys == ['["raw_events"]', '["history_by_user"]', '["interactions"]']
     # Nothing went to the embedded SQLite storage.
     assert not list(dagster_home.rglob("*.db"))

@@ -134,7 +134,8 @@ def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_sinc
     ingest(zone)
     for _ in range(3):
         compacted = zone.compact_history()
-    assert len(compacted) == 15_000
+    assert (compacted.events, compacted.users, compacted.event_files) == (15_000, 3000, 1)
+    assert len(zone.snapshot_events()) == 15_000
     snapshots = {file.name.split("/")[2] for file in zone.files.list(BY_USER)}
     assert len(snapshots - {"manifest.json"}) == 2, "older snapshots are removed"
     zone.land("later.csv", b"user_id,item_id,timestamp\nu7,new-item,1700000000\nnewcomer,i1,1\n")
