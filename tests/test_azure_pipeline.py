@@ -7,13 +7,15 @@ import uuid
 
 import httpx
 import pandas as pd
+import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
 from resources.cosmos_store import CosmosRecommendationStore
 from resources.landing_zone import LandingZone
-from tests.conftest import blob_files, running_api
+from tests.conftest import blob_files, run_batch_retrain, running_api
 from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY
-from tests.test_pipeline import run_batch_retrain
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_batch_flow_runs_on_blob_storage_and_cosmos_db(blob_server, cosmos, data_dir, tmp_path):

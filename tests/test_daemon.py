@@ -9,9 +9,12 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO, land, live_world, running_api
 from tests.servers import stop_process_group
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_dropped_file_changes_what_the_api_serves(data_dir, tmp_path):

@@ -6,10 +6,13 @@ import subprocess
 
 import pandas as pd
 import psycopg2
+import pytest
 import yaml
 
 from tests.conftest import REPO, land
 from tests.servers.postgres import postgres_server
+
+pytestmark = pytest.mark.slow
 
 POSTGRES_INSTANCE = REPO / "deploy" / "dagster" / "dagster-postgres.yaml"
 

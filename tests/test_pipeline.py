@@ -3,7 +3,6 @@ the real CLI) → the SQLite store → the API over HTTP. Then new events arrive
 run ingests only them and switches the live version."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,68 +25,17 @@ from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import SqliteRecommendationStore, VersionNotPublishableError
-from tests.conftest import REPO, dagster_job, land, resources, running_api
+from tests.conftest import (
+    DECAYED_ALS,
+    REPO,
+    SMALL_ALS,
+    land,
+    resources,
+    run_batch_retrain,
+    running_api,
+)
 
-SMALL_ALS = {
-    "rank": 16,
-    "max_iter": 8,
-    "alpha": 10.0,
-    "confidence": "binary",
-    "half_life_events": 0.0,
-    "recency_floor": 0.0,
-}
-DECAYED_ALS = {**SMALL_ALS, "half_life_events": 5.0, "recency_floor": 0.03}
-
-
-def run_batch_retrain(
-    data_dir: Path,
-    tmp_path: Path,
-    als: dict = SMALL_ALS,
-    search: dict | None = None,
-    ease: dict | None = None,
-    spark_from_users: int = 100_000,
-    serving: dict | None = None,
-    **extra_env: str,
-) -> subprocess.CompletedProcess:
-    """batch_retrain through the CLI; `search` is model_search's config (default: the
-    configured settings as they are)."""
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    config = tmp_path / "run_config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "resources": {
-                    "als": {"config": als},
-                    "ease": {"config": ease or {}},
-                    "batch_scoring": {"config": {"spark_from_users": spark_from_users}},
-                    "serving": {"config": serving or {}},
-                },
-                "ops": {
-                    "model_search": {
-                        "config": search or {"time_budget_s": {"als": 0.0, "ease": 0.0}}
-                    }
-                },
-            }
-        )
-    )
-    env = {
-        **os.environ,
-        "RECO_DATA_DIR": str(data_dir),
-        "DAGSTER_HOME": str(dagster_home),
-        "PYSPARK_PYTHON": sys.executable,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        **extra_env,
-    }
-    return subprocess.run(
-        dagster_job("batch_retrain", "-c", str(config)),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

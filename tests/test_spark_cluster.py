@@ -15,8 +15,10 @@ import pyspark
 import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
+from tests.conftest import run_batch_retrain
 from tests.servers import free_port, stop_process_group
-from tests.test_pipeline import run_batch_retrain
+
+pytestmark = pytest.mark.slow
 
 
 @contextmanager

@@ -19,11 +19,14 @@ from tests.servers import free_port, stop_process_group
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOTS = REPO / "build" / "ui-screenshots"
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="Debian's chromium and chromium-driver are not installed "
-    "(scripts/test.sh installs them as root: apt-get install chromium chromium-driver)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        reason="Debian's chromium and chromium-driver are not installed "
+        "(scripts/test.sh installs them as root: apt-get install chromium chromium-driver)",
+    ),
+]
 
 
 @contextmanager
