@@ -51,8 +51,9 @@ def score_new_events(
         scan = landing_zone.scan()
     else:
         scan = landing_zone.scan_named(config.files)
-        for gone in set(config.files) - {file.name for file in scan.files}:
-            landing_zone.end_attempts(gone)
+        # A name that is gone (or not an event file) has nothing left to attempt.
+        for name in set(config.files) - {file.name for file in scan.files}:
+            landing_zone.end_attempts(name)
     attempts = _begin_attempts(landing_zone, scan.files, context.log.warning)
     try:
         report = _score(

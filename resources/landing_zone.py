@@ -94,7 +94,7 @@ class Attempt:
     attempts: int
     """How many attempts at this version began, this one included."""
     error: str | None
-    """What the previous attempt ended with, when it said."""
+    """What the previous attempt ended with; None when it never said (its process died)."""
 
 
 @dataclass(frozen=True)
@@ -207,10 +207,7 @@ class LandingZone(ConfigurableResource):
 
     def ledger_entry(self, key: str) -> dict | None:
         """One file's ledger entry, by content hash (or a refusal's key): one small read."""
-        try:
-            return json.loads(self.files.read(f"{LEDGER}{key}.json"))
-        except FileNotFoundError:
-            return None
+        return self._read_json(f"{LEDGER}{key}.json")
 
     def ledger_size(self) -> int:
         """How many files the ledger holds (a listing, no reads)."""
@@ -242,15 +239,15 @@ class LandingZone(ConfigurableResource):
         the work starts, so that an attempt whose process is killed counts too. None when
         this version was given up."""
         key = _name_key(file.name)
-        given_up = self._note(f"{GIVEN_UP}{key}.json")
+        given_up = self._read_json(f"{GIVEN_UP}{key}.json")
         if given_up is not None and given_up["version"] == file.version:
             return None
-        earlier = self._note(f"{ATTEMPTS}{key}.json")
+        earlier = self._read_json(f"{ATTEMPTS}{key}.json")
         if earlier is None or earlier["version"] != file.version:
             earlier = {"attempts": 0, "error": None}
         attempt = Attempt(file.name, file.version, earlier["attempts"] + 1, earlier["error"])
         # Unless this attempt says otherwise, its process died: the sensor asks again then.
-        self._write_attempt(attempt, time.time() + ATTEMPT_TIMEOUT_S)
+        self._write_attempt(replace(attempt, error=None), time.time() + ATTEMPT_TIMEOUT_S)
         return attempt
 
     def retry_later(self, attempt: Attempt, error: str | None, after_s: float) -> None:
@@ -293,7 +290,7 @@ class LandingZone(ConfigurableResource):
         not ready) and is due again at `now` (Unix seconds)."""
         due = []
         for listed in self.files.list(ATTEMPTS):
-            note = self._note(listed.name)
+            note = self._read_json(listed.name)
             if note is not None and note.pop("retry_at") <= now:
                 due.append(Attempt(**note))
         return due
@@ -302,7 +299,7 @@ class LandingZone(ConfigurableResource):
         note = {**asdict(attempt), "retry_at": retry_at}
         self.files.write(f"{ATTEMPTS}{_name_key(attempt.file)}.json", json.dumps(note).encode())
 
-    def _note(self, name: str) -> dict | None:
+    def _read_json(self, name: str) -> dict | None:
         try:
             return json.loads(self.files.read(name))
         except FileNotFoundError:
