@@ -24,7 +24,7 @@ from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.gate import choose_family, gate_failures, gate_floors
 from reco_dagster.domain.search import bar_chart
 from resources.landing_zone import LandingZone
-from resources.live_lists import refresh_live_users
+from resources.live_lists import fold_in_unlisted_files
 from resources.model_archive import ModelArchive
 from resources.settings import EaseSettings, QualityGate, Serving
 from resources.store import RecommendationStore
@@ -122,6 +122,8 @@ def live_model(
     previous = store.live_version()
     table = _comparison(evaluations, champion, failures, chosen)
     if chosen is None:
+        # This run ingested files the live version's lists do not hold yet.
+        fold_in_unlisted_files(landing_zone, store, archive, context.log.warning)
         # Rejected versions' lists were written before the gate: retention still applies.
         store.purge_old_versions(serving.keep_versions)
         raise Failure(
@@ -131,17 +133,15 @@ def live_model(
             metadata={"comparison": MetadataValue.md(table)},
         )
     version = evaluations[chosen]["model_version"]
-    late_users = 0
     if version != previous:
         store.activate(version)
         context.log.info(f"Model version {version} ({chosen}) is live (was {previous})")
-        # Events that landed after this run's data snapshot went into the old version; fold
-        # their users into the new one, or the switch would serve lists built without them.
-        late = landing_zone.events_since_snapshot()
-        if not late.empty:
-            refresh = refresh_live_users(landing_zone, store, archive, late, context.log.warning)
-            late_users = refresh.counts.get("users_refreshed", 0)
-            context.log.info(f"Folded {late_users} users with later events into {version}")
+    # Events that landed after this run's data snapshot went into the old version; fold their
+    # users into the new one, or the switch would serve lists built without them.
+    refresh = fold_in_unlisted_files(landing_zone, store, archive, context.log.warning)
+    late_users = refresh.counts.get("users_refreshed", 0)
+    if late_users:
+        context.log.info(f"Folded {late_users} users with later events into {version}")
     purged = store.purge_old_versions(serving.keep_versions)
     yield Output(
         {"version": version, "family": chosen, "previous": previous},

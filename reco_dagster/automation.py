@@ -3,8 +3,10 @@ data has moved, and a record of every failed run."""
 
 import json
 import os
+import time
 import urllib.request
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import UTC, date, datetime
 from hashlib import sha256
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from dagster import (
 
 from reco_dagster.micro_batch import micro_batch
 from resources.deployment import data_dir
+from resources.files import FileInfo
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import RecommendationStore
@@ -35,30 +38,46 @@ LANDING_POLL_S = 1
 
 
 def new_landing_files(
-    landing_zone: LandingZone, cursor: str | None
-) -> tuple[list[tuple[str, int, int]], str]:
-    """Files changed since the cursor and not ingested already (say, by batch_retrain), as
-    (name, size, mtime_ns), and the next cursor.
+    landing_zone: LandingZone, cursor: str | None, today: date
+) -> tuple[list[FileInfo], str]:
+    """Landing files to hand to a micro-batch, and the next cursor.
 
-    The cursor is a high-water mark: the newest modification time seen and the names seen
-    at exactly that time, so a file is reported once however often the sensor runs.
+    A file is new when its identity (name and `FileInfo.version`) was not requested before,
+    whatever its modification time and the order files arrive in. It is requested once it
+    looks settled: last modified `settle_s` ago, or unchanged at a second look once it is
+    (the sensor waits for that within the tick: waiting for the next tick would add the
+    daemon's 5 s loop to every fresh file; one still changing is looked at again at the
+    next tick). The cursor holds the identities requested of the files the listing still
+    shows (`LandingZone.recent`: no dated folders past the look-back), so it stays as small
+    as that listing. No ledger is read.
     """
-    mark = json.loads(cursor) if cursor else {"mtime_ns": -1, "names": []}
-    changed = []
-    for file in landing_zone.landed():
-        if file.modified_ns > mark["mtime_ns"] or (
-            file.modified_ns == mark["mtime_ns"] and file.name not in mark["names"]
-        ):
-            changed.append((file.name, file.size, file.modified_ns))
-    if not changed:
-        return [], json.dumps(mark)
-    newest = max(mtime for _, _, mtime in changed)
-    names = [name for name, _, mtime in changed if mtime == newest]
-    if newest == mark["mtime_ns"]:
-        names += mark["names"]
-    ingested = {(entry["file"], entry.get("size")) for entry in landing_zone.ingested().values()}
-    fresh = [change for change in changed if change[:2] not in ingested]
-    return fresh, json.dumps({"mtime_ns": newest, "names": sorted(names)})
+    # A cursor of the earlier high-water-mark kind has neither key: every file counts as new.
+    state = json.loads(cursor) if cursor else {}
+    requested = set(state.get("requested", []))
+    ready, still_requested, young = [], [], []
+    for file in landing_zone.recent(today):
+        if _identity(file) in requested:
+            still_requested.append(_identity(file))
+        elif _age_s(file) >= landing_zone.settle_s:
+            ready.append(file)
+        else:
+            young.append(file)
+    if young:
+        time.sleep(max(0.0, landing_zone.settle_s - min(_age_s(file) for file in young)))
+        for file in young:
+            second_look = landing_zone.look_again(file)
+            if second_look is not None and second_look.version == file.version:
+                ready.append(file)
+    still_requested += [_identity(file) for file in ready]
+    return ready, json.dumps({"requested": sorted(still_requested)})
+
+
+def _identity(file: FileInfo) -> str:
+    return sha256(f"{file.name}\0{file.version}".encode()).hexdigest()[:16]
+
+
+def _age_s(file: FileInfo) -> float:
+    return (time.time_ns() - file.modified_ns) / 1e9
 
 
 @sensor(
@@ -67,19 +86,30 @@ def new_landing_files(
     default_status=DefaultSensorStatus.RUNNING,
 )
 def landing_zone_sensor(context: SensorEvaluationContext, landing_zone: LandingZone):
-    """Launches a micro-batch for landing files it has not seen (cursor), once per file set
-    (run key), also across daemon restarts."""
-    fresh, cursor = new_landing_files(landing_zone, context.cursor)
-    if not fresh:
+    """Launches a micro-batch for landing files it has not requested (cursor), and one for
+    files whose micro-batch left them for later and is due again; run keys make each launch
+    once, also across daemon restarts."""
+    fresh, cursor = new_landing_files(landing_zone, context.cursor, datetime.now(UTC).date())
+    due = landing_zone.due_attempts(time.time())
+    batches = [
+        ([file.name for file in fresh], [[file.name, file.version] for file in fresh]),
+        # A note changes with every attempt: one launch per attempt left for later.
+        ([attempt.file for attempt in due], [asdict(attempt) for attempt in due]),
+    ]
+    requests = [
+        RunRequest(
+            run_key=sha256(json.dumps(identities).encode()).hexdigest()[:20],
+            run_config={"ops": {"score_new_events": {"config": {"files": names}}}},
+        )
+        for names, identities in batches
+        if names
+    ]
+    if not requests:
         return SensorResult(
-            skip_reason=SkipReason("no new landing files (none changed, or all ingested)"),
+            skip_reason=SkipReason("no new landing files, and none due for another attempt"),
             cursor=cursor,
         )
-    run_key = sha256(json.dumps(fresh).encode()).hexdigest()[:20]
-    config = {"ops": {"score_new_events": {"config": {"files": [name for name, _, _ in fresh]}}}}
-    return SensorResult(
-        run_requests=[RunRequest(run_key=run_key, run_config=config)], cursor=cursor
-    )
+    return SensorResult(run_requests=requests, cursor=cursor)
 
 
 def retrain_reason(

@@ -8,14 +8,14 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobPrefix, BlobProperties, ContainerClient
 from dagster import ConfigurableResource
 from dagster_azure.blob import AzureBlobStorageResource
 from pydantic import PrivateAttr
@@ -28,6 +28,18 @@ class FileInfo:
     modified_ns: int
     kind: Literal["file", "symlink", "special"] = "file"
     """A regular file, a symbolic link (never followed), or a FIFO, socket or device."""
+    etag: str | None = None
+    """The store's own version tag (Blob Storage), which changes with every write."""
+
+    @property
+    def version(self) -> str:
+        """What changes whenever the bytes may have: the etag where the store keeps one, else
+        size and modification time. With the name, the file's identity."""
+        return self.etag or f"{self.size}:{self.modified_ns}"
+
+
+SkipFolder = Callable[[str], bool]
+"""Given a folder's name (ending in "/"), whether a walk leaves it and everything in it out."""
 
 
 class FileStore(ConfigurableResource):
@@ -38,10 +50,15 @@ class FileStore(ConfigurableResource):
         order."""
         raise NotImplementedError
 
-    def entries(self, prefix: str) -> list[FileInfo]:
+    def entries(self, prefix: str, skip: SkipFolder | None = None) -> list[FileInfo]:
         """Everything under `prefix` but folders, in name order: symbolic links and special
-        files too, which `list` leaves out. A store without them lists its files."""
-        return self.list(prefix)
+        files too, which `list` leaves out. Folders `skip` names are not looked into, so
+        their contents cost nothing."""
+        raise NotImplementedError
+
+    def info(self, name: str) -> FileInfo | None:
+        """One entry, as `entries` would list it; None when there is none."""
+        raise NotImplementedError
 
     def read(self, name: str) -> bytes:
         """A file's bytes; FileNotFoundError when there is none."""
@@ -58,6 +75,10 @@ class FileStore(ConfigurableResource):
 
     def write(self, name: str, data: bytes) -> None:
         """Create or replace a file."""
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        """Remove a file; nothing happens when there is none."""
         raise NotImplementedError
 
     def delete_folder(self, prefix: str) -> None:
@@ -106,12 +127,12 @@ class LocalFiles(FileStore):
     def list(self, prefix: str) -> list[FileInfo]:
         return [file for file in self.entries(prefix) if file.kind == "file"]
 
-    def entries(self, prefix: str) -> list[FileInfo]:
+    def entries(self, prefix: str, skip: SkipFolder | None = None) -> list[FileInfo]:
         found: list[FileInfo] = []
-        self._walk(self._path(prefix), found)
+        self._walk(self._path(prefix), skip or (lambda _: False), found)
         return sorted(found, key=lambda file: file.name)
 
-    def _walk(self, folder: Path, found: list[FileInfo]) -> None:
+    def _walk(self, folder: Path, skip: SkipFolder, found: list[FileInfo]) -> None:
         """Looks at each entry itself (lstat): links are reported, never followed."""
         try:
             with os.scandir(folder) as scan:
@@ -120,21 +141,35 @@ class LocalFiles(FileStore):
             return
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                self._walk(Path(entry.path), found)
+                if not skip(self._name(entry.path) + "/"):
+                    self._walk(Path(entry.path), skip, found)
                 continue
             try:
                 info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # removed while we looked
                 continue
-            kind = (
-                "symlink"
-                if stat.S_ISLNK(info.st_mode)
-                else "file"
-                if stat.S_ISREG(info.st_mode)
-                else "special"
-            )
-            name = Path(entry.path).relative_to(self.root).as_posix()
-            found.append(FileInfo(name, info.st_size, info.st_mtime_ns, kind))
+            found.append(self._info(self._name(entry.path), info))
+
+    def _name(self, path: str) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    @staticmethod
+    def _info(name: str, info: os.stat_result) -> FileInfo:
+        kind = (
+            "symlink"
+            if stat.S_ISLNK(info.st_mode)
+            else "file"
+            if stat.S_ISREG(info.st_mode)
+            else "special"
+        )
+        return FileInfo(name, info.st_size, info.st_mtime_ns, kind)
+
+    def info(self, name: str) -> FileInfo | None:
+        try:
+            found = self._path(name).lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return None if stat.S_ISDIR(found.st_mode) else self._info(name, found)
 
     def read(self, name: str) -> bytes:
         return self._path(name).read_bytes()
@@ -176,6 +211,9 @@ class LocalFiles(FileStore):
         partial.write_bytes(data)
         partial.replace(path)
 
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
     def delete_folder(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
@@ -210,17 +248,39 @@ class BlobFiles(FileStore):
 
     def list(self, prefix: str) -> list[FileInfo]:
         blobs = self._container().list_blobs(name_starts_with=self.prefix + prefix)
-        return sorted(
-            (
-                FileInfo(
-                    blob.name.removeprefix(self.prefix),
-                    blob.size,
-                    int(blob.last_modified.timestamp() * 1e9),
-                )
-                for blob in blobs
-            ),
-            key=lambda file: file.name,
+        return sorted((self._info(blob) for blob in blobs), key=lambda file: file.name)
+
+    def entries(self, prefix: str, skip: SkipFolder | None = None) -> list[FileInfo]:
+        if skip is None:
+            # One flat listing: far fewer calls than a folder-by-folder walk of a deep tree.
+            return self.list(prefix)
+        found: list[FileInfo] = []
+        folders = [self.prefix + prefix]
+        while folders:
+            for item in self._container().walk_blobs(name_starts_with=folders.pop()):
+                if isinstance(item, BlobPrefix):
+                    if not skip(item.name.removeprefix(self.prefix)):
+                        folders.append(item.name)
+                else:
+                    found.append(self._info(item))
+        return sorted(found, key=lambda file: file.name)
+
+    def _info(self, blob: BlobProperties) -> FileInfo:
+        return FileInfo(
+            blob.name.removeprefix(self.prefix),
+            blob.size,
+            int(blob.last_modified.timestamp() * 1e9),
+            # Listings give the etag bare, downloads in quotes.
+            etag=blob.etag.strip('"'),
         )
+
+    def info(self, name: str) -> FileInfo | None:
+        try:
+            return self._info(
+                self._container().get_blob_client(self.prefix + name).get_blob_properties()
+            )
+        except ResourceNotFoundError:
+            return None
 
     def read(self, name: str) -> bytes:
         try:
@@ -234,11 +294,7 @@ class BlobFiles(FileStore):
         except ResourceNotFoundError as error:
             raise FileNotFoundError(f"no blob {self.location(file.name)}") from error
         # A blob is committed whole; a newer version than the listed one waits for the next look.
-        properties = download.properties
-        if (properties.size, int(properties.last_modified.timestamp() * 1e9)) != (
-            file.size,
-            file.modified_ns,
-        ):
+        if self._info(download.properties).version != file.version:
             return None
         return download.readall()
 
@@ -248,6 +304,10 @@ class BlobFiles(FileStore):
     def write(self, name: str, data: bytes) -> None:
         # A blob upload commits whole or not at all: readers never see half a file.
         self._container().upload_blob(self.prefix + name, data, overwrite=True)
+
+    def delete(self, name: str) -> None:
+        with suppress(ResourceNotFoundError):
+            self._container().delete_blob(self.prefix + name)
 
     def delete_folder(self, prefix: str) -> None:
         container = self._container()

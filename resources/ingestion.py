@@ -4,7 +4,7 @@ file that cannot be read at all is quarantined whole."""
 
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -18,7 +18,7 @@ from reco_dagster.domain.events import (
     validate_events,
 )
 from resources.files import FileInfo
-from resources.landing_zone import QUARANTINE, LandingZone
+from resources.landing_zone import QUARANTINE, LandingScan, LandingZone
 
 
 class IngestConfig(Config):
@@ -39,7 +39,9 @@ class IngestReport:
     unsupported_files: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     new_events: list[pd.DataFrame] = field(default_factory=list)
-    files_in_history: int = 0
+    contents: dict[str, str] = field(default_factory=dict)
+    """Content hash of each landing file taken (ingested now or before, or quarantined), by
+    name: the files not left for a later run."""
 
     @property
     def rows_ingested(self) -> int:
@@ -54,7 +56,6 @@ class IngestReport:
             "files_repeated": len(self.repeated_files),
             "files_deferred": len(self.deferred_files),
             "files_unsupported": len(self.unsupported_files),
-            "files_in_history": self.files_in_history,
             "quarantine_reasons": MetadataValue.md(_reasons_table(self.reasons)),
             "quarantined_files": _listing(self.quarantined_files),
             "deferred_files": _listing(self.deferred_files),
@@ -67,20 +68,19 @@ def ingest_landed_files(
     landing_zone: LandingZone,
     rules: ValidationRules,
     warn: Callable[[str], None],
-    only: Collection[str] | None = None,
+    scan: LandingScan | None = None,
 ) -> IngestReport:
-    """Ingest every landing file (or those named in `only`) not ingested before: good rows
-    join the event history, bad rows go to quarantine with a reason each, unreadable files
-    are quarantined whole, files still being written wait for a later run. Links, special
-    files and unusable names are refused (whatever `only` says). The one ingest path for the
-    batch and the micro-batch."""
-    ledger = landing_zone.ingested()
+    """Ingest every file of `scan` (default: the whole landing zone) not ingested before:
+    good rows join the event history, bad rows go to quarantine with a reason each,
+    unreadable files are quarantined whole, files still being written wait for a later run.
+    Links, special files and unusable names are refused. The ledger is looked up file by
+    file, so the work follows the files at hand, not all files ever ingested. The one ingest
+    path for the batch and the micro-batch."""
     report = IngestReport()
-    scan = landing_zone.scan()
+    scan = landing_zone.scan() if scan is None else scan
     for entry in scan.refused:
-        if entry.key not in ledger:
+        if landing_zone.ledger_entry(entry.key) is None:
             note = landing_zone.refuse(entry)
-            ledger[entry.key] = {"file": entry.name}
             warn(f"Refused {entry.name}: {entry.reason} (reason: {note})")
             report.quarantined_files.append(f"{entry.name}: {entry.reason}")
     if scan.unsupported:
@@ -90,9 +90,8 @@ def ingest_landed_files(
             f"(.csv, .jsonl, .parquet, each also .gz or .zst) and were left alone: "
             f"{', '.join(scan.unsupported[:20])}"
         )
-    wanted = [file for file in scan.files if only is None or file.name in only]
-    _wait_to_settle(wanted, landing_zone.settle_s)
-    for listed in wanted:
+    _wait_to_settle(scan.files, landing_zone.settle_s)
+    for listed in scan.files:
         try:
             file = landing_zone.read_landed(listed)
         except FileNotFoundError:  # removed since the listing: nothing to ingest
@@ -105,14 +104,15 @@ def ingest_landed_files(
         if file is None:
             _defer(report, warn, listed.name, "it changed while being read")
             continue
-        earlier = ledger.get(file.sha256)
+        earlier = landing_zone.ledger_entry(file.sha256)
         if earlier is not None:
             if earlier["file"] != file.name:
                 warn(
                     f"{file.name} has the same content as {earlier['file']}, ingested "
-                    f"{earlier.get('ingested_at', 'in this run')}; skipped"
+                    f"{earlier['ingested_at']}; skipped"
                 )
                 report.repeated_files.append(file.name)
+            report.contents[file.name] = file.sha256
             continue
         try:
             rows = read_event_file(file.name, file.data)
@@ -124,23 +124,21 @@ def ingest_landed_files(
             # Whatever in one file trips the reader (names, encodings, types), the others go on.
             why = printable(str(error) if isinstance(error, UnreadableFileError) else repr(error))
             copy = landing_zone.quarantine_file(file, why)
-            ledger[file.sha256] = {"file": file.name}
             warn(f"Quarantined {file.name} whole: {why} (copy: {copy})")
             report.quarantined_files.append(f"{file.name}: {why}")
-            continue
-        landing_zone.record_events(file, validated.events, validated.rejected)
-        ledger[file.sha256] = {"file": file.name}
-        report.ingested_files.append(file.name)
-        report.new_events.append(validated.events)
-        if not validated.rejected.empty:
-            file_reasons = Counter(validated.rejected["reason"])
-            report.reasons.update(file_reasons)
-            warn(
-                f"{file.name}: {len(validated.rejected)} row(s) quarantined "
-                f"({', '.join(f'{n}x {why}' for why, n in file_reasons.most_common())}); "
-                f"{len(validated.events)} good row(s) ingested"
-            )
-    report.files_in_history = len(ledger)
+        else:
+            landing_zone.record_events(file, validated.events, validated.rejected)
+            report.ingested_files.append(file.name)
+            report.new_events.append(validated.events)
+            if not validated.rejected.empty:
+                file_reasons = Counter(validated.rejected["reason"])
+                report.reasons.update(file_reasons)
+                warn(
+                    f"{file.name}: {len(validated.rejected)} row(s) quarantined "
+                    f"({', '.join(f'{n}x {why}' for why, n in file_reasons.most_common())}); "
+                    f"{len(validated.events)} good row(s) ingested"
+                )
+        report.contents[file.name] = file.sha256
     return report
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import PurePosixPath
 
 import msgspec
@@ -33,9 +35,14 @@ QUARANTINE = "quarantine/"
 SERVED = "served/"
 EVENTS = "lake/events/"
 LEDGER = "lake/ingested/"
+ATTEMPTS = "lake/attempts/"
+GIVEN_UP = "lake/given-up/"
 BY_USER = "lake/history-by-user/"
 BY_USER_MANIFEST = BY_USER + "manifest.json"
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
+ATTEMPT_TIMEOUT_S = 600.0
+"""A micro-batch attempt not heard of for this long died (run monitoring and run retries
+normally see to that sooner): the landing sensor asks for its files again."""
 USERS_ROW_GROUP = 4096
 """Rows per row group of the user-sorted history: a few users' events are a few small reads."""
 
@@ -81,10 +88,25 @@ class Refusal:
 class HistorySnapshot:
     """A copy of the event history sorted by user: what the batch job trains on."""
 
+    written_at: str
+    """ISO-8601 UTC; every file the ledger records as ingested before it is in the copy."""
     location: str
     events: int
     users: int
     event_files: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A micro-batch attempt at one version of a landing file."""
+
+    file: str
+    version: str
+    """`FileInfo.version` of the file the attempt is at."""
+    attempts: int
+    """How many attempts at this version began, this one included."""
+    error: str | None
+    """What the previous attempt ended with; None when it never said (its process died)."""
 
 
 @dataclass(frozen=True)
@@ -111,18 +133,50 @@ class LandingZone(ConfigurableResource):
     it was listed: a file still being written waits for a later run."""
     unterminated_settle_s: float = 60.0
     """A CSV/JSONL file whose last line has no newline waits until it is this old."""
+    lookback_days: int = 2
+    """The landing sensor looks into dated folders (yyyy/mm/dd) of the last this many days
+    (UTC) only, so its work does not grow with the years of files kept; batch_retrain
+    lists everything."""
+    max_attempts: int = 3
+    """A file whose micro-batch attempts fail (or die) this often is given up: quarantined
+    with the reason, left to batch_retrain."""
+    retry_s: float = 30.0
+    """How long after a failed micro-batch attempt, or one that left a file for later, the
+    landing sensor asks for the file again."""
 
-    def scan(self) -> LandingScan:
+    def scan(self, since: date | None = None) -> LandingScan:
         """What the landing zone holds (any depth), in name order, without reading it. Names
         starting with "_" or "." (also of a folder on the way) or ending in .tmp, .part or
-        .partial are files still being written elsewhere and are left out."""
+        .partial are files still being written elsewhere and are left out. With `since`,
+        dated folders (`_dated_before`) wholly before that day are not looked into."""
+
+        def skip(folder: str) -> bool:
+            name = folder.removeprefix(LANDING)
+            return _hidden(name) or (since is not None and _dated_before(name, since))
+
+        return self._classify(self.files.entries(LANDING, skip))
+
+    def scan_named(self, names: Collection[str]) -> LandingScan:
+        """`scan` of just these landing files, each looked at on its own (no listing); names
+        that are not there are left out."""
+        found = (self.files.info(LANDING + name) for name in sorted(set(names)))
+        return self._classify(entry for entry in found if entry is not None)
+
+    def look_again(self, file: FileInfo) -> FileInfo | None:
+        """A landing file's entry as it is now; None when it is gone."""
+        found = self.files.info(LANDING + file.name)
+        return None if found is None else replace(found, name=file.name)
+
+    def recent(self, today: date) -> list[FileInfo]:
+        """The event files of `scan` outside dated folders older than `lookback_days`."""
+        return self.scan(since=today - timedelta(days=self.lookback_days)).files
+
+    @staticmethod
+    def _classify(entries: Iterable[FileInfo]) -> LandingScan:
         files, refused, unsupported = [], [], []
-        for entry in self.files.entries(LANDING):
+        for entry in entries:
             name = entry.name.removeprefix(LANDING)
-            path = PurePosixPath(name)
-            if any(part.startswith(("_", ".")) for part in path.parts) or (
-                path.suffix.lower() in TEMPORARY_SUFFIXES
-            ):
+            if _hidden(name) or PurePosixPath(name).suffix.lower() in TEMPORARY_SUFFIXES:
                 continue
             if printable(name) != name:
                 refused.append(Refusal(printable(name), entry.size, "file name is not valid UTF-8"))
@@ -135,7 +189,7 @@ class LandingZone(ConfigurableResource):
                     Refusal(name, entry.size, "not a regular file (a FIFO, socket or device)")
                 )
             elif is_event_file(name):
-                files.append(FileInfo(name, entry.size, entry.modified_ns))
+                files.append(replace(entry, name=name))
             else:
                 unsupported.append(name)
         return LandingScan(files, refused, unsupported)
@@ -162,11 +216,111 @@ class LandingZone(ConfigurableResource):
         return self.files.location(folder)
 
     def ingested(self) -> dict[str, dict]:
-        """Ledger entries by content hash."""
+        """Ledger entries by content hash: the whole ledger, one read per file ever landed."""
         return {
             PurePosixPath(file.name).stem: json.loads(self.files.read(file.name))
             for file in self.files.list(LEDGER)
         }
+
+    def ledger_entry(self, key: str) -> dict | None:
+        """One file's ledger entry, by content hash (or a refusal's key): one small read."""
+        return self._read_json(f"{LEDGER}{key}.json")
+
+    def ledger_size(self) -> int:
+        """How many files the ledger holds (a listing, no reads)."""
+        return len(self.files.list(LEDGER))
+
+    def awaiting_lists(self, digests: Iterable[str]) -> list[str]:
+        """Those of these content hashes whose events are in the history but not yet in the
+        live lists (no micro-batch wrote their users' lists), sorted."""
+        return sorted(
+            digest
+            for digest in set(digests)
+            if (entry := self.ledger_entry(digest)) is not None
+            and entry["status"] == "ingested"
+            and "lists" not in entry
+        )
+
+    def record_lists(self, digests: Iterable[str], version: str | None) -> None:
+        """Mark these files handled: their users' lists were written into `version`, or, with
+        None, are left to batch_retrain (nothing was live, or it ingested them itself)."""
+        written = {"version": version, "at": datetime.now(UTC).isoformat()}
+        for digest in digests:
+            entry = self.ledger_entry(digest)
+            if entry is not None:
+                entry["lists"] = written
+                self.files.write(f"{LEDGER}{digest}.json", json.dumps(entry).encode())
+
+    def begin_attempt(self, file: FileInfo) -> Attempt | None:
+        """Count a micro-batch attempt at this version of a landing file, durably and before
+        the work starts, so that an attempt whose process is killed counts too. None when
+        this version was given up."""
+        key = _name_key(file.name)
+        given_up = self._read_json(f"{GIVEN_UP}{key}.json")
+        if given_up is not None and given_up["version"] == file.version:
+            return None
+        earlier = self._read_json(f"{ATTEMPTS}{key}.json")
+        if earlier is None or earlier["version"] != file.version:
+            earlier = {"attempts": 0, "error": None}
+        attempt = Attempt(file.name, file.version, earlier["attempts"] + 1, earlier["error"])
+        # Unless this attempt says otherwise, its process died: the sensor asks again then.
+        self._write_attempt(replace(attempt, error=None), time.time() + ATTEMPT_TIMEOUT_S)
+        return attempt
+
+    def retry_later(self, attempt: Attempt, error: str | None, after_s: float) -> None:
+        """Leave the file for a later attempt (the landing sensor asks for it after `after_s`),
+        with what this one ended with."""
+        self._write_attempt(replace(attempt, error=error), time.time() + after_s)
+
+    def end_attempts(self, name: str) -> None:
+        """The micro-batch is done with a landing file (handled, or gone)."""
+        self.files.delete(f"{ATTEMPTS}{_name_key(name)}.json")
+
+    def give_up(self, attempt: Attempt, file: FileInfo, reason: str) -> str:
+        """Stop micro-batch attempts at this version of a file: a copy in quarantine/files/
+        with the reason beside it (the reason alone when the file cannot be read), the file
+        left to batch_retrain. Returns where the reason is."""
+        try:
+            landed = self.read_landed(file)
+        except OSError:
+            landed = None
+        if landed is None:
+            where = self._reason_note(_name_key(file.name), file.name, f"{file.name}: {reason}")
+        else:
+            entry = self.ledger_entry(landed.sha256)
+            if entry is not None and entry["status"] == "ingested":
+                reason += (
+                    f"; its {entry['rows']} events stay in the history and reach the lists "
+                    "at the next batch_retrain"
+                )
+            else:
+                reason += "; the next batch_retrain ingests it"
+            where = self._quarantine_copy(landed, reason) + ".reason.txt"
+        key = _name_key(file.name)
+        note = {**asdict(attempt), "error": reason}
+        self.files.write(f"{GIVEN_UP}{key}.json", json.dumps(note).encode())
+        self.files.delete(f"{ATTEMPTS}{key}.json")
+        return where
+
+    def due_attempts(self, now: float) -> list[Attempt]:
+        """Landing files whose micro-batch was left for later (failed, died, or found the file
+        not ready) and is due again at `now` (Unix seconds)."""
+        due = []
+        for listed in self.files.list(ATTEMPTS):
+            note = self._read_json(listed.name)
+            if note is not None and note.pop("retry_at") <= now:
+                due.append(Attempt(**note))
+        return due
+
+    def _write_attempt(self, attempt: Attempt, retry_at: float) -> None:
+        note = {**asdict(attempt), "retry_at": retry_at}
+        self.files.write(f"{ATTEMPTS}{_name_key(attempt.file)}.json", json.dumps(note).encode())
+
+    def _read_json(self, name: str) -> dict | None:
+        try:
+            return json.loads(self.files.read(name))
+        except FileNotFoundError:
+            return None
 
     def record_events(
         self, file: LandingFile, events: pd.DataFrame, rejected: pd.DataFrame
@@ -195,9 +349,7 @@ class LandingZone(ConfigurableResource):
     def quarantine_file(self, file: LandingFile, reason: str) -> str:
         """Keep a copy of a file that could not be read at all, with the reason beside it;
         returns where the copy is."""
-        copy = f"{QUARANTINE}files/{file.sha256[:12]}.{_flat(file.name)}"
-        self.files.write(copy, file.data)
-        self.files.write(copy + ".reason.txt", (reason + "\n").encode())
+        copy = self._quarantine_copy(file, reason)
         self._write_ledger(
             file.sha256,
             file.name,
@@ -207,12 +359,17 @@ class LandingZone(ConfigurableResource):
             rejected=0,
             reason=reason,
         )
+        return copy
+
+    def _quarantine_copy(self, file: LandingFile, reason: str) -> str:
+        copy = f"{QUARANTINE}files/{file.sha256[:12]}.{_flat(file.name)}"
+        self.files.write(copy, file.data)
+        self.files.write(copy + ".reason.txt", (reason + "\n").encode())
         return self.files.location(copy)
 
     def refuse(self, entry: Refusal) -> str:
         """Record why an entry is not read: a reason file, no copy; returns where it is."""
-        note = f"{QUARANTINE}files/{entry.key[:12]}.{_flat(entry.name)}.reason.txt"
-        self.files.write(note, f"{entry.name}: {entry.reason}\n".encode())
+        note = self._reason_note(entry.key, entry.name, f"{entry.name}: {entry.reason}")
         self._write_ledger(
             entry.key,
             entry.name,
@@ -222,6 +379,11 @@ class LandingZone(ConfigurableResource):
             rejected=0,
             reason=entry.reason,
         )
+        return note
+
+    def _reason_note(self, key: str, name: str, text: str) -> str:
+        note = f"{QUARANTINE}files/{key[:12]}.{_flat(name)}.reason.txt"
+        self.files.write(note, (text + "\n").encode())
         return self.files.location(note)
 
     def add_catalog(self, name: str, data: bytes) -> str:
@@ -273,16 +435,23 @@ class LandingZone(ConfigurableResource):
         """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
         return self._event_table(self._event_files(self.files_ingested_since(moment))).to_pandas()
 
+    def files_not_listed_in(self, version: str, since: str) -> list[str]:
+        """Content hashes of the files ingested at or after `since` (ISO-8601 UTC) whose
+        users' lists were not written into `version`, sorted (a read of the whole ledger)."""
+        return self._ingested_where(
+            lambda entry: (
+                entry["ingested_at"] >= since
+                and (entry.get("lists") or {}).get("version") != version
+            )
+        )
+
     def files_ingested_since(self, moment: str) -> list[str]:
         """Content hashes of the files ingested after `moment` (an ISO-8601 UTC time), sorted."""
         return self._ingested_where(lambda entry: entry["ingested_at"] > moment)
 
-    def events_of(self, names: Collection[str]) -> pd.DataFrame:
-        """The validated events ingested from these landing files (any earlier run too)."""
-        return self._events_where(lambda entry: entry["file"] in names)
-
-    def _events_where(self, wanted: Callable[[dict], bool]) -> pd.DataFrame:
-        return self._event_table(self._event_files(self._ingested_where(wanted))).to_pandas()
+    def events_of(self, digests: Iterable[str]) -> pd.DataFrame:
+        """The validated events ingested from the files with these content hashes."""
+        return self._event_table(self._event_files(sorted(digests))).to_pandas()
 
     def _ingested_where(self, wanted: Callable[[dict], bool]) -> list[str]:
         return sorted(
@@ -299,14 +468,21 @@ class LandingZone(ConfigurableResource):
         """Write every ingested event sorted by user in small row groups (the previous copy
         kept for readers still on it), so that `user_history` reads a few users' events
         without scanning everyone's; the batch job's data snapshot (`snapshot_events`)."""
+        # Taken before the listing: a file whose ledger entry is older is in the snapshot (its
+        # events were written before its entry).
+        written_at = datetime.now(UTC)
         names = [file.name for file in self.files.list(EVENTS)]
         events = self._event_table(names)
-        snapshot = f"{BY_USER}{datetime.now(UTC):%Y%m%dT%H%M%S%f}/"
+        snapshot = f"{BY_USER}{written_at:%Y%m%dT%H%M%S%f}/"
         buffer = io.BytesIO()
         # A stable sort: each user's events keep their order.
         pq.write_table(events.sort_by("user_id"), buffer, row_group_size=USERS_ROW_GROUP)
         self.files.write(snapshot + "events.parquet", buffer.getvalue())
-        manifest = {"snapshot": snapshot + "events.parquet", "event_files": names}
+        manifest = {
+            "snapshot": snapshot + "events.parquet",
+            "event_files": names,
+            "written_at": written_at.isoformat(),
+        }
         self.files.write(BY_USER_MANIFEST, json.dumps(manifest).encode())
         snapshots = sorted(
             {
@@ -318,6 +494,7 @@ class LandingZone(ConfigurableResource):
         for stale in snapshots[:-2]:
             self.files.delete_folder(f"{BY_USER}{stale}/")
         return HistorySnapshot(
+            written_at.isoformat(),
             self.files.location(snapshot + "events.parquet"),
             events.num_rows,
             len(set(events["user_id"].to_pylist())),
@@ -346,10 +523,9 @@ class LandingZone(ConfigurableResource):
                 tables.append(snapshot.read_row_groups(groups).filter(condition))
         return pa.concat_tables(tables).to_pandas()
 
-    def events_since_snapshot(self) -> pd.DataFrame:
-        """The events of files ingested after the batch job last took its data snapshot
-        (`interactions` wrote the user-sorted history): what its models have not seen."""
-        return self._event_table(self._since_snapshot(self._snapshot_manifest())).to_pandas()
+    def snapshot_written_at(self) -> str | None:
+        """When the latest user-sorted history was written (`HistorySnapshot.written_at`)."""
+        return self._snapshot_manifest().get("written_at")
 
     def _snapshot_manifest(self) -> dict:
         try:
@@ -378,6 +554,31 @@ class LandingZone(ConfigurableResource):
             **entry,
         }
         self.files.write(f"{LEDGER}{key}.json", json.dumps(record).encode())
+
+
+def _name_key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def _hidden(name: str) -> bool:
+    """Whether a path has a part starting with "_" or "." (a file or folder still being
+    written, to be renamed when done)."""
+    return any(part.startswith(("_", ".")) for part in PurePosixPath(name).parts)
+
+
+DATED = re.compile(r"(?:^|/)((?:19|20)\d\d)(?:/(0[1-9]|1[0-2])(?:/(0[1-9]|[12]\d|3[01]))?)?/?$")
+"""A folder path ending in a year, year/month or year/month/day (Event Hubs Capture's
+`.../{yyyy}/{mm}/{dd}/{hh}/...`, or plainly `yyyy/mm/dd/`)."""
+
+
+def _dated_before(folder: str, since: date) -> bool:
+    """Whether a folder is a year, month or day (its name ends in yyyy, yyyy/mm or yyyy/mm/dd)
+    that ends before `since`."""
+    match = DATED.search(folder)
+    if match is None:
+        return False
+    parts = tuple(int(part) for part in match.groups() if part is not None)
+    return parts < (since.year, since.month, since.day)[: len(parts)]
 
 
 def _flat(name: str) -> str:

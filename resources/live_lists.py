@@ -78,6 +78,33 @@ def refresh_live_users(
     raise LiveVersionChangedError("the live version changed twice during one refresh")
 
 
+def fold_in_unlisted_files(
+    landing_zone: LandingZone,
+    store: RecommendationStore,
+    archive: ModelArchive,
+    warn: Callable[[str], None],
+) -> Refresh:
+    """Bring the live version's lists up to every ingested event: fold in the users of each
+    file ingested after the data snapshot the live version was trained on whose lists were
+    not written into it. Those are the files that landed after a retrain's snapshot (their
+    micro-batches wrote into the version live then), files a retrain ingested when its gate
+    kept the old version live, and files ingested while nothing was live. Run after every
+    switch (and every gate that kept the live version): together with the micro-batches,
+    which write only into the version live at their write, no order loses an event."""
+    version = store.live_version()
+    if version is None:
+        return Refresh(None)
+    since = archive.data_snapshot_at(version) or store.version(version).created_at
+    unlisted = landing_zone.files_not_listed_in(version, since)
+    events = landing_zone.events_of(unlisted)
+    if events.empty:
+        landing_zone.record_lists(unlisted, version)
+        return Refresh(version, {"users_refreshed": 0})
+    refresh = refresh_live_users(landing_zone, store, archive, events, warn)
+    landing_zone.record_lists(unlisted, refresh.version)
+    return refresh
+
+
 def _first_time_users(history: pd.DataFrame, new_events: pd.DataFrame) -> int:
     """Users all of whose events are these new ones."""
     ever = history["user_id"].value_counts()

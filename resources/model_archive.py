@@ -2,27 +2,40 @@
 that the micro-batch folds users into exactly the live version (the lake's `*_model` may be
 newer and rejected)."""
 
+import json
+
 from dagster import ConfigurableResource
 
 from reco_dagster.domain.models import CARD_FILE, FactorModel
 from resources.files import FileStore
 
 VERSIONS = "lake/versions/"
+SNAPSHOT_FILE = "data_snapshot.json"
 
 
 class ModelArchive(ConfigurableResource):
     files: FileStore
 
-    def save(self, model: FactorModel) -> bool:
-        """Write a version's item side once; False when it is archived already. A version id
-        names one model, so a complete copy (its card, written last) is never rewritten: a
+    def save(self, model: FactorModel, data_snapshot_at: str | None) -> bool:
+        """Write a version's item side once, with when the data it was trained on was taken
+        (`HistorySnapshot.written_at`); False when it is archived already. A version id names
+        one model, so a complete copy (its card, written last) is never rewritten: a
         micro-batch may be reading it."""
         folder_name = f"{VERSIONS}{model.version}/"
         if self.files.exists(folder_name + CARD_FILE):
             return False
         with self.files.folder_to_write(folder_name) as folder:
+            (folder / SNAPSHOT_FILE).write_text(json.dumps({"written_at": data_snapshot_at}))
             model.save(folder)
         return True
+
+    def data_snapshot_at(self, version: str) -> str | None:
+        """When the data a version was trained on was taken; None when the archive does not
+        say (versions archived before it did)."""
+        try:
+            return json.loads(self.files.read(f"{VERSIONS}{version}/{SNAPSHOT_FILE}"))["written_at"]
+        except FileNotFoundError:
+            return None
 
     def location(self, version: str) -> str:
         return self.files.location(f"{VERSIONS}{version}/")

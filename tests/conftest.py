@@ -160,7 +160,7 @@ def live_world(data_dir: Path):
         rng.normal(size=(10, 3)).astype(np.float32),
         rng.normal(size=(12, 3)).astype(np.float32),
     )
-    archive.save(model)
+    archive.save(model, None)
     store.register(card.version, {"family": "als", "training_rows": 30})
     ranked = model.recommend(history, k=5)
     store.write_version(

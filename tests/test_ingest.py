@@ -122,6 +122,21 @@ def test_a_folder_written_for_a_model_replaces_the_old_one_whole(files):
         pass
 
 
+def test_a_walk_skips_folders_and_an_entry_is_looked_at_alone(files):
+    for name in ("landing/a.csv", "landing/2020/01/01/old.csv", "landing/2024/05/17/new.csv"):
+        files.write(name, b"x")
+    walked = files.entries("landing/", skip=lambda folder: folder == "landing/2020/")
+    assert [file.name for file in walked] == ["landing/2024/05/17/new.csv", "landing/a.csv"]
+    [listed] = files.entries("landing/2024/")
+    assert files.info("landing/2024/05/17/new.csv") == listed
+    files.write("landing/2024/05/17/new.csv", b"xy")
+    assert files.info("landing/2024/05/17/new.csv").version != listed.version
+    assert files.info("landing/none.csv") is None and files.info("landing/2024/") is None
+    files.delete("landing/a.csv")
+    files.delete("landing/a.csv")
+    assert not files.exists("landing/a.csv")
+
+
 def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_since(zone):
     many = pd.DataFrame(
         {

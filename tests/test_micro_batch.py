@@ -1,14 +1,19 @@
 """Micro-batch scoring and the automation around it, on real files, a real SQLite store and
 the real Dagster machinery (sensor contexts, in-process runs); no Spark needed."""
 
-import json
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from math import inf
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, SkipReason, build_sensor_context
+from pydantic import PrivateAttr
 
 from reco_dagster.automation import (
     landing_zone_sensor,
@@ -16,8 +21,10 @@ from reco_dagster.automation import (
     retrain_on_new_data,
     retrain_reason,
 )
+from reco_dagster.domain.events import ValidationRules
 from reco_dagster.micro_batch import micro_batch
-from resources.files import LocalFiles
+from resources.files import FileInfo, LocalFiles, SkipFolder
+from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
 from tests.conftest import REPO, land, live_world, resources
 
@@ -65,9 +72,9 @@ def test_new_events_refresh_just_the_affected_users(world, data_dir):
     seen_by_u1 = set(zone.user_history(["u1"])["item_id"])
     assert not {item["item_id"] for item in store.lookup("u1", 12).items} & seen_by_u1
     assert store.lookup("stranger", 5).source == "popular"
-    # Handling the same files again changes nothing and ingests nothing twice.
+    # The ledger says the file's lists are written: handling it again does nothing.
     again = run(world, ["drop.csv"])
-    assert again["rows_ingested"] == 0 and again["users_refreshed"] == 2
+    assert again["rows_ingested"] == 0 and again["users_refreshed"] == 0
     assert len(zone.event_history()) == 30 + 5
 
 
@@ -87,8 +94,15 @@ def evaluate_sensor(**context):
         return landing_zone_sensor(sensor_context)
 
 
+def requested_files(result) -> list[list[str]]:
+    return [
+        request.run_config["ops"]["score_new_events"]["config"]["files"]
+        for request in result.run_requests
+    ]
+
+
 def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
-    zone = world[0]
+    zone = LandingZone(files=world[0].files, settle_s=0)
     instance = DagsterInstance.ephemeral()
     land(
         data_dir,
@@ -96,35 +110,232 @@ def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
         pd.DataFrame({"user_id": ["u2"], "item_id": ["i2"], "timestamp": [1]}),
     )
     first = evaluate_sensor(instance=instance, resources={"landing_zone": zone})
-    [request] = first.run_requests
-    # history.csv was ingested already (by the world's first run): only the new file counts.
-    assert request.run_config["ops"]["score_new_events"]["config"]["files"] == ["waiting.csv"]
+    # The sensor reads no ledger: history.csv (handled by the world's first run) is asked for
+    # too, and the run finds its lists written already.
+    assert requested_files(first) == [["history.csv", "waiting.csv"]]
+    assert run(world, ["history.csv", "waiting.csv"])["new_files"] == 1
     idle = evaluate_sensor(cursor=first.cursor, instance=instance, resources={"landing_zone": zone})
     assert not idle.run_requests and "no new landing files" in idle.skip_reason.skip_message
     land(
         data_dir, "late.csv", pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1]})
     )
-    os.utime(data_dir / "landing" / "late.csv", ns=(2_000_000_000 * 10**9,) * 2)
     later = evaluate_sensor(cursor=idle.cursor, instance=instance, resources={"landing_zone": zone})
-    [request] = later.run_requests
-    assert request.run_config["ops"]["score_new_events"]["config"]["files"] == ["late.csv"]
-    assert request.run_key != first.run_requests[0].run_key
+    assert requested_files(later) == [["late.csv"]]
+    assert later.run_requests[0].run_key != first.run_requests[0].run_key
 
 
-def test_the_cursor_keeps_files_that_share_a_modification_time(data_dir):
-    zone = LandingZone(files=LocalFiles(root=str(data_dir)))
-    frame = pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "timestamp": [1]})
-    for name in ("a.csv", "b.csv"):
-        land(data_dir, name, frame)
-        os.utime(data_dir / "landing" / name, ns=(5, 5))
-    fresh, cursor = new_landing_files(zone, None)
-    assert [name for name, _, _ in fresh] == ["a.csv", "b.csv"]
-    land(data_dir, "c.csv", frame)
-    os.utime(data_dir / "landing" / "c.csv", ns=(5, 5))
-    fresh, cursor = new_landing_files(zone, cursor)
-    assert [name for name, _, _ in fresh] == ["c.csv"]
-    assert json.loads(cursor) == {"mtime_ns": 5, "names": ["a.csv", "b.csv", "c.csv"]}
-    assert new_landing_files(zone, cursor)[0] == []
+FRAME = pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "timestamp": [1]})
+TODAY = date(2024, 5, 17)
+
+
+def test_a_file_renamed_in_with_an_old_modification_time_is_requested(data_dir):
+    zone = LandingZone(files=LocalFiles(root=str(data_dir)), settle_s=0)
+    land(data_dir, "new.csv", FRAME)
+    fresh, cursor = new_landing_files(zone, None, TODAY)
+    assert [file.name for file in fresh] == ["new.csv"]
+    # Written elsewhere an hour ago, then moved in: a rename keeps the modification time.
+    outside = data_dir / "outside.csv"
+    FRAME.to_csv(outside, index=False)
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(outside, ns=(an_hour_ago, an_hour_ago))
+    outside.rename(data_dir / "landing" / "old.csv")
+    fresh, cursor = new_landing_files(zone, cursor, TODAY)
+    assert [file.name for file in fresh] == ["old.csv"]
+    assert new_landing_files(zone, cursor, TODAY)[0] == []
+    # The same name with other bytes is another file.
+    land(data_dir, "old.csv", pd.concat([FRAME, FRAME.assign(user_id="v")]))
+    assert [file.name for file in new_landing_files(zone, cursor, TODAY)[0]] == ["old.csv"]
+
+
+class WrittenBetweenLooks(LocalFiles):
+    """A landing zone whose writer adds a line to growing.csv after each listing, until told
+    to stop: between the sensor's first and second look at a fresh file."""
+
+    _writing: bool = PrivateAttr(default=True)
+
+    def stop_writing(self) -> None:
+        self._writing = False
+
+    def entries(self, prefix: str, skip: SkipFolder | None = None) -> list[FileInfo]:
+        listed = super().entries(prefix, skip)
+        if self._writing:
+            with (Path(self.root) / "landing" / "growing.csv").open("a") as handle:
+                handle.write("u2,i2,2\n")
+        return listed
+
+
+def test_a_file_is_requested_once_it_stopped_changing(data_dir):
+    files = WrittenBetweenLooks(root=str(data_dir))
+    zone = LandingZone(files=files, settle_s=0.2)
+    growing = data_dir / "landing" / "growing.csv"
+    land(data_dir, "growing.csv", FRAME)
+    fresh, cursor = new_landing_files(zone, None, TODAY)
+    assert fresh == [], "it changed between the two looks"
+    files.stop_writing()
+    fresh, cursor = new_landing_files(zone, cursor, TODAY)
+    assert [file.size for file in fresh] == [growing.stat().st_size]
+    assert new_landing_files(zone, cursor, TODAY)[0] == []
+
+
+def capture_layout(data_dir, days: list[date]) -> list[str]:
+    """Event Hubs Capture's folders ({namespace}/{hub}/{partition}/yyyy/mm/dd/hh/mm/ss), one
+    file a day in each of two partitions, each a user's event; returns the names."""
+    names = []
+    for day in days:
+        for partition in ("0", "1"):
+            name = f"ns/hub/{partition}/{day:%Y/%m/%d}/13/05/00.csv"
+            (data_dir / "landing" / name).parent.mkdir(parents=True, exist_ok=True)
+            FRAME.assign(user_id=name).to_csv(data_dir / "landing" / name, index=False)
+            names.append(name)
+    return names
+
+
+def test_the_sensor_leaves_out_dated_folders_past_the_lookback_and_the_batch_takes_them(data_dir):
+    zone = LandingZone(files=LocalFiles(root=str(data_dir)), settle_s=0)
+    recent = capture_layout(data_dir, [TODAY, date(2024, 5, 15)])
+    old = capture_layout(data_dir, [date(2024, 5, 14), date(2024, 4, 30), date(2023, 12, 31)])
+    land(data_dir, "undated.csv", FRAME)
+    (data_dir / "landing" / "2024/05/01").mkdir(parents=True)
+    land(data_dir, "2024/05/01/plain.csv", FRAME.assign(user_id="plain"))
+    fresh, _ = new_landing_files(zone, None, TODAY)
+    assert sorted(file.name for file in fresh) == sorted([*recent, "undated.csv"])
+    # Late files in old partitions reach the history through batch_retrain, which lists all.
+    report = ingest_landed_files(zone, ValidationRules(), warn=print)
+    assert set(report.ingested_files) >= {*old, "2024/05/01/plain.csv"}
+
+
+class CountingFiles(LocalFiles):
+    """Local files that count the folders a walk opens."""
+
+    _folders_opened: list[str] = PrivateAttr(default_factory=list)
+
+    def _walk(self, folder, skip, found):
+        if folder.is_dir():
+            self._folders_opened.append(str(folder))
+        super()._walk(folder, skip, found)
+
+
+def test_the_sensor_walks_no_more_folders_for_more_old_partitions(data_dir):
+    files = CountingFiles(root=str(data_dir))
+    zone = LandingZone(files=files, settle_s=0)
+    capture_layout(data_dir, [TODAY, date(2024, 5, 16), date(2024, 3, 1), date(2023, 1, 1)])
+    new_landing_files(zone, None, TODAY)
+    opened = len(files._folders_opened)
+    years = [
+        date(year, month, day) for year in range(2015, 2023) for month in (1, 6) for day in (1, 2)
+    ]
+    capture_layout(data_dir, years + [date(2024, month, 3) for month in (1, 2, 4)])
+    files._folders_opened.clear()
+    fresh, _ = new_landing_files(zone, None, TODAY)
+    assert len(files._folders_opened) == opened
+    assert len(fresh) == 4
+
+
+NEWBIE = pd.DataFrame(
+    {"user_id": "newbie", "item_id": ["i1", "i2"], "rating": 5.0, "timestamp": 1_700_000_000}
+)
+
+
+def micro_batch_run(world, files):
+    zone, store, archive, _ = world
+    return micro_batch.execute_in_process(
+        run_config={"ops": {"score_new_events": {"config": {"files": files}}}},
+        resources=resources(zone, store, archive),
+        raise_on_error=False,
+    )
+
+
+def retries(result) -> int:
+    return sum(event.event_type_value == "STEP_UP_FOR_RETRY" for event in result.all_events)
+
+
+def test_a_failed_micro_batch_is_retried_and_its_events_count_once(world, data_dir):
+    zone, store, _, version = world
+    land(data_dir, "drop.csv", NEWBIE)
+    model = data_dir / "lake" / "versions" / version
+    model.rename(data_dir / "away")
+
+    def restore_after_the_first_failure():
+        deadline = time.monotonic() + 60
+        while not any((note.error or "").startswith("failed") for note in zone.due_attempts(inf)):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (data_dir / "away").rename(model)
+
+    with ThreadPoolExecutor(1) as pool:
+        restored = pool.submit(restore_after_the_first_failure)
+        result = micro_batch_run(world, ["drop.csv"])
+        restored.result()
+    # The retry comes a second after the failure; a slower restore costs one more attempt.
+    assert result.success and 1 <= retries(result) <= 2
+    history = zone.event_history()
+    assert len(history[history["user_id"] == "newbie"]) == 2, "ingested once"
+    newbie = store.lookup("newbie", 12)
+    assert newbie.source == "personal" and newbie.model_version == version
+    assert zone.due_attempts(inf) == []
+    [entry] = [e for e in zone.ingested().values() if e["file"] == "drop.csv"]
+    assert entry["lists"]["version"] == version
+
+
+def test_a_file_whose_attempts_keep_failing_is_given_up_into_quarantine(world, data_dir):
+    zone, store, _, version = world
+    land(data_dir, "drop.csv", NEWBIE)
+    model = data_dir / "lake" / "versions" / version
+    model.rename(data_dir / "away")
+    result = micro_batch_run(world, ["drop.csv"])
+    assert not result.success and retries(result) == zone.max_attempts - 1
+    [copy] = (data_dir / "quarantine" / "files").glob("*.drop.csv")
+    assert copy.read_bytes() == (data_dir / "landing" / "drop.csv").read_bytes()
+    reason = copy.with_name(copy.name + ".reason.txt").read_text()
+    assert reason.startswith("gave up after 3 micro-batch attempts; the last failed: FileNotFound")
+    assert "its 2 events stay in the history and reach the lists at the next batch_retrain" in (
+        reason
+    )
+    # Given up: no more attempts, from the sensor or from another run naming the file.
+    assert zone.due_attempts(inf) == []
+    (data_dir / "away").rename(model)
+    assert run(world, ["drop.csv"])["users_refreshed"] == 0
+    assert store.lookup("newbie", 5).source == "popular"
+    assert len(zone.event_history()) == 30 + 2
+
+
+def test_attempts_whose_process_died_count(world, data_dir):
+    zone = world[0]
+    land(data_dir, "drop.csv", NEWBIE)
+    [file] = zone.scan_named(["drop.csv"]).files
+    # Each attempt is counted before its work starts: these three ended there (killed).
+    for _ in range(zone.max_attempts):
+        zone.begin_attempt(file)
+    result = micro_batch_run(world, ["drop.csv"])
+    assert result.success and retries(result) == 0
+    [reason] = (data_dir / "quarantine" / "files").glob("*.drop.csv.reason.txt")
+    assert reason.read_text().startswith(
+        "gave up after 3 micro-batch attempts; the last ended without a word (its process died)"
+        "; the next batch_retrain ingests it"
+    )
+    assert len(zone.event_history()) == 30
+
+
+def test_a_file_left_for_later_is_asked_for_again(world, data_dir):
+    zone = LandingZone(files=world[0].files, settle_s=0, unterminated_settle_s=1, retry_s=0)
+    world = (zone, *world[1:])
+    instance = DagsterInstance.ephemeral()
+    (data_dir / "landing" / "cut.csv").write_text("user_id,item_id,timestamp\nnewbie,i1,1")
+    first = evaluate_sensor(instance=instance, resources={"landing_zone": zone})
+    assert requested_files(first) == [["cut.csv", "history.csv"]]
+    assert run(world, ["cut.csv", "history.csv"])["files_deferred"] == 1
+    # The file does not change, so only the run's note brings it back: once it is old enough.
+    deadline = time.monotonic() + 30
+    while not (
+        again := evaluate_sensor(
+            cursor=first.cursor, instance=instance, resources={"landing_zone": zone}
+        )
+    ).run_requests:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert requested_files(again) == [["cut.csv"]]
+    assert run(world, ["cut.csv"])["new_files"] == 1
+    assert zone.due_attempts(inf) == []
 
 
 def test_the_retrain_sensor_says_why_it_waits_and_fires_when_the_data_moved(world, data_dir):

@@ -229,6 +229,41 @@ def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(
     assert "i6" not in {item["item_id"] for item in store.lookup("u2", 100).items}
 
 
+def test_a_retrain_the_gate_rejects_still_folds_what_it_ingested_into_the_live_version(
+    first_run, tmp_path, monkeypatch
+):
+    """A retrain ingests a file no micro-batch saw; its gate keeps the old version live, and
+    the file's user is still folded into it, not left to the next retrain."""
+    _, first_data_dir, events, _ = first_run
+    data_dir = tmp_path / "data"
+    shutil.copytree(first_data_dir, data_dir)
+    monkeypatch.setenv("RECO_DATA_DIR", str(data_dir))
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    old = store.live_version()
+    land(data_dir, "unseen.csv", events[events["user_id"] == "u3"].assign(user_id="gated-user"))
+    rejected = materialize(
+        definitions.batch_assets,
+        selection=AssetSelection.all() - AssetSelection.assets("online_evaluation"),
+        resources=definitions.build_resources(),
+        run_config={
+            "resources": {
+                "als": {"config": SMALL_ALS},
+                "quality_gate": {"config": {"floors": {"precision_at_10": 1.1}}},
+            },
+            "ops": {"model_search": {"config": {"time_budget_s": {"als": 0.0, "ease": 0.0}}}},
+        },
+        raise_on_error=False,
+    )
+    assert not rejected.success and store.live_version() == old
+    files = LocalFiles(root=str(data_dir))
+    zone, archive = LandingZone(files=files), ModelArchive(files=files)
+    served = store.lookup("gated-user", 100)
+    assert (served.model_version, served.source) == (old, "personal")
+    history, _ = build_interactions(zone.user_history(["gated-user"]))
+    expected = fold_in(archive.load(old), history).recommend(seen=history, k=100)
+    assert [item["item_id"] for item in served.items] == expected["item_id"].tolist()
+
+
 def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(first_run):
     """...and ranks on Spark's executors (from 0 users on), as the driver would have."""
     tmp_path, data_dir, _, _ = first_run
