@@ -17,6 +17,7 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 
 from reco_dagster.domain.families import FAMILIES
+from reco_dagster.domain.interactions import history_events
 from reco_dagster.domain.lists import (
     PUBLISHED_DEPTH,
     SIMILAR_DEPTH,
@@ -66,7 +67,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
     ) -> Output[pd.DataFrame]:
         """Every known user's best unseen items, scored from all of their history (for many
         users, on Spark's executors: see BatchScoring); a list that runs short goes on with
-        the cold-start list."""
+        the cold-start list. `history_events` is how many of the user's events that was."""
         started = time.perf_counter()
         users = interactions["user_id"].nunique()
         with model.scorer(interactions, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
@@ -75,7 +76,10 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         version = scorer.card.version
         context.log.info(f"Ranked {users} users' items on the {ranked_on(scorer)}")
         return Output(
-            ranked.assign(model_version=version),
+            ranked.assign(
+                model_version=version,
+                history_events=ranked["user_id"].map(history_events(interactions)),
+            ),
             metadata={
                 "dagster/row_count": len(ranked),
                 "users": ranked["user_id"].nunique(),
@@ -163,11 +167,17 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
         titles = titles_by_item(item_catalog)
         store.register(version, evaluation)
+        # A micro-batch refresh ranked from fewer of a user's events (one that read the
+        # history before this run's snapshot) must not replace the user's list.
+        users = ranked.drop_duplicates("user_id")
         written = store.write_version(
             version,
             ranked_lists(ranked, "user_id", titles),
             listed_items(popular_items, titles),
             ranked_lists(similar, "source_item_id", titles),
+            history_events=dict(
+                zip(users["user_id"], users["history_events"].tolist(), strict=True)
+            ),
         )
         return MaterializeResult(
             metadata={

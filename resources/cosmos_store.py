@@ -11,6 +11,27 @@ Documents, in three containers of one database:
   write. A version is only switched to once its record says its lists are complete, and the
   record says so only after the last document was written: a publish that died half-way is
   never served, and running it again completes it.
+
+Cosmos DB has no transaction across documents, so concurrent writers (a publish, the switch,
+a purge, an admin's rollback, micro-batches) coordinate by conditional writes: a document is
+replaced only if its etag is still the one read (If-Match), or created only if absent; a 412
+or a 409 means another writer got there first: read again and decide again (`_rewrite`).
+Every change to the pointer, a registry record or a user's list is such a read-decide-write,
+so none undoes another's. The protocol that keeps "the pointer names a version whose lists are
+complete" under any interleaving:
+- `activate` claims the version first: it writes the pointer's current revision into the
+  record, if the record says its lists are complete; then it moves the pointer on, if the
+  pointer is still at that revision. If it moved meanwhile, `activate` claims again.
+- What takes a version's lists away (a purge marks the record purging, a new publish of it
+  writing) writes the record only while the pointer names another version and has moved past
+  the record's last claim (a claim at the current revision may still move the pointer).
+  Both writes are conditional on the record, so the second of a claim and a take-away sees
+  the first: a claim after a take-away refuses a version whose lists are incomplete; a
+  take-away after a claim finds the version live or about to be, and leaves it.
+- A purge deletes each document only as it was listed (If-Match): one a new publish of the
+  version wrote again since is kept.
+- A user's list is replaced or created only over one ranked from no more of the user's events
+  (`history_events`; documents written before the mark existed count as 0).
 """
 
 from __future__ import annotations
@@ -18,10 +39,12 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from azure.core import MatchConditions
@@ -49,7 +72,7 @@ LIVE_POINTER = "~live"
 """The pointer's id; model versions never start with "~" (see `register`)."""
 
 # Lists states in a registry record: what a reader or `activate` may rely on.
-NO_LISTS, WRITING, COMPLETE, PURGED = "none", "writing", "complete", "purged"
+NO_LISTS, WRITING, COMPLETE, PURGING, PURGED = "none", "writing", "complete", "purging", "purged"
 
 # Throttled (429), unavailable (503), timed out (408), gone (410), retry-with (449).
 _TRANSIENT = {408, 410, 429, 449, 503}
@@ -186,14 +209,70 @@ class CosmosRecommendationStore(RecommendationStore):
         ]
 
     def _deletes(self, container: str, key: str, version: str, keep: set[str]) -> list:
-        """Requests deleting a version's documents whose partition is not in `keep`."""
+        """Requests deleting a version's documents whose partition is not in `keep`, each as
+        it is now: one written again meanwhile (a new publish of the version) stays."""
         proxy = self._container(container)
-        found = self._query(container, f"SELECT c.{key} FROM c WHERE c.id = @v", v=version)
+        found = self._query(container, f"SELECT c.{key}, c._etag FROM c WHERE c.id = @v", v=version)
         return [
-            lambda hook, partition=row[key]: _delete(proxy, version, partition, hook)
+            lambda hook, row=row: _delete(proxy, version, row[key], row["_etag"], hook)
             for row in found
             if row[key] not in keep
         ]
+
+    def _rewrite(
+        self,
+        container: str,
+        item: str,
+        partition: str,
+        change: Callable[[dict | None], dict | None],
+        hook: Callable | None = None,
+    ) -> dict | None:
+        """Read a document and write what `change` makes of it (given None when there is
+        none), conditionally: replaced only if nobody wrote it since the read, created only if
+        nobody created it. When another writer got there first, read it again and let
+        `change` decide again. Returns the document written, or None when `change` said to
+        leave it (returned None). Transient failures are the caller's to retry."""
+        proxy = self._container(container)
+        while True:
+            try:
+                current = proxy.read_item(item, partition_key=partition, response_hook=hook)
+            except CosmosResourceNotFoundError:
+                current = None
+            new = change(current)
+            if new is None:
+                return None
+            try:
+                if current is None:
+                    return proxy.create_item(new, response_hook=hook)
+                return proxy.replace_item(
+                    item,
+                    new,
+                    etag=current["_etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                    response_hook=hook,
+                )
+            except (CosmosAccessConditionFailedError, CosmosResourceExistsError):
+                continue
+
+    def _rewrite_model(
+        self, item: str, change: Callable[[dict | None], dict | None]
+    ) -> dict | None:
+        """`_rewrite` of a registry record or the pointer, retrying transient failures."""
+        return self._retrying(lambda: self._rewrite(MODELS, item, item, change))
+
+    def _take_lists(self, version: str, change: Callable[[dict | None], dict | None]) -> bool:
+        """Rewrite a version's record as `change` says, to make its lists incomplete (a purge,
+        a new publish), unless the version is live or a claim to activate it may still move
+        the pointer (see the module docstring). False when nothing was written."""
+
+        def unless_live(record: dict | None) -> dict | None:
+            pointer = self._pointer()
+            claim = record.get("claim", -1) if record else -1
+            if _live(pointer) == version or claim >= _revision(pointer):
+                return None
+            return change(record)
+
+        return self._rewrite_model(version, unless_live) is not None
 
     def _pointer(self) -> dict | None:
         return self._read(MODELS, LIVE_POINTER, LIVE_POINTER)
@@ -202,9 +281,6 @@ class CosmosRecommendationStore(RecommendationStore):
         record = self._read(MODELS, version, version)
         return record if record and record.get("kind") == "model" else None
 
-    def _save_record(self, record: dict) -> None:
-        self._retrying(lambda: self._container(MODELS).upsert_item(record))
-
     # -- the interface ----------------------------------------------------------------------
 
     def register(
@@ -212,19 +288,24 @@ class CosmosRecommendationStore(RecommendationStore):
     ) -> None:
         if version.startswith("~") or any(c in version for c in "/\\?#"):
             raise ValueError(f"{version!r} cannot name a model version")
-        record = self._record(version) or {
-            "id": version,
-            "kind": "model",
-            "created_at": _now(),
-            "activated_at": None,
-            "lists": NO_LISTS,
-        }
-        live = (self._pointer() or {}).get("version") == version
-        record |= {
-            "info": {**info, "rejected_because": rejected_because},
-            "status": "live" if live else "rejected" if rejected_because else "candidate",
-        }
-        self._save_record(record)
+
+        def registered(record: dict | None) -> dict:
+            live = self.live_version() == version
+            return (
+                record
+                or {
+                    "id": version,
+                    "kind": "model",
+                    "created_at": _now(),
+                    "activated_at": None,
+                    "lists": NO_LISTS,
+                }
+            ) | {
+                "info": {**info, "rejected_because": rejected_because},
+                "status": "live" if live else "rejected" if rejected_because else "candidate",
+            }
+
+        self._rewrite_model(version, registered)
 
     def write_version(
         self,
@@ -232,18 +313,33 @@ class CosmosRecommendationStore(RecommendationStore):
         user_lists: Iterable[tuple[str, list[Item]]],
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
+        history_events: Mapping[str, int] | None = None,
     ) -> WriteReport:
-        record = self._record(version)
-        live = (self._pointer() or {}).get("version")
-        if record is None or record["status"] == "rejected" or live == version:
-            state = "live" if live == version else record["status"] if record else "unknown"
-            raise VersionNotPublishableError(f"version {version} is {state}; it cannot be written")
-        earlier_attempt = record["lists"] != NO_LISTS
-        self._save_record(record | {"lists": WRITING})
+        attempt, earlier_attempt = uuid.uuid4().hex, False
+
+        def writing(record: dict | None) -> dict:
+            nonlocal earlier_attempt
+            if record is None or record["status"] == "rejected":
+                state = record["status"] if record else "unknown"
+                raise VersionNotPublishableError(
+                    f"version {version} is {state}; it cannot be written"
+                )
+            earlier_attempt = record["lists"] != NO_LISTS
+            return record | {"lists": WRITING, "writer": attempt}
+
+        if not self._take_lists(version, writing):
+            raise VersionNotPublishableError(
+                f"version {version} is live (or going live); it cannot be written"
+            )
+        marks = history_events or {}
         users = {user: items for user, items in user_lists}
         neighbours = {item: items for item, items in similar}
         requests = self._upserts(
-            USERS, ({"id": version, "user_id": u, "items": i} for u, i in users.items())
+            USERS,
+            (
+                {"id": version, "user_id": u, "items": i, "history_events": marks.get(u, 0)}
+                for u, i in users.items()
+            ),
         ) + self._upserts(
             SIMILAR, ({"id": version, "item_id": s, "items": i} for s, i in neighbours.items())
         )
@@ -252,11 +348,22 @@ class CosmosRecommendationStore(RecommendationStore):
             requests += self._deletes(USERS, "user_id", version, set(users))
             requests += self._deletes(SIMILAR, "item_id", version, set(neighbours))
         report = self._bulk(requests)
-        # Last: the record says the lists are complete only once every document is written.
-        self._save_record(
-            record
-            | {"lists": COMPLETE, "status": "candidate", "popular": popular, "users": len(users)}
-        )
+
+        # Last: the record says the lists are complete only once every document is written,
+        # and only if no purge or other publish of the version took them over meanwhile.
+        def complete(record: dict | None) -> dict:
+            if record is None or record["lists"] != WRITING or record.get("writer") != attempt:
+                raise VersionNotPublishableError(
+                    f"version {version} was purged or written again during this publish"
+                )
+            return record | {
+                "lists": COMPLETE,
+                "status": "candidate",
+                "popular": popular,
+                "users": len(users),
+            }
+
+        self._rewrite_model(version, complete)
         return WriteReport(
             users=len(users),
             documents=report.documents + 1,
@@ -266,72 +373,65 @@ class CosmosRecommendationStore(RecommendationStore):
         )
 
     def activate(self, version: str) -> None:
-        record = self._record(version)
-        if record is None or record["lists"] != COMPLETE or record["status"] == "rejected":
-            raise VersionNotPublishableError(
-                f"version {version} has no complete lists in the store"
-                + (f" (it is {record['status']})" if record else " (unknown version)")
-            )
-        previous = self._switch_pointer(lambda pointer: version)
-        if previous == version:
-            return
-        # Bookkeeping after the switch; if it is lost, `versions` still reads the pointer.
-        self._save_record(record | {"status": "live", "activated_at": _now()})
-        retired = self._record(previous) if previous else None
-        if retired is not None:
-            self._save_record(retired | {"status": "retired"})
-
-    def _switch_pointer(self, new_version: Callable[[str | None], str | None]) -> str | None:
-        """Replace the live pointer, its revision one higher, in one conditional write;
-        `new_version` maps the current live version to the next (None: leave the pointer
-        alone). Returns the version that was live."""
-        models = self._container(MODELS)
         while True:
             pointer = self._pointer()
-            current = pointer["version"] if pointer else None
-            target = new_version(current)
-            if target is None:
-                return current
-            body = {
-                "id": LIVE_POINTER,
-                "kind": "pointer",
-                "version": target,
-                "revision": (pointer["revision"] if pointer else 0) + 1,
-            }
-            try:
-                if pointer is None:
-                    self._retrying(lambda body=body: models.create_item(body))
-                else:
-                    self._retrying(
-                        lambda body=body, etag=pointer["_etag"]: models.replace_item(
-                            LIVE_POINTER,
-                            body,
-                            etag=etag,
-                            match_condition=MatchConditions.IfNotModified,
-                        )
-                    )
-                return current
-            except (CosmosAccessConditionFailedError, CosmosResourceExistsError):
-                continue  # another writer moved the pointer first: decide again
+            previous = _live(pointer)
+            if previous == version:
+                return
+            if self._claim_and_switch(version, _revision(pointer)):
+                break
+        # Bookkeeping after the switch; if it is lost, `versions` still reads the pointer.
+        self._rewrite_model(version, lambda record: _marked(record, "live", activated_at=_now()))
+        if previous is not None:
+            self._rewrite_model(previous, lambda record: _marked(record, "retired"))
 
-    def update_live_users(self, version: str, user_lists: list[tuple[str, list[Item]]]) -> bool:
-        if (self._pointer() or {}).get("version") != version:
-            return False
-        self._bulk(
-            self._upserts(USERS, ({"id": version, "user_id": u, "items": i} for u, i in user_lists))
+    def _claim_and_switch(self, version: str, revision: int) -> bool:
+        """Claim `version` at the pointer's `revision` (refused unless its lists are
+        complete), then move the pointer from that revision to it; False when the pointer
+        moved first (claim again at the new revision)."""
+        self._rewrite_model(version, lambda record: _claimed(version, record, revision))
+        switched = self._rewrite_model(
+            LIVE_POINTER,
+            lambda pointer: (
+                _pointing_at(version, pointer) if _revision(pointer) == revision else None
+            ),
         )
+        return switched is not None
+
+    def update_live_users(
+        self,
+        version: str,
+        user_lists: list[tuple[str, list[Item]]],
+        history_events: Mapping[str, int],
+    ) -> bool:
+        if self.live_version() != version:
+            return False
+
+        def refresh(hook: Callable, user: str, items: list[Item]) -> None:
+            mark = history_events[user]
+            document = {"id": version, "user_id": user, "items": items, "history_events": mark}
+            self._rewrite(
+                USERS,
+                version,
+                user,
+                lambda stored: document if _history_events(stored) <= mark else None,
+                hook,
+            )
+
+        self._bulk([partial(refresh, user=user, items=items) for user, items in user_lists])
         # Bump the revision (caches in front of lookups drop what they hold) unless another
         # version went live meanwhile: then the lists went to a version no reader follows.
-        still_live = self._switch_pointer(lambda live: live if live == version else None)
-        return still_live == version
+        bumped = self._rewrite_model(
+            LIVE_POINTER,
+            lambda pointer: _pointing_at(version, pointer) if _live(pointer) == version else None,
+        )
+        return bumped is not None
 
     def live_version(self) -> str | None:
-        pointer = self._pointer()
-        return pointer["version"] if pointer else None
+        return _live(self._pointer())
 
     def change_token(self) -> int:
-        pointer = self._pointer()
-        return pointer["revision"] if pointer else 0
+        return _revision(self._pointer())
 
     def lookup(
         self, user_id: str, k: int, version: str | None = None, popular_only: bool = False
@@ -371,26 +471,93 @@ class CosmosRecommendationStore(RecommendationStore):
 
     def purge_old_versions(self, keep: int) -> list[str]:
         live = self.live_version()
-        with_documents = [
-            record
-            for record in self._query(MODELS, "SELECT * FROM c WHERE c.kind = @kind", kind="model")
-            if record["id"] != live and record["lists"] in (WRITING, COMPLETE)
-        ]
-        with_documents.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
-        purged = with_documents[keep:]
-        for record in purged:
-            # First the record, so nothing activates a version that is losing its lists.
-            self._save_record(record | {"lists": PURGED})
+        records = self._query(MODELS, "SELECT * FROM c WHERE c.kind = @kind", kind="model")
+        with_lists = [r for r in records if r["id"] != live and r["lists"] in (WRITING, COMPLETE)]
+        with_lists.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
+        # And the purges that stopped half-way, to finish them.
+        unfinished = [r for r in records if r["lists"] == PURGING]
+        purged = []
+        for listed in with_lists[keep:] + unfinished:
+            version = listed["id"]
+            # First the record, so nothing activates a version that is losing its lists;
+            # skipped if it went live (or is going live), or was written again, since it was
+            # listed.
+            if not self._take_lists(version, partial(_purging, listed)):
+                continue
             self._bulk(
-                self._deletes(USERS, "user_id", record["id"], set())
-                + self._deletes(SIMILAR, "item_id", record["id"], set())
+                self._deletes(USERS, "user_id", version, set())
+                + self._deletes(SIMILAR, "item_id", version, set())
             )
-        return [record["id"] for record in purged]
+            self._rewrite_model(
+                version,
+                lambda record: (
+                    record | {"lists": PURGED} if record and record["lists"] == PURGING else None
+                ),
+            )
+            purged.append(version)
+        return purged
 
 
-def _delete(proxy: ContainerProxy, item: str, partition: str, hook: Callable) -> None:
-    with suppress(CosmosResourceNotFoundError):  # deleted already, by an earlier attempt
-        proxy.delete_item(item, partition_key=partition, response_hook=hook)
+def _delete(proxy: ContainerProxy, item: str, partition: str, etag: str, hook: Callable) -> None:
+    # Gone already (an earlier attempt), or written again since it was listed: leave it.
+    with suppress(CosmosResourceNotFoundError, CosmosAccessConditionFailedError):
+        proxy.delete_item(
+            item,
+            partition_key=partition,
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+            response_hook=hook,
+        )
+
+
+def _live(pointer: dict | None) -> str | None:
+    return pointer["version"] if pointer else None
+
+
+def _revision(pointer: dict | None) -> int:
+    return pointer["revision"] if pointer else 0
+
+
+def _pointing_at(version: str, pointer: dict | None) -> dict:
+    """The live pointer moved to `version`, its revision one higher."""
+    return {
+        "id": LIVE_POINTER,
+        "kind": "pointer",
+        "version": version,
+        "revision": _revision(pointer) + 1,
+    }
+
+
+def _claimed(version: str, record: dict | None, revision: int) -> dict:
+    """The record with a claim to go live at the pointer's `revision`, if it may go live."""
+    if record is None or record.get("kind") != "model":
+        raise VersionNotPublishableError(
+            f"version {version} has no complete lists in the store (unknown version)"
+        )
+    if record["lists"] != COMPLETE or record["status"] == "rejected":
+        raise VersionNotPublishableError(
+            f"version {version} has no complete lists in the store (it is {record['status']})"
+        )
+    return record | {"claim": revision}
+
+
+def _purging(listed: dict, record: dict | None) -> dict | None:
+    """The record marked purging, if its lists are still as they were listed."""
+    if record is None or _lists_state(record) != _lists_state(listed):
+        return None
+    return record | {"lists": PURGING}
+
+
+def _lists_state(record: dict) -> tuple[str, str | None]:
+    return record["lists"], record.get("writer")
+
+
+def _marked(record: dict | None, status: str, **fields: str) -> dict | None:
+    return record | {"status": status, **fields} if record else None
+
+
+def _history_events(stored: dict | None) -> int:
+    return stored.get("history_events", 0) if stored else 0
 
 
 def _model_version(record: dict, live: str | None) -> ModelVersion:

@@ -13,7 +13,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from reco_dagster.domain.foldin import fold_in
-from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.interactions import build_interactions, history_events
 from reco_dagster.domain.lists import PUBLISHED_DEPTH, ranked_lists, titles_by_item
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import fill_short_lists
@@ -56,6 +56,9 @@ def refresh_live_users(
 
     events = landing_zone.user_history(new_events["user_id"].unique())
     history, _ = build_interactions(events)
+    # What the lists are ranked from: a concurrent refresh that read more of a user's events
+    # keeps its list (the store compares these marks).
+    marks = history_events(history)
     catalog, _ = landing_zone.item_catalog()
     titles = titles_by_item(catalog)
     lap("read_history")
@@ -69,7 +72,8 @@ def refresh_live_users(
         with threadpool_limits(limits=1):
             ranked, counts = _rerank(model, history, new_events, _cold_start(store, version))
         lap("fold_in_and_rank")
-        if store.update_live_users(version, list(ranked_lists(ranked, "user_id", titles))):
+        user_lists = list(ranked_lists(ranked, "user_id", titles))
+        if store.update_live_users(version, user_lists, marks):
             lap("write")
             refresh.version = version
             refresh.counts = {**counts, "first_time_users": _first_time_users(events, new_events)}

@@ -2,6 +2,17 @@
 
 A publish writes a complete new version beside the live one, then `activate` switches the
 live pointer in a single write: readers see the old version or the new one, never a mix.
+
+Writers race: a publish, the switch, a purge, an admin's rollback and micro-batches may run at
+once in different processes. Every store keeps two promises under any interleaving:
+- the live pointer only ever names a version whose lists are complete (a rollback racing a
+  purge either wins, and the purge leaves that version alone, or loses and is refused);
+- a user's list is only replaced by one computed from at least as many of the user's events
+  (its `history_events` mark, which only grows with the history), so a refresh that read the
+  history earlier never overwrites a fresher list.
+SQLite keeps them by making each check and the write it guards one transaction
+(`BEGIN IMMEDIATE` takes the write lock before the check); Cosmos DB by conditional writes
+(see resources/cosmos_store.py).
 """
 
 from __future__ import annotations
@@ -10,7 +21,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,19 +106,29 @@ class RecommendationStore(BaseModel):
         user_lists: Iterable[tuple[str, list[Item]]],
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
+        history_events: Mapping[str, int] | None = None,
     ) -> WriteReport:
         """Store a registered candidate's lists (per user, popular, per item similar items),
-        not yet live; re-running replaces them."""
+        not yet live; re-running replaces them. `history_events` marks each user's list with
+        the number of the user's events it was ranked from (see `update_live_users`); a list
+        without a mark gets 0, which any refresh replaces."""
         raise NotImplementedError
 
     def activate(self, version: str) -> None:
         """Make a version with stored lists live; the previous live version is retired."""
         raise NotImplementedError
 
-    def update_live_users(self, version: str, user_lists: list[tuple[str, list[Item]]]) -> bool:
+    def update_live_users(
+        self,
+        version: str,
+        user_lists: list[tuple[str, list[Item]]],
+        history_events: Mapping[str, int],
+    ) -> bool:
         """Replace some users' lists in `version` if, and only if, it is still the live
-        version when the write happens; each user's list changes atomically. Returns False
-        (nothing written) when another version went live meanwhile."""
+        version when the write happens; each user's list changes atomically, and only if the
+        stored one was ranked from no more of the user's events than `history_events[user]`
+        (a user's history only grows, so a smaller count means an earlier read of it).
+        Returns False (nothing written) when another version went live meanwhile."""
         raise NotImplementedError
 
     def live_version(self) -> str | None:
@@ -156,6 +178,7 @@ CREATE TABLE IF NOT EXISTS user_recommendations (
     version TEXT NOT NULL,
     user_id TEXT NOT NULL,
     items TEXT NOT NULL,
+    history_events INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (version, user_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS similar_items (
@@ -184,6 +207,47 @@ LEFT JOIN user_recommendations AS personal
 """
 
 
+_INSERT_USER = (
+    "INSERT INTO user_recommendations (version, user_id, items, history_events) VALUES (?, ?, ?, ?)"
+)
+_REFRESH_USER = (
+    _INSERT_USER + " ON CONFLICT (version, user_id) DO UPDATE SET items = excluded.items, "
+    "history_events = excluded.history_events WHERE history_events <= excluded.history_events"
+)
+
+
+@contextmanager
+def _writing(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: all of it happens, or none. BEGIN IMMEDIATE takes the write
+    lock first, so what is read inside it cannot change before it commits: a check made
+    there holds for the write it guards."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _add_history_events(connection: sqlite3.Connection) -> None:
+    """Files written before lists carried their mark get the column (0: any refresh wins)."""
+
+    def missing() -> bool:
+        columns = connection.execute("PRAGMA table_info(user_recommendations)").fetchall()
+        return "history_events" not in {column[1] for column in columns}
+
+    # Checked first outside the write lock, so opening a connection never waits on a long
+    # publish; again inside it, as another process may have added the column meanwhile.
+    if missing():
+        with _writing(connection):
+            if missing():
+                connection.execute(
+                    "ALTER TABLE user_recommendations "
+                    "ADD COLUMN history_events INTEGER NOT NULL DEFAULT 0"
+                )
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -208,6 +272,7 @@ class SqliteRecommendationStore(RecommendationStore):
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
+            _add_history_events(connection)
             self._local.connection = connection
         return connection
 
@@ -216,13 +281,12 @@ class SqliteRecommendationStore(RecommendationStore):
     ) -> None:
         status = "rejected" if rejected_because else "candidate"
         record = {**info, "rejected_because": rejected_because}
-        self._transaction(
-            (
-                "INSERT INTO model_versions VALUES (?, ?, ?, NULL, ?) "
-                "ON CONFLICT (version) DO UPDATE SET info = excluded.info, "
-                "status = CASE WHEN status = 'live' THEN 'live' ELSE excluded.status END",
-                (version, status, _now(), json.dumps(record)),
-            )
+        # One statement, so one transaction: the live check and the write are one.
+        self._connection().execute(
+            "INSERT INTO model_versions VALUES (?, ?, ?, NULL, ?) "
+            "ON CONFLICT (version) DO UPDATE SET info = excluded.info, "
+            "status = CASE WHEN status = 'live' THEN 'live' ELSE excluded.status END",
+            (version, status, _now(), json.dumps(record)),
         )
 
     def write_version(
@@ -231,22 +295,34 @@ class SqliteRecommendationStore(RecommendationStore):
         user_lists: Iterable[tuple[str, list[Item]]],
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
+        history_events: Mapping[str, int] | None = None,
     ) -> WriteReport:
         started = time.perf_counter()
-        record = self.version(version)
-        if record is None or record.status in ("live", "rejected"):
-            state = "not registered" if record is None else record.status
-            raise VersionNotPublishableError(f"version {version} is {state}; it cannot be written")
-        rows = [(version, user_id, json.dumps(items)) for user_id, items in user_lists]
+        marks = history_events or {}
+        # Encoded before the transaction: the write lock is held for the writes alone.
+        rows = [
+            (version, user_id, json.dumps(items), marks.get(user_id, 0))
+            for user_id, items in user_lists
+        ]
         neighbours = [(version, item_id, json.dumps(items)) for item_id, items in similar]
-        self._transaction(
-            ("DELETE FROM user_recommendations WHERE version = ?", (version,)),
-            ("INSERT INTO user_recommendations VALUES (?, ?, ?)", rows),
-            ("DELETE FROM similar_items WHERE version = ?", (version,)),
-            ("INSERT INTO similar_items VALUES (?, ?, ?)", neighbours),
-            ("INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, json.dumps(popular))),
-            ("UPDATE model_versions SET status = 'candidate' WHERE version = ?", (version,)),
-        )
+        # `version` reads through this thread's connection, so inside the transaction.
+        with _writing(self._connection()) as connection:
+            record = self.version(version)
+            if record is None or record.status in ("live", "rejected"):
+                state = "not registered" if record is None else record.status
+                raise VersionNotPublishableError(
+                    f"version {version} is {state}; it cannot be written"
+                )
+            connection.execute("DELETE FROM user_recommendations WHERE version = ?", (version,))
+            connection.executemany(_INSERT_USER, rows)
+            connection.execute("DELETE FROM similar_items WHERE version = ?", (version,))
+            connection.executemany("INSERT INTO similar_items VALUES (?, ?, ?)", neighbours)
+            connection.execute(
+                "INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, json.dumps(popular))
+            )
+            connection.execute(
+                "UPDATE model_versions SET status = 'candidate' WHERE version = ?", (version,)
+            )
         return WriteReport(
             documents=len(rows) + len(neighbours) + 1,
             seconds=time.perf_counter() - started,
@@ -254,57 +330,40 @@ class SqliteRecommendationStore(RecommendationStore):
         )
 
     def activate(self, version: str) -> None:
-        record = self.version(version)
-        if record is None or not record.has_lists or record.status == "rejected":
-            raise VersionNotPublishableError(
-                f"version {version} has no complete lists in the store"
-                + (f" (it is {record.status})" if record else " (unknown version)")
-            )
-        self._transaction(
-            (
+        with _writing(self._connection()) as connection:
+            record = self.version(version)
+            if record is None or not record.has_lists or record.status == "rejected":
+                raise VersionNotPublishableError(
+                    f"version {version} has no complete lists in the store"
+                    + (f" (it is {record.status})" if record else " (unknown version)")
+                )
+            connection.execute(
                 "UPDATE model_versions SET status = 'retired' "
                 "WHERE status = 'live' AND version != ?",
                 (version,),
-            ),
-            (
+            )
+            connection.execute(
                 "UPDATE model_versions SET status = 'live', activated_at = ? WHERE version = ?",
                 (_now(), version),
-            ),
-            ("INSERT OR REPLACE INTO live VALUES (1, ?)", (version,)),
-        )
+            )
+            connection.execute("INSERT OR REPLACE INTO live VALUES (1, ?)", (version,))
 
-    def update_live_users(self, version: str, user_lists: list[tuple[str, list[Item]]]) -> bool:
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+    def update_live_users(
+        self,
+        version: str,
+        user_lists: list[tuple[str, list[Item]]],
+        history_events: Mapping[str, int],
+    ) -> bool:
+        rows = [
+            (version, user_id, json.dumps(items), history_events[user_id])
+            for user_id, items in user_lists
+        ]
+        with _writing(self._connection()) as connection:
             live = connection.execute("SELECT version FROM live WHERE id = 1").fetchone()
             if live is None or live[0] != version:
-                connection.execute("ROLLBACK")
                 return False
-            connection.executemany(
-                "INSERT OR REPLACE INTO user_recommendations VALUES (?, ?, ?)",
-                [(version, user_id, json.dumps(items)) for user_id, items in user_lists],
-            )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+            connection.executemany(_REFRESH_USER, rows)
         return True
-
-    def _transaction(self, *statements: tuple[str, Any]) -> None:
-        """Run statements in one write transaction: all of them happen, or none."""
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, parameters in statements:
-                if isinstance(parameters, list):
-                    connection.executemany(sql, parameters)
-                else:
-                    connection.execute(sql, parameters)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
 
     def change_token(self) -> int:
         # Changes when any other connection commits; read from shared memory, no disk I/O.
@@ -361,13 +420,10 @@ class SqliteRecommendationStore(RecommendationStore):
         ]
 
     def purge_old_versions(self, keep: int) -> list[str]:
-        kept = [v.version for v in self.versions() if v.status != "live" and v.has_lists]
-        purged = kept[keep:]
-        self._transaction(
-            *(
-                (f"DELETE FROM {table} WHERE version = ?", (version,))
-                for version in purged
-                for table in ("user_recommendations", "similar_items", "popular_items")
-            )
-        )
+        with _writing(self._connection()) as connection:
+            kept = [v.version for v in self.versions() if v.status != "live" and v.has_lists]
+            purged = kept[keep:]
+            for version in purged:
+                for table in ("user_recommendations", "similar_items", "popular_items"):
+                    connection.execute(f"DELETE FROM {table} WHERE version = ?", (version,))
         return purged

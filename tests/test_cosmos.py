@@ -6,11 +6,11 @@ import time
 import uuid
 
 import pytest
-from azure.cosmos import CosmosClient
+from azure.cosmos import ContainerProxy, CosmosClient
 
-from resources.cosmos_store import USERS, CosmosRecommendationStore
+from resources.cosmos_store import PURGING, USERS, CosmosRecommendationStore
 from tests.servers.azure import COSMOS_EMULATOR_KEY, Server, cosmosdb_server
-from tests.test_store import POPULAR, lists
+from tests.test_store import POPULAR, interleave, lists
 
 
 def open_store(server: Server, database: str, **settings) -> CosmosRecommendationStore:
@@ -88,3 +88,45 @@ def test_a_publish_cut_off_by_a_stopped_server_is_rerun_to_completion(cosmos):
     assert len(users) == len(set(users)) == 3000
     assert [item["item_id"] for item in reader.lookup("u2999", 1).items] == ["v2-2999-0"]
     assert sorted(documents_of(cosmos, database, "v1")) == sorted(f"u{n}" for n in range(50))
+
+
+@pytest.mark.parametrize("user", ["u1", "newcomer"])  # a list to replace, one to create
+def test_a_fresher_list_written_between_a_refreshs_read_and_write_is_kept(
+    cosmos, monkeypatch, user
+):
+    database = f"t{uuid.uuid4().hex}"
+    store, rival = open_store(cosmos, database), open_store(cosmos, database)
+    store.register("v1", {"family": "als"})
+    store.write_version("v1", lists("v1"), POPULAR, history_events={"u1": 1})
+    store.activate("v1")
+    write = "replace_item" if user == "u1" else "create_item"
+    interleave(
+        monkeypatch,
+        ContainerProxy,
+        write,
+        lambda: rival.update_live_users("v1", [(user, [{"item_id": "fresh"}])], {user: 7}),
+        before=True,
+        when=lambda proxy, *_: proxy.id == USERS,
+    )
+    assert store.update_live_users("v1", [(user, [{"item_id": "stale"}])], {user: 5})
+    assert store.lookup(user, 1).items == [{"item_id": "fresh"}]
+
+
+def test_a_rollback_between_a_purges_check_and_its_mark_keeps_the_version(cosmos, monkeypatch):
+    database = f"t{uuid.uuid4().hex}"
+    store, rival = open_store(cosmos, database), open_store(cosmos, database)
+    for version in ("v1", "v2", "v3"):
+        store.register(version, {"family": "als"})
+        store.write_version(version, lists(version), POPULAR)
+        store.activate(version)
+    rolled_back = interleave(
+        monkeypatch,
+        ContainerProxy,
+        "replace_item",
+        lambda: rival.activate("v1"),
+        before=True,
+        when=lambda proxy, item, body, **_: body.get("lists") == PURGING,
+    )
+    assert store.purge_old_versions(keep=1) == []
+    assert rolled_back and store.live_version() == "v1"
+    assert store.lookup("u7", 1).items[0]["item_id"] == "v1-7-0"

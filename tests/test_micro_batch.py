@@ -4,6 +4,7 @@ the real Dagster machinery (sensor contexts, in-process runs); no Spark needed."
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -26,6 +27,7 @@ from reco_dagster.micro_batch import micro_batch
 from resources.files import FileInfo, LocalFiles, SkipFolder
 from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
+from resources.live_lists import refresh_live_users
 from tests.conftest import REPO, land, live_world, resources
 
 
@@ -83,9 +85,45 @@ def test_the_store_refuses_micro_batch_writes_into_a_replaced_version(world):
     store.register("next", {"family": "als"})
     store.write_version("next", [("u1", [{"item_id": "i9", "score": 1.0}])], [])
     store.activate("next")
-    assert store.update_live_users(version, [("u1", [{"item_id": "stale", "score": 1.0}])]) is False
+    stale = [("u1", [{"item_id": "stale", "score": 1.0}])]
+    assert store.update_live_users(version, stale, {"u1": 4}) is False
     assert store.lookup("u1", 1).items == [{"item_id": "i9", "score": 1.0}]
-    assert store.update_live_users("next", [("u1", [{"item_id": "i8", "score": 2.0}])]) is True
+    assert store.update_live_users("next", [("u1", [{"item_id": "i8", "score": 2.0}])], {"u1": 4})
+
+
+def test_a_refresh_that_read_the_history_earlier_never_overwrites_a_fresher_one(world, data_dir):
+    """Two refreshes of u1 at once (say the catch-up after a switch and a micro-batch): the
+    slow one read u1's history before more of u1's events landed, and writes last."""
+    zone, store, archive, _ = world
+    ranked, written = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60)
+
+    class PausedBeforeWriting:
+        """The store as the slow refresh sees it: it waits for the other one to write."""
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def update_live_users(self, *args):
+            ranked.wait()
+            written.wait()
+            return store.update_live_users(*args)
+
+    u1 = pd.DataFrame({"user_id": ["u1"], "item_id": ["i3"]})
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            refresh_live_users, zone, PausedBeforeWriting(), archive, u1, lambda _: None
+        )
+        ranked.wait()
+        later = ["i4", "i5", "i6"]
+        land(
+            data_dir, "later.csv", pd.DataFrame({"user_id": "u1", "item_id": later, "timestamp": 1})
+        )
+        run(world, ["later.csv"])
+        fresh = store.lookup("u1", 100).items
+        written.wait()
+        assert slow.result().counts["users_refreshed"] == 1
+    assert not {item["item_id"] for item in fresh} & set(later)
+    assert store.lookup("u1", 100).items == fresh
 
 
 def evaluate_sensor(**context):

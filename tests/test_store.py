@@ -1,12 +1,15 @@
 """One contract for every store, run against a real SQLite file and a real cosmosdb-server:
 atomic switches, failed publishes, retention, the registry."""
 
+import contextlib
+import sqlite3
 import threading
 import uuid
 
 import pytest
+from azure.cosmos import ContainerProxy
 
-from resources.cosmos_store import CosmosRecommendationStore
+from resources.cosmos_store import LIVE_POINTER, CosmosRecommendationStore
 from resources.store import SqliteRecommendationStore, VersionNotPublishableError
 from tests.servers.azure import COSMOS_EMULATOR_KEY
 
@@ -164,14 +167,14 @@ def test_micro_batch_updates_reach_only_the_live_version_and_move_the_change_tok
     watcher = open_store()
     before = watcher.change_token()
     fresh = [("u1", [{"item_id": "new-1", "score": 2.0}]), ("u99", [{"item_id": "new-99"}])]
-    assert store.update_live_users("v1", fresh) is True
+    assert store.update_live_users("v1", fresh, {"u1": 1, "u99": 1}) is True
     assert watcher.change_token() != before
     assert watcher.lookup("u1", 5).items == [{"item_id": "new-1", "score": 2.0}]
     assert watcher.lookup("u99", 5).source == "personal"
     assert watcher.lookup("u2", 1).items[0]["item_id"] == "v1-2-0"
     publish(store, "v2")
     store.activate("v2")
-    assert store.update_live_users("v1", [("u1", [{"item_id": "late"}])]) is False
+    assert store.update_live_users("v1", [("u1", [{"item_id": "late"}])], {"u1": 2}) is False
     assert watcher.lookup("u1", 1).items[0]["item_id"] == "v2-1-0"
 
 
@@ -186,3 +189,137 @@ def test_similar_items_follow_the_live_version(store):
     store.activate("v2")
     assert store.similar("i1", 5) == ("v2", [{"item_id": "v2-i2", "score": 0.9}])
     assert store.similar("unknown", 5) == ("v2", None)
+
+
+@pytest.fixture
+def rival(open_store):
+    """A second client of the same store, for the other writer of a race."""
+    other = open_store()
+    if isinstance(other, SqliteRecommendationStore):
+        # It writes from the thread inside the first writer's transaction: failing at once
+        # on the lock is losing the race, where the default would wait 30 s for itself.
+        other._connection().execute("PRAGMA busy_timeout = 0")
+    return other
+
+
+def interleave(monkeypatch, owner, method: str, other_writer, *, before=False, when=None):
+    """Runs `other_writer` once, right after (or before) the first call of `owner.method`
+    that `when` accepts (called with the call's arguments): between a writer's check and the
+    write it guards. Returns what happened to the other writer once it ran: its result, or
+    the error that refused it."""
+    original, outcome, started = getattr(owner, method), [], threading.Event()
+
+    def run_other_writer():
+        started.set()  # once: the other writer's own calls go through as they are
+        try:
+            outcome.append(other_writer())
+        except (sqlite3.OperationalError, VersionNotPublishableError) as error:
+            outcome.append(error)
+
+    def hooked(*args, **kwargs):
+        now = not started.is_set() and (when is None or when(*args))
+        if now and before:
+            run_other_writer()
+        result = original(*args, **kwargs)
+        if now and not before:
+            run_other_writer()
+        return result
+
+    monkeypatch.setattr(owner, method, hooked)
+    return outcome
+
+
+def assert_live_has_complete_lists(open_store):
+    reader = open_store()
+    live = reader.live_version()
+    assert reader.version(live).has_lists
+    for user in ("u0", "u49"):
+        found = reader.lookup(user, 10)
+        assert found is not None, f"live {live} has no lists"
+        assert (found.model_version, found.source) == (live, "personal")
+        assert found.items[0]["item_id"] == f"{live}-{user[1:]}-0"
+
+
+@pytest.fixture
+def three_versions(store):
+    """v3 live; v1 is the oldest retired version: what a purge keeping one drops, and what
+    a rollback goes back to."""
+    for version in ("v1", "v2", "v3"):
+        publish(store, version)
+        store.activate(version)
+
+
+def test_a_purge_in_the_middle_of_a_rollback_never_leaves_live_without_lists(
+    store, open_store, rival, three_versions, monkeypatch
+):
+    def purge():
+        return rival.purge_old_versions(keep=1)
+
+    if isinstance(store, SqliteRecommendationStore):  # after the check of v1's lists
+        purged = interleave(
+            monkeypatch, type(store), "version", purge, when=lambda client, *_: client is store
+        )
+    else:  # right before the pointer moves
+        purged = interleave(
+            monkeypatch,
+            ContainerProxy,
+            "replace_item",
+            purge,
+            before=True,
+            when=lambda proxy, item, *_: item == LIVE_POINTER,
+        )
+    with contextlib.suppress(VersionNotPublishableError):  # refused: the purge came first
+        store.activate("v1")
+    assert purged, "the purge never ran between the rollback's check and its switch"
+    assert_live_has_complete_lists(open_store)
+    rival.purge_old_versions(keep=1)
+    assert_live_has_complete_lists(open_store)
+
+
+def test_a_rollback_in_the_middle_of_a_purge_never_leaves_live_without_lists(
+    store, open_store, rival, three_versions, monkeypatch
+):
+    def roll_back():
+        return rival.activate("v1")
+
+    # Right after the purge listed the versions and their state.
+    listing = "versions" if isinstance(store, SqliteRecommendationStore) else "_query"
+    rolled_back = interleave(
+        monkeypatch, type(store), listing, roll_back, when=lambda client, *_: client is store
+    )
+    store.purge_old_versions(keep=1)
+    assert rolled_back, "the rollback never ran between the purge's check and its deletes"
+    assert_live_has_complete_lists(open_store)
+    with contextlib.suppress(VersionNotPublishableError):  # refused: the purge came first
+        rival.activate("v1")
+    assert_live_has_complete_lists(open_store)
+
+
+def test_a_refresh_replaces_a_list_only_if_ranked_from_at_least_as_many_events(store):
+    store.register("v1", {"family": "als"})
+    store.write_version("v1", lists("v1"), POPULAR, history_events={"u1": 5})
+    store.activate("v1")
+
+    def refresh(user, tag, events):
+        assert store.update_live_users("v1", [(user, [{"item_id": tag}])], {user: events})
+        return store.lookup(user, 1).items[0]["item_id"]
+
+    assert refresh("u1", "from-4", 4) == "v1-1-0"  # read the history before the batch did
+    assert refresh("u1", "from-5", 5) == "from-5"  # the same history: the same list
+    assert refresh("u1", "from-7", 7) == "from-7"
+    assert refresh("u1", "from-6", 6) == "from-7"  # a slower refresh arriving last
+    assert refresh("u2", "from-1", 1) == "from-1"  # the batch gave no mark: any refresh wins
+    assert refresh("newcomer", "from-1", 1) == "from-1"
+    assert refresh("newcomer", "from-0", 0) == "from-1"
+
+
+def test_a_sqlite_file_from_before_the_freshness_marks_gets_them(tmp_path):
+    path = str(tmp_path / "reco.sqlite")
+    publish(SqliteRecommendationStore(path=path), "v1")
+    with contextlib.closing(sqlite3.connect(path)) as older:
+        older.execute("ALTER TABLE user_recommendations DROP COLUMN history_events")
+    store = SqliteRecommendationStore(path=path)
+    store.activate("v1")
+    assert store.lookup("u1", 1).items[0]["item_id"] == "v1-1-0"
+    assert store.update_live_users("v1", [("u1", [{"item_id": "fresh"}])], {"u1": 1})
+    assert store.lookup("u1", 1).items[0]["item_id"] == "fresh"

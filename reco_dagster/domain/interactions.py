@@ -33,3 +33,11 @@ def build_interactions(events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     table["item_idx"] = pd.factorize(table["item_id"], sort=True)[0].astype("int32")
     table = table.sort_values(["user_idx", "item_idx"], ignore_index=True)
     return table[list(INTERACTION_COLUMNS)], duplicates
+
+
+def history_events(interactions: pd.DataFrame) -> dict[str, int]:
+    """Per user, the distinct events their interactions were built from: the freshness mark
+    of a list ranked from them (it grows with every new event, and a batch list and a
+    micro-batch's refresh of the same history count alike)."""
+    per_user = interactions.groupby("user_id", sort=False)["events"].sum()
+    return {user: int(events) for user, events in per_user.items()}
