@@ -72,7 +72,9 @@ def test_every_landed_event_reaches_the_served_lists_exactly_once(tmp_path):
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_until(lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 120, "dagster dev")
+        _wait_until(
+            lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 120, lambda: "dagster dev"
+        )
         killer = _RunWorkerKiller(dev.pid, KILLS)
         killer.start()
         drops = _drop_files(landing, staging, base, retrain=lambda: _launch_retrain(env, tmp_path))
@@ -84,7 +86,10 @@ def test_every_landed_event_reaches_the_served_lists_exactly_once(tmp_path):
         _wait_until(
             lambda: len(zone.event_history()) >= len(expected_events) and _quiet(dagster_home),
             300,
-            "every event ingested and no run left",
+            lambda: (
+                f"every event ingested ({len(zone.event_history())} of "
+                f"{len(expected_events)}) and no run left ({_busy(dagster_home)})"
+            ),
         )
         killer.stop()
         # One more sensor loop: nothing was left to launch.
@@ -137,7 +142,7 @@ def _drop_files(
         return pd.DataFrame(
             {
                 "user_id": np.repeat(who, 4),
-                "item_id": [*rng.choice(items, 11), f"new-item-{n}"],
+                "item_id": [*rng.choice(items, 11, replace=False), f"new-item-{n}"],
                 "rating": rng.integers(1, 6, 12).astype(float),
                 "timestamp": now - 1000 + n,
             }
@@ -253,15 +258,20 @@ def _runs(dagster_home: Path, runs: RunsFilter) -> list:
         return instance.get_runs(runs)
 
 
-def _quiet(dagster_home: Path) -> bool:
-    """No run queued, starting or running, in any location."""
+def _busy(dagster_home: Path) -> list[str]:
+    """The runs queued, starting or running, in any location."""
     busy = [
         DagsterRunStatus.QUEUED,
         DagsterRunStatus.NOT_STARTED,
         DagsterRunStatus.STARTING,
         DagsterRunStatus.STARTED,
     ]
-    return not _runs(dagster_home, RunsFilter(statuses=busy))
+    runs = _runs(dagster_home, RunsFilter(statuses=busy))
+    return [f"{run.job_name} {run.run_id[:8]} {run.status.value}" for run in runs]
+
+
+def _quiet(dagster_home: Path) -> bool:
+    return not _busy(dagster_home)
 
 
 def _multiset(events: pd.DataFrame) -> list[tuple]:
@@ -276,9 +286,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _wait_until(condition, timeout_s: float, what: str) -> None:
+def _wait_until(condition, timeout_s: float, what) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what()}")
         time.sleep(0.5)
