@@ -17,7 +17,8 @@ from dagster_azure.blob import AzureBlobStorageKeyCredential, AzureBlobStorageRe
 from reco_dagster.domain.lists import listed_items
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.micro_batch import micro_batch
-from resources.files import BlobFiles, FileStore, LocalFiles
+from resources.blob_files import BlobFiles
+from resources.files import FileStore, LocalFiles
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.settings import spark_config
