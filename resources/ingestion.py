@@ -87,7 +87,7 @@ def ingest_landed_files(
         report.unsupported_files = scan.unsupported
         warn(
             f"{len(scan.unsupported)} file(s) in the landing zone are not event files "
-            f"(.csv, .jsonl, .parquet, each also .gz or .zst) and were left alone: "
+            f"(.csv, .jsonl, .parquet, .avro, each also .gz or .zst) and were left alone: "
             f"{', '.join(scan.unsupported[:20])}"
         )
     _wait_to_settle(scan.files, landing_zone.settle_s)

@@ -1,6 +1,7 @@
 import io
 import json
 
+import fastavro
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -8,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reco_dagster.domain import events
+from reco_dagster.domain.capture import enqueued_seconds, partition_of
 from reco_dagster.domain.events import (
     RawRows,
     UnreadableFileError,
@@ -16,6 +18,7 @@ from reco_dagster.domain.events import (
     read_event_file,
     validate_events,
 )
+from tests.capture_files import ENQUEUED, capture_file
 
 NOW = 1_700_000_000
 RULES = ValidationRules(min_rating=0, max_rating=5, max_future_skew_s=86_400)
@@ -124,6 +127,7 @@ def test_rating_bounds_are_configurable():
         ("no_ts.csv", b"user_id,item_id\nu,i\n", "missing required column(s): timestamp"),
         ("junk.parquet", b"definitely not parquet", "cannot parse as parquet"),
         ("junk.jsonl", b"{not json", "cannot parse as jsonl"),
+        ("junk.avro", b"user_id,item_id,timestamp\nu,i,1\n", "cannot parse as avro"),
     ],
 )
 def test_unreadable_files_say_why(name, data, message):
@@ -228,14 +232,80 @@ def test_a_broken_line_or_ragged_row_is_rejected_alone_with_its_line_number():
     assert result.rejected["offending_value"].iloc[0] == "b,y,2,extra"
 
 
+CAPTURED = "capture-ns/clicks/3/2023/11/14/22/10/00.avro"
+"""A Capture file's name in Capture's default layout: partition 3 of event hub `clicks`."""
+
+
+def test_capture_bodies_hold_events_and_a_body_without_any_is_one_row_with_its_origin():
+    data = capture_file(
+        [
+            {"user_id": "a", "item_id": "x", "rating": 4, "timestamp": 1_600_000_000},
+            [{"user_id": "b", "item_id": "y"}, {"user_id": "c", "item_id": "z", "rating": 9}],
+            b"{not json",
+            b"\xff\xfe{}",
+            None,
+            [{"user_id": "d", "item_id": "w"}, 7],
+            {"user_id": "e", "item_id": "v", "timestamp": None, "partition": "theirs"},
+        ]
+    )
+    result = validate_events(read_event_file(CAPTURED, data), RULES, now_s=NOW)
+    # A body without a timestamp (or a null one) takes the time Event Hubs accepted it.
+    assert result.events[["user_id", "rating", "timestamp"]].fillna(-1).values.tolist() == [
+        ["a", 4, 1_600_000_000],
+        ["b", -1, NOW],
+        ["e", -1, NOW],
+    ]
+    rejected = result.rejected.set_index("row_number")
+    assert rejected["reason"].str.split(":").str[0].to_dict() == {
+        3: "rating is outside [0, 5]",
+        4: "body is not JSON",
+        5: "body is not UTF-8",
+        6: "record has no body",
+        7: "body is not a JSON object or an array of objects",
+    }
+    assert (rejected["partition"] == "3").all()
+    assert rejected["sequence_number"].tolist() == [101, 102, 103, 104, 105]
+    assert rejected.loc[4, "offending_value"] == "{not json"
+    assert "partition (in file)" in rejected.columns
+
+
+def test_capture_times_and_partitions_are_read_as_capture_writes_them():
+    assert enqueued_seconds(ENQUEUED) == NOW
+    # Left to validation, which takes ISO-8601 and rejects the rest.
+    assert enqueued_seconds("2023-11-14T22:13:20Z") == "2023-11-14T22:13:20Z"
+    assert partition_of(CAPTURED) == "3"
+    assert partition_of("landing/ns/hub/12/2024/01/02/03/04/05.avro") == "12"
+    assert partition_of("exports/2024/01/02/events.avro") == ""
+
+
+def test_a_capture_file_without_records_is_a_quiet_window_not_damage():
+    result = validate_events(read_event_file(CAPTURED, capture_file([])), RULES, now_s=NOW)
+    assert result.events.empty and result.rejected.empty
+
+
+def test_an_avro_file_cut_short_or_of_another_schema_is_unreadable():
+    data = capture_file([{"user_id": "a", "item_id": "x"}] * 50)
+    with pytest.raises(UnreadableFileError, match="cannot parse as avro"):
+        read_event_file(CAPTURED, data[:-10])
+    other = io.BytesIO()
+    schema = {"type": "record", "name": "Click", "fields": [{"name": "Body", "type": "bytes"}]}
+    fastavro.writer(other, fastavro.parse_schema(schema), [{"Body": b"{}"}])
+    with pytest.raises(
+        UnreadableFileError,
+        match="not an Event Hubs Capture file: its records have no SequenceNumber, EnqueuedTimeUtc",
+    ):
+        read_event_file(CAPTURED, other.getvalue())
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet", ".avro"])
 def test_compressed_files_are_read(suffix, compression):
     frame = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": [1, 2]})
     plain = {
         ".csv": frame.to_csv(index=False).encode(),
         ".jsonl": frame.to_json(orient="records", lines=True).encode(),
         ".parquet": frame.to_parquet(),
+        ".avro": capture_file(frame.to_dict("records")),
     }[suffix]
     sink = pa.BufferOutputStream()
     with pa.CompressedOutputStream(sink, compression) as stream:

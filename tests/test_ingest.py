@@ -20,6 +20,7 @@ from reco_dagster.domain.events import ValidationRules
 from resources.files import LocalFiles
 from resources.ingestion import ingest_landed_files
 from resources.landing_zone import BY_USER, BY_USER_MANIFEST, LandingZone, _row_groups_holding
+from tests.capture_files import capture_file
 
 
 @pytest.fixture
@@ -81,6 +82,38 @@ def test_unreadable_files_are_quarantined_whole_and_the_run_still_succeeds(zone)
     assert zone.files.read(f"quarantine/files/{reason}").decode().strip() == "file is empty"
     # Nothing is taken out of the landing zone.
     assert len(names(zone, "landing/")) == 5
+
+
+def test_event_hubs_capture_files_are_ingested_with_bad_bodies_quarantined_by_origin(zone):
+    window = "capture-ns/clicks/{partition}/2023/11/14/22/10/00.avro"
+    bodies = [
+        {"user_id": "u1", "item_id": "i1", "rating": 5, "timestamp": 1_600_000_000},
+        [{"user_id": "u2", "item_id": "i2"}, {"user_id": "u3", "item_id": "i3", "rating": 7}],
+        b"not json",
+    ]
+    zone.land(window.format(partition=0), capture_file(bodies, first_sequence_number=7))
+    zone.land(window.format(partition=1), capture_file([]))
+    zone.land(window.format(partition=2), b"user_id,item_id,timestamp\nu9,i9,1\n")
+    metadata = ingest(zone)
+    assert metadata["new_files"] == 2 and metadata["rows_ingested"] == 2
+    history = zone.event_history().sort_values("user_id")
+    assert history[["user_id", "timestamp", "source_file"]].values.tolist() == [
+        ["u1", 1_600_000_000, window.format(partition=0)],
+        ["u2", 1_700_000_000, window.format(partition=0)],
+    ]
+    [quarantined] = zone.files.list("quarantine/rows/")
+    rows = pd.read_csv(io.BytesIO(zone.files.read(quarantined.name)), dtype=str)
+    assert rows[["partition", "sequence_number", "row_number", "reason"]].values.tolist() == [
+        ["0", "8", "3", "rating is outside [0, 5]"],
+        ["0", "9", "4", "body is not JSON: Expecting value: line 1 column 1 (char 0)"],
+    ]
+    assert rows["offending_value"].tolist() == ["7.0", "not json"]
+    not_avro = window.format(partition=2)
+    assert metadata["files_quarantined"] == 1
+    assert f"{not_avro}: cannot parse as avro" in metadata["quarantined_files"]
+    assert any(
+        name.endswith(not_avro.replace("/", "__")) for name in names(zone, "quarantine/files/")
+    )
 
 
 def test_files_are_ingested_once_even_when_copied_under_another_name(zone):

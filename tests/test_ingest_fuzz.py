@@ -18,27 +18,31 @@ from reco_dagster.domain.events import ValidationRules
 from resources.files import LocalFiles
 from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
+from tests.capture_files import capture_file
 
 NOW = 1_700_000_000
 GOOD = "good"
 # Bad rows each format can hold; parquet columns have one type, so no mixed-type rows there.
+JSON_BAD_ROWS = [
+    "empty_user",
+    "nul_in_id",
+    "control_in_id",
+    "rating_9",
+    "future",
+    "text_ts",
+    "broken_line",
+    "not_an_object",
+    "fractional_id",
+    "huge_float_id",
+    "bool_id",
+    "list_id",
+]
 BAD_ROWS = {
     ".parquet": ["empty_user", "nul_in_id", "control_in_id", "rating_9", "future"],
     ".csv": ["empty_user", "nul_in_id", "control_in_id", "rating_9", "future", "ragged", "text_ts"],
-    ".jsonl": [
-        "empty_user",
-        "nul_in_id",
-        "control_in_id",
-        "rating_9",
-        "future",
-        "text_ts",
-        "broken_line",
-        "not_an_object",
-        "fractional_id",
-        "huge_float_id",
-        "bool_id",
-        "list_id",
-    ],
+    ".jsonl": JSON_BAD_ROWS,
+    # Event Hubs Capture: a JSON event in each record's body.
+    ".avro": JSON_BAD_ROWS,
 }
 
 ids = st.text(
@@ -108,7 +112,10 @@ def encode(file: dict) -> bytes:
                 lines.append(json.dumps([row["user_id"], row["item_id"]]))
             else:
                 lines.append(json.dumps(spoil(row)))
-        data = "".join(line + "\n" for line in lines).encode()
+        if file["suffix"] == ".avro":
+            data = capture_file([line.encode() for line in lines])
+        else:
+            data = "".join(line + "\n" for line in lines).encode()
     if file["compression"] == ".gz":
         return gzip.compress(data)
     if file["compression"] == ".zst":

@@ -28,6 +28,7 @@ from resources.files import FileInfo, LocalFiles, SkipFolder
 from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
 from resources.live_lists import refresh_live_users
+from tests.capture_files import capture_file
 from tests.conftest import REPO, land, live_world, resources
 
 
@@ -216,14 +217,15 @@ def test_a_file_is_requested_once_it_stopped_changing(data_dir):
 
 
 def capture_layout(data_dir, days: list[date]) -> list[str]:
-    """Event Hubs Capture's folders ({namespace}/{hub}/{partition}/yyyy/mm/dd/hh/mm/ss), one
-    file a day in each of two partitions, each a user's event; returns the names."""
+    """Event Hubs Capture's files ({namespace}/{hub}/{partition}/yyyy/mm/dd/hh/mm/ss.avro), one
+    a day in each of two partitions, each a user's event; returns the names."""
     names = []
     for day in days:
         for partition in ("0", "1"):
-            name = f"ns/hub/{partition}/{day:%Y/%m/%d}/13/05/00.csv"
+            name = f"ns/hub/{partition}/{day:%Y/%m/%d}/13/05/00.avro"
             (data_dir / "landing" / name).parent.mkdir(parents=True, exist_ok=True)
-            FRAME.assign(user_id=name).to_csv(data_dir / "landing" / name, index=False)
+            event = {"user_id": name, "item_id": "i", "timestamp": 1}
+            (data_dir / "landing" / name).write_bytes(capture_file([event]))
             names.append(name)
     return names
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-FORMATS = (".parquet", ".csv", ".jsonl")
+FORMATS = (".parquet", ".csv", ".jsonl", ".avro")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 MAX_EXPANDED_BYTES = 2 * 1024**3
 """A compressed landing file that expands past this is refused: a few kilobytes of zeros can
@@ -33,6 +33,7 @@ _CONTROL = r"[\x00-\x1f\x7f-\x9f]"
 _NOT_UTF8 = r"[\ud800-\udfff]"
 _SECONDS_PER = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _NO_BROKEN_ROWS = pd.DataFrame({"reason": [], "offending_value": []}, dtype="string")
+_NO_ORIGIN = pd.DataFrame()
 
 
 QUARANTINE_COLUMNS = ("row_number", "reason", "offending_value", "source_file")
@@ -57,9 +58,14 @@ class RawRows:
 
     frame: pd.DataFrame
     """The rows split into fields, indexed by row number: the line a CSV/JSONL row starts on
-    (a CSV header is line 1), the 1-based position of a parquet row."""
+    (a CSV header is line 1), the 1-based position of a parquet row, of an event in an Avro
+    file (see `capture_rows`)."""
     broken: pd.DataFrame = field(default_factory=lambda: _NO_BROKEN_ROWS)
     """Rows that could not be split into fields (reason, offending_value), by row number."""
+    origin: pd.DataFrame = field(default_factory=lambda: _NO_ORIGIN)
+    """Where each row, good or broken, came from when its row number alone does not say (an
+    Avro record's partition and sequence number), by row number; no columns otherwise.
+    Quarantined rows carry these columns."""
     unterminated: bool = False
     """A text file whose last line has no newline: its writer may not be done."""
 
@@ -122,6 +128,12 @@ def read_table_file(name: str, data: bytes, required: tuple[str, ...]) -> RawRow
     try:
         if suffix == ".parquet":
             rows = RawRows(_parquet_frame(data))
+        elif suffix == ".avro":
+            # Imported here: fastavro is the pipeline's, and the API imports this module too.
+            from reco_dagster.domain.capture import capture_rows
+
+            # Judged record by record, so none of the whole-file checks below apply.
+            return capture_rows(name, data, required)
         else:
             text = data.decode("utf-8-sig", errors="surrogateescape")
             rows = _csv_rows(text) if suffix == ".csv" else _jsonl_rows(text)
@@ -215,7 +227,7 @@ def _csv_rows(text: str) -> RawRows:
     if header is None:
         raise UnreadableFileError("file is empty")
     frame = pd.DataFrame(rows, columns=header, index=numbers, dtype="string")
-    return RawRows(frame, _broken(broken), unterminated=_unterminated(text))
+    return RawRows(frame, broken_rows(broken), unterminated=_unterminated(text))
 
 
 def _jsonl_rows(text: str) -> RawRows:
@@ -238,10 +250,10 @@ def _jsonl_rows(text: str) -> RawRows:
         raise UnreadableFileError(f"cannot parse as jsonl: line {number}: {why}")
     # Objects, not inferred dtypes: an integer column with a gap would turn into floats.
     frame = pd.DataFrame(records, index=numbers, dtype=object)
-    return RawRows(frame, _broken(broken), unterminated=_unterminated(text))
+    return RawRows(frame, broken_rows(broken), unterminated=_unterminated(text))
 
 
-def _broken(rows: dict[int, tuple[str, str]]) -> pd.DataFrame:
+def broken_rows(rows: dict[int, tuple[str, str]]) -> pd.DataFrame:
     if not rows:
         return _NO_BROKEN_ROWS
     frame = pd.DataFrame.from_dict(
@@ -308,11 +320,13 @@ def validate_events(
     notes = pd.concat(
         [pd.DataFrame({"reason": reason[~good], "offending_value": value[~good]}), raw.broken]
     ).sort_index()
-    # A file's own column named like a quarantine column is kept under another name.
+    # A file's own column named like a quarantine or origin column is kept under another name.
+    taken = {*QUARANTINE_COLUMNS, *raw.origin.columns}
     as_read = frame.loc[~good].astype("string").reindex(notes.index)
-    as_read.columns = [f"{c} (in file)" if c in QUARANTINE_COLUMNS else c for c in as_read.columns]
+    as_read.columns = [f"{c} (in file)" if c in taken else c for c in as_read.columns]
     notes.insert(0, "row_number", notes.index)
-    rejected = pd.concat([as_read, notes], axis=1).reset_index(drop=True)
+    origin = raw.origin.reindex(notes.index)
+    rejected = pd.concat([as_read, origin, notes], axis=1).reset_index(drop=True)
     clean = events.loc[good].astype({"timestamp": "int64"}).reset_index(drop=True)
     return ValidatedEvents(events=clean, rejected=rejected)
 
