@@ -38,6 +38,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
 from reco_dagster.domain.events import MAX_ID_LENGTH
+from reco_dagster.domain.online import SERVED
 from resources.deployment import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
 
@@ -435,7 +436,7 @@ def create_app(store: RecommendationStore | None = None) -> Litestar:
     cache = ResponseCache(
         store, max_bytes=int(float(os.environ.get("RECO_API_CACHE_MB", "256")) * 2**20)
     )
-    served = ServedLog.from_environment(data_dir() / "served")
+    served = ServedLog.from_environment(data_dir() / SERVED)
     TALLY.cache = cache.responses
     return Litestar(
         route_handlers=[

@@ -77,7 +77,8 @@ log = logging.getLogger(__name__)
 
 class ServedLog:
     """Every served list, appended in memory and written every FLUSH_INTERVAL_S to
-    `<directory>/served-<UTC hour>.jsonl` as [time, user, variant, version, item ids].
+    `<directory>/served-<UTC hour>.jsonl` as [time, user, variant, version, item ids]
+    (`reco_dagster.domain.online.SERVED_COLUMNS`, which online evaluation reads them by).
 
     Memory stays bounded whatever happens to the disk: at most `capacity` records wait (the
     oldest are dropped and counted beyond that), a failed write is retried at the next flush,

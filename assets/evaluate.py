@@ -18,8 +18,9 @@ from reco_dagster.domain.evaluation import evaluate, popularity_baseline
 from reco_dagster.domain.families import FAMILIES
 from reco_dagster.domain.online import served_hit_rate_in_chunks
 from reco_dagster.domain.spark_scoring import ranked_on
+from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
-from resources.landing_zone import LandingZone
+from resources.served_log import ServedListLog
 from resources.settings import BatchScoring, EvaluationProtocol
 
 
@@ -102,12 +103,15 @@ class OnlineEvaluationConfig(Config):
 
 @asset(group_name="evaluate", kinds={"pandas"}, deps=[raw_events])
 def online_evaluation(
-    context: AssetExecutionContext, config: OnlineEvaluationConfig, landing_zone: LandingZone
+    context: AssetExecutionContext,
+    config: OnlineEvaluationConfig,
+    event_history: EventHistory,
+    served_log: ServedListLog,
 ) -> Output[pd.DataFrame]:
     """The hit rate of served lists per A/B variant and model version: the API's log of
     served lists joined with the events that arrived after them."""
-    events = landing_zone.event_history()
-    summary = served_hit_rate_in_chunks(landing_zone.served_lists(), events, config.window_s)
+    events = event_history.all_events()
+    summary = served_hit_rate_in_chunks(served_log.served_lists(), events, config.window_s)
     if summary.empty:
         context.log.info("No served lists logged yet")
     return Output(

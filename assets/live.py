@@ -23,6 +23,7 @@ from reco_dagster.domain.families import FAMILIES, fit_model, item_side
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.gate import choose_family, gate_failures, gate_floors
 from reco_dagster.domain.search import bar_chart
+from resources.event_history import EventHistory
 from resources.landing_zone import LandingZone
 from resources.live_lists import fold_in_unlisted_files
 from resources.model_archive import ModelArchive
@@ -49,6 +50,7 @@ def live_model(
     pyspark: LazyPySparkResource,
     store: ResourceParam[RecommendationStore],
     landing_zone: LandingZone,
+    event_history: EventHistory,
     archive: ModelArchive,
     serving: Serving,
     quality_gate: QualityGate,
@@ -123,7 +125,7 @@ def live_model(
     table = _comparison(evaluations, champion, failures, chosen)
     if chosen is None:
         # This run ingested files the live version's lists do not hold yet.
-        fold_in_unlisted_files(landing_zone, store, archive, context.log.warning)
+        fold_in_unlisted_files(landing_zone, event_history, store, archive, context.log.warning)
         # Rejected versions' lists were written before the gate: retention still applies.
         store.purge_old_versions(serving.keep_versions)
         raise Failure(
@@ -138,7 +140,9 @@ def live_model(
         context.log.info(f"Model version {version} ({chosen}) is live (was {previous})")
     # Events that landed after this run's data snapshot went into the old version; fold their
     # users into the new one, or the switch would serve lists built without them.
-    refresh = fold_in_unlisted_files(landing_zone, store, archive, context.log.warning)
+    refresh = fold_in_unlisted_files(
+        landing_zone, event_history, store, archive, context.log.warning
+    )
     late_users = refresh.counts.get("users_refreshed", 0)
     if late_users:
         context.log.info(f"Folded {late_users} users with later events into {version}")

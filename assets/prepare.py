@@ -14,17 +14,18 @@ from dagster import (
 
 from assets.ingest import raw_events
 from reco_dagster.domain.interactions import build_interactions
+from resources.event_history import EventHistory
 from resources.landing_zone import LANDING, LandingZone
 from resources.settings import EvaluationProtocol
 
 
 @asset(group_name="prepare", deps=[raw_events], kinds={"parquet"})
-def history_by_user(landing_zone: LandingZone) -> MaterializeResult:
+def history_by_user(event_history: EventHistory) -> MaterializeResult:
     """The event history sorted by user, in small row groups: the batch job's data snapshot,
     and where a micro-batch reads a few users' whole histories without scanning everyone's.
     Files ingested after it are what the models of this run have not seen: a switch folds
     their users in (`live_model`)."""
-    snapshot = landing_zone.compact_history()
+    snapshot = event_history.compact_history()
     return MaterializeResult(
         metadata={
             "dagster/row_count": snapshot.events,
@@ -36,10 +37,12 @@ def history_by_user(landing_zone: LandingZone) -> MaterializeResult:
 
 
 @asset(group_name="prepare", deps=[history_by_user], kinds={"pandas"})
-def interactions(context: AssetExecutionContext, landing_zone: LandingZone) -> Output[pd.DataFrame]:
+def interactions(
+    context: AssetExecutionContext, landing_zone: LandingZone, event_history: EventHistory
+) -> Output[pd.DataFrame]:
     """Deduplicated interactions, one row per (user, item), with dense integer indices, from
     the snapshot `history_by_user` wrote."""
-    events = landing_zone.snapshot_events()
+    events = event_history.snapshot_events()
     if events.empty:
         raise Failure(
             f"No events have been ingested: put event files in {landing_zone.where(LANDING)} "

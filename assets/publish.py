@@ -28,8 +28,8 @@ from reco_dagster.domain.lists import (
 from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
+from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
-from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.settings import BatchScoring
 from resources.store import RecommendationStore
@@ -116,7 +116,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         ins={"evaluation": AssetIn(f"{family}_evaluation"), "model": AssetIn(f"{family}_model")},
     )
     def archived_model(
-        archive: ModelArchive, landing_zone: LandingZone, evaluation: dict, model: StoredModel
+        archive: ModelArchive, event_history: EventHistory, evaluation: dict, model: StoredModel
     ) -> MaterializeResult:
         """The version's item side (card and item factors), written once under its version id
         and never rewritten in place: what micro-batches fold users into while it is live."""
@@ -124,7 +124,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         if evaluation["skipped"]:
             outcome = f"skipped: {evaluation['skipped']}"
         else:
-            snapshot_at = landing_zone.snapshot_written_at()
+            snapshot_at = event_history.snapshot_written_at()
             written = archive.save(model.item_side(), snapshot_at)
             outcome = "written" if written else "archived already"
         return MaterializeResult(

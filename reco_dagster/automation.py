@@ -26,6 +26,7 @@ from dagster import (
 
 from reco_dagster.micro_batch import micro_batch
 from resources.deployment import data_dir
+from resources.event_history import EventHistory
 from resources.files import FileInfo
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
@@ -114,7 +115,7 @@ def landing_zone_sensor(context: SensorEvaluationContext, landing_zone: LandingZ
 
 def retrain_reason(
     store: RecommendationStore,
-    landing_zone: LandingZone,
+    event_history: EventHistory,
     archive: ModelArchive,
     min_new_fraction: float,
     max_unknown_item_events: int,
@@ -123,7 +124,7 @@ def retrain_reason(
     live = store.version(store.live_version() or "")
     if live is None:
         return "no model is live yet"
-    new_events = landing_zone.ingested_since(live.created_at)
+    new_events = event_history.ingested_since(live.created_at)
     trained_on = live.info.get("training_rows") or 1
     fraction = len(new_events) / trained_on
     unknown = int((~new_events["item_id"].isin(archive.load(live.version).item_ids)).sum())
@@ -146,7 +147,7 @@ def retrain_reason(
 def retrain_on_new_data(
     context: SensorEvaluationContext,
     store: ResourceParam[RecommendationStore],
-    landing_zone: LandingZone,
+    event_history: EventHistory,
     archive: ModelArchive,
 ):
     """Launches batch_retrain once enough has changed since the live model was trained:
@@ -154,7 +155,7 @@ def retrain_on_new_data(
     RECO_RETRAIN_UNKNOWN_ITEMS (100) events on items it does not know."""
     reason = retrain_reason(
         store,
-        landing_zone,
+        event_history,
         archive,
         float(os.environ.get("RECO_RETRAIN_NEW_FRACTION", "0.1")),
         int(os.environ.get("RECO_RETRAIN_UNKNOWN_ITEMS", "100")),
@@ -162,15 +163,15 @@ def retrain_on_new_data(
     if isinstance(reason, SkipReason):
         return reason
     return RunRequest(
-        run_key=retrain_run_key(store, landing_zone), tags={"reco/retrain-reason": reason[:200]}
+        run_key=retrain_run_key(store, event_history), tags={"reco/retrain-reason": reason[:200]}
     )
 
 
-def retrain_run_key(store: RecommendationStore, landing_zone: LandingZone) -> str:
+def retrain_run_key(store: RecommendationStore, event_history: EventHistory) -> str:
     """The live version and the files ingested since it was trained: a retrain that failed is
     not asked for again until more data has come in."""
     live = store.version(store.live_version() or "")
-    since = landing_zone.files_ingested_since(live.created_at) if live else []
+    since = event_history.files_ingested_since(live.created_at) if live else []
     data = sha256("".join(since).encode()).hexdigest()[:16]
     return f"after-{live.version if live else None}-{data}"
 

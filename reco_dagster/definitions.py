@@ -22,6 +22,7 @@ from reco_dagster.automation import (
 from reco_dagster.streaming import streaming_resources
 from resources.backends import file_store
 from resources.lake_io import LakeIOManager
+from resources.served_log import ServedListLog
 from resources.settings import (
     AlsSettings,
     BatchScoring,
@@ -48,9 +49,11 @@ batch_retrain = define_asset_job(
 
 def build_resources() -> dict[str, object]:
     """The resources of the deployment RECO_DEPLOYMENT names (embedded by default)."""
+    files = file_store()
     return {
         **streaming_resources(),
-        "io_manager": LakeIOManager(files=file_store()),
+        "served_log": ServedListLog(files=files),
+        "io_manager": LakeIOManager(files=files),
         "pyspark": LazyPySparkResource(spark_config=spark_config()),
         "batch_scoring": BatchScoring(),
         "als": AlsSettings(),

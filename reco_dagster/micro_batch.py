@@ -14,6 +14,7 @@ from dagster import (
     op,
 )
 
+from resources.event_history import EventHistory
 from resources.files import FileInfo
 from resources.ingestion import IngestConfig, IngestReport, ingest_landed_files
 from resources.landing_zone import ATTEMPT_TIMEOUT_S, Attempt, LandingScan, LandingZone
@@ -40,6 +41,7 @@ def score_new_events(
     context: OpExecutionContext,
     config: MicroBatchConfig,
     landing_zone: LandingZone,
+    event_history: EventHistory,
     store: ResourceParam[RecommendationStore],
     archive: ModelArchive,
 ) -> None:
@@ -55,18 +57,21 @@ def score_new_events(
         # A name that is gone (or not an event file) has nothing left to attempt.
         for name in set(config.files) - {file.name for file in scan.files}:
             landing_zone.end_attempts(name)
-    attempts = _begin_attempts(landing_zone, scan.files, context.log.warning)
+    attempts = _begin_attempts(landing_zone, event_history, scan.files, context.log.warning)
     try:
         report = _score(
             context,
             config,
             landing_zone,
+            event_history,
             store,
             archive,
             LandingScan([file for file, _ in attempts], scan.refused, scan.unsupported),
         )
     except Exception as error:
-        left = _after_failure(landing_zone, attempts, repr(error), context.log.warning)
+        left = _after_failure(
+            landing_zone, event_history, attempts, repr(error), context.log.warning
+        )
         if not left:
             raise Failure(
                 f"{error!r}; every file of this run was given up (see quarantine/files/)",
@@ -86,7 +91,10 @@ def score_new_events(
 
 
 def _begin_attempts(
-    landing_zone: LandingZone, files: list[FileInfo], warn: Callable[[str], None]
+    landing_zone: LandingZone,
+    event_history: EventHistory,
+    files: list[FileInfo],
+    warn: Callable[[str], None],
 ) -> list[tuple[FileInfo, Attempt]]:
     """The files to attempt now, each attempt counted; files given up are left out, and a
     file whose earlier attempts all died is given up here."""
@@ -101,6 +109,7 @@ def _begin_attempts(
                 attempt,
                 file,
                 f"gave up after {landing_zone.max_attempts} micro-batch attempts; the last {last}",
+                event_history.ledger_entry,
             )
             warn(f"Gave up on {file.name}: see {where}")
             continue
@@ -110,6 +119,7 @@ def _begin_attempts(
 
 def _after_failure(
     landing_zone: LandingZone,
+    event_history: EventHistory,
     attempts: list[tuple[FileInfo, Attempt]],
     error: str,
     warn: Callable[[str], None],
@@ -123,6 +133,7 @@ def _after_failure(
                 attempt,
                 file,
                 f"gave up after {attempt.attempts} micro-batch attempts; the last failed: {error}",
+                event_history.ledger_entry,
             )
             warn(f"Gave up on {file.name}: see {where}")
         else:
@@ -142,27 +153,32 @@ def _score(
     context: OpExecutionContext,
     config: MicroBatchConfig,
     landing_zone: LandingZone,
+    event_history: EventHistory,
     store: RecommendationStore,
     archive: ModelArchive,
     scan: LandingScan,
 ) -> IngestReport:
     started = time.perf_counter()
-    report = ingest_landed_files(landing_zone, config.rules(), context.log.warning, scan)
+    report = ingest_landed_files(
+        landing_zone, event_history, config.rules(), context.log.warning, scan
+    )
     ingest_ms = round(1000 * (time.perf_counter() - started), 1)
     metadata = report.metadata(landing_zone)
     # Also files an earlier attempt (or batch_retrain) ingested whose lists were not written.
-    awaiting = landing_zone.awaiting_lists(report.contents.values())
-    new_events = landing_zone.events_of(awaiting)
+    awaiting = event_history.awaiting_lists(report.contents.values())
+    new_events = event_history.events_of(awaiting)
     if new_events.empty:
         context.log.info("No new events in these files")
-        landing_zone.record_lists(awaiting, None)
+        event_history.record_lists(awaiting, None)
         context.add_output_metadata({**metadata, "users_refreshed": 0})
         return report
     try:
-        refresh = refresh_live_users(landing_zone, store, archive, new_events, context.log.warning)
+        refresh = refresh_live_users(
+            landing_zone, event_history, store, archive, new_events, context.log.warning
+        )
     except LiveVersionChangedError as error:
         raise Failure(f"{error}; retried") from error
-    landing_zone.record_lists(awaiting, refresh.version)
+    event_history.record_lists(awaiting, refresh.version)
     if refresh.version is None:
         context.log.warning("No model is live: the events wait in the history for batch_retrain")
         context.add_output_metadata({**metadata, "users_refreshed": 0})

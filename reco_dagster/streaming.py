@@ -13,16 +13,19 @@ from dagster import Definitions
 from reco_dagster.automation import landing_zone_sensor
 from reco_dagster.micro_batch import micro_batch
 from resources.backends import file_store, store_resource
+from resources.event_history import EventHistory
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 
 
 def streaming_resources() -> dict[str, object]:
-    """The landing zone, the model archive and the store of the deployment RECO_DEPLOYMENT
-    names (embedded by default): what a micro-batch needs, and the batch job too."""
+    """The landing zone, the event history, the model archive and the store of the
+    deployment RECO_DEPLOYMENT names (embedded by default): what a micro-batch needs, and the
+    batch job too."""
     files = file_store()
     return {
         "landing_zone": LandingZone(files=files),
+        "event_history": EventHistory(files=files),
         "archive": ModelArchive(files=files),
         "store": store_resource(),
     }

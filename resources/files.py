@@ -5,6 +5,7 @@ slashes either way."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import stat
@@ -65,6 +66,13 @@ class FileStore(ConfigurableResource):
         """A listed file's bytes, or None when it has changed since it was listed (a writer is
         still at work)."""
         raise NotImplementedError
+
+    def read_json(self, name: str) -> dict | None:
+        """A JSON file's content; None when there is none."""
+        try:
+            return json.loads(self.read(name))
+        except FileNotFoundError:
+            return None
 
     def open(self, name: str) -> BinaryIO:
         """A file to seek in and read parts of; a store without range reads reads it whole."""

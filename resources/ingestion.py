@@ -17,6 +17,7 @@ from reco_dagster.domain.events import (
     read_event_file,
     validate_events,
 )
+from resources.event_history import EventHistory
 from resources.files import FileInfo
 from resources.landing_zone import QUARANTINE, LandingScan, LandingZone
 
@@ -66,6 +67,7 @@ class IngestReport:
 
 def ingest_landed_files(
     landing_zone: LandingZone,
+    event_history: EventHistory,
     rules: ValidationRules,
     warn: Callable[[str], None],
     scan: LandingScan | None = None,
@@ -75,12 +77,15 @@ def ingest_landed_files(
     unreadable files are quarantined whole, files still being written wait for a later run.
     Links, special files and unusable names are refused. The ledger is looked up file by
     file, so the work follows the files at hand, not all files ever ingested. The one ingest
-    path for the batch and the micro-batch."""
+    path for the batch and the micro-batch. Each file's ledger entry in the event history is
+    written last: it marks the file done, so a run that dies before it leaves the file to a
+    later run."""
     report = IngestReport()
     scan = landing_zone.scan() if scan is None else scan
     for entry in scan.refused:
-        if landing_zone.ledger_entry(entry.key) is None:
+        if event_history.ledger_entry(entry.key) is None:
             note = landing_zone.refuse(entry)
+            event_history.record_refusal(entry)
             warn(f"Refused {entry.name}: {entry.reason} (reason: {note})")
             report.quarantined_files.append(f"{entry.name}: {entry.reason}")
     if scan.unsupported:
@@ -104,7 +109,7 @@ def ingest_landed_files(
         if file is None:
             _defer(report, warn, listed.name, "it changed while being read")
             continue
-        earlier = landing_zone.ledger_entry(file.sha256)
+        earlier = event_history.ledger_entry(file.sha256)
         if earlier is not None:
             if earlier["file"] != file.name:
                 warn(
@@ -124,10 +129,12 @@ def ingest_landed_files(
             # Whatever in one file trips the reader (names, encodings, types), the others go on.
             why = printable(str(error) if isinstance(error, UnreadableFileError) else repr(error))
             copy = landing_zone.quarantine_file(file, why)
+            event_history.record_quarantined(file, why)
             warn(f"Quarantined {file.name} whole: {why} (copy: {copy})")
             report.quarantined_files.append(f"{file.name}: {why}")
         else:
-            landing_zone.record_events(file, validated.events, validated.rejected)
+            landing_zone.quarantine_rows(file, validated.rejected)
+            event_history.record_events(file, validated.events, len(validated.rejected))
             report.ingested_files.append(file.name)
             report.new_events.append(validated.events)
             if not validated.rejected.empty:

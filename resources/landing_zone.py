@@ -1,23 +1,18 @@
-"""The landing zone (files users drop), its quarantine, and the ingested event history."""
+"""The landing zone: the files users drop, the item catalog, quarantine, and the micro-batch's
+attempts at landing files."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import time
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import PurePosixPath
 
-import msgspec
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
 from reco_dagster.domain.events import (
@@ -26,35 +21,17 @@ from reco_dagster.domain.events import (
     printable,
     read_table_file,
 )
-from reco_dagster.domain.online import SERVED_COLUMNS
 from resources.files import FileInfo, FileStore
 
 LANDING = "landing/"
 CATALOG = "catalog/"
 QUARANTINE = "quarantine/"
-SERVED = "served/"
-EVENTS = "lake/events/"
-LEDGER = "lake/ingested/"
 ATTEMPTS = "lake/attempts/"
 GIVEN_UP = "lake/given-up/"
-BY_USER = "lake/history-by-user/"
-BY_USER_MANIFEST = BY_USER + "manifest.json"
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
 ATTEMPT_TIMEOUT_S = 600.0
 """A micro-batch attempt not heard of for this long died (run monitoring and run retries
 normally see to that sooner): the landing sensor asks for its files again."""
-USERS_ROW_GROUP = 4096
-"""Rows per row group of the user-sorted history: a few users' events are a few small reads."""
-
-EVENT_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("rating", pa.float64()),
-        ("timestamp", pa.int64()),
-        ("source_file", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -85,18 +62,6 @@ class Refusal:
 
 
 @dataclass(frozen=True)
-class HistorySnapshot:
-    """A copy of the event history sorted by user: what the batch job trains on."""
-
-    written_at: str
-    """ISO-8601 UTC; every file the ledger records as ingested before it is in the copy."""
-    location: str
-    events: int
-    users: int
-    event_files: int
-
-
-@dataclass(frozen=True)
 class Attempt:
     """A micro-batch attempt at one version of a landing file."""
 
@@ -119,12 +84,12 @@ class LandingScan:
 
 
 class LandingZone(ConfigurableResource):
-    """Folders in a file store: landing/, catalog/, quarantine/, lake/events/, lake/ingested/
-    and served/ (the API's log).
+    """Folders in a file store: landing/ (the files users drop, any depth), catalog/ (item
+    titles), quarantine/ (bad rows, unreadable files, refusals, files given up) and the
+    micro-batch's attempts at landing files (lake/attempts/, lake/given-up/).
 
-    Every file is ingested once, keyed by its content hash, so a file copied in twice (or
-    renamed) is recognised; the ledger entry is written last and marks the file as done.
-    Nothing in landing/ is ever modified or deleted.
+    Nothing in landing/ is ever modified or deleted; what became of each file is in the
+    event history's ledger (`EventHistory`).
     """
 
     files: FileStore
@@ -215,51 +180,15 @@ class LandingZone(ConfigurableResource):
         """Where a user finds one of the zone's folders (landing/, quarantine/...)."""
         return self.files.location(folder)
 
-    def ingested(self) -> dict[str, dict]:
-        """Ledger entries by content hash: the whole ledger, one read per file ever landed."""
-        return {
-            PurePosixPath(file.name).stem: json.loads(self.files.read(file.name))
-            for file in self.files.list(LEDGER)
-        }
-
-    def ledger_entry(self, key: str) -> dict | None:
-        """One file's ledger entry, by content hash (or a refusal's key): one small read."""
-        return self._read_json(f"{LEDGER}{key}.json")
-
-    def ledger_size(self) -> int:
-        """How many files the ledger holds (a listing, no reads)."""
-        return len(self.files.list(LEDGER))
-
-    def awaiting_lists(self, digests: Iterable[str]) -> list[str]:
-        """Those of these content hashes whose events are in the history but not yet in the
-        live lists (no micro-batch wrote their users' lists), sorted."""
-        return sorted(
-            digest
-            for digest in set(digests)
-            if (entry := self.ledger_entry(digest)) is not None
-            and entry["status"] == "ingested"
-            and "lists" not in entry
-        )
-
-    def record_lists(self, digests: Iterable[str], version: str | None) -> None:
-        """Mark these files handled: their users' lists were written into `version`, or, with
-        None, are left to batch_retrain (nothing was live, or it ingested them itself)."""
-        written = {"version": version, "at": datetime.now(UTC).isoformat()}
-        for digest in digests:
-            entry = self.ledger_entry(digest)
-            if entry is not None:
-                entry["lists"] = written
-                self.files.write(f"{LEDGER}{digest}.json", json.dumps(entry).encode())
-
     def begin_attempt(self, file: FileInfo) -> Attempt | None:
         """Count a micro-batch attempt at this version of a landing file, durably and before
         the work starts, so that an attempt whose process is killed counts too. None when
         this version was given up."""
         key = _name_key(file.name)
-        given_up = self._read_json(f"{GIVEN_UP}{key}.json")
+        given_up = self.files.read_json(f"{GIVEN_UP}{key}.json")
         if given_up is not None and given_up["version"] == file.version:
             return None
-        earlier = self._read_json(f"{ATTEMPTS}{key}.json")
+        earlier = self.files.read_json(f"{ATTEMPTS}{key}.json")
         if earlier is None or earlier["version"] != file.version:
             earlier = {"attempts": 0, "error": None}
         attempt = Attempt(file.name, file.version, earlier["attempts"] + 1, earlier["error"])
@@ -276,10 +205,17 @@ class LandingZone(ConfigurableResource):
         """The micro-batch is done with a landing file (handled, or gone)."""
         self.files.delete(f"{ATTEMPTS}{_name_key(name)}.json")
 
-    def give_up(self, attempt: Attempt, file: FileInfo, reason: str) -> str:
+    def give_up(
+        self,
+        attempt: Attempt,
+        file: FileInfo,
+        reason: str,
+        ledger_entry: Callable[[str], dict | None],
+    ) -> str:
         """Stop micro-batch attempts at this version of a file: a copy in quarantine/files/
         with the reason beside it (the reason alone when the file cannot be read), the file
-        left to batch_retrain. Returns where the reason is."""
+        left to batch_retrain. `ledger_entry` (`EventHistory.ledger_entry`) tells whether its
+        events are in the history already. Returns where the reason is."""
         try:
             landed = self.read_landed(file)
         except OSError:
@@ -287,7 +223,7 @@ class LandingZone(ConfigurableResource):
         if landed is None:
             where = self._reason_note(_name_key(file.name), file.name, f"{file.name}: {reason}")
         else:
-            entry = self.ledger_entry(landed.sha256)
+            entry = ledger_entry(landed.sha256)
             if entry is not None and entry["status"] == "ingested":
                 reason += (
                     f"; its {entry['rows']} events stay in the history and reach the lists "
@@ -295,7 +231,7 @@ class LandingZone(ConfigurableResource):
                 )
             else:
                 reason += "; the next batch_retrain ingests it"
-            where = self._quarantine_copy(landed, reason) + ".reason.txt"
+            where = self.quarantine_file(landed, reason) + ".reason.txt"
         key = _name_key(file.name)
         note = {**asdict(attempt), "error": reason}
         self.files.write(f"{GIVEN_UP}{key}.json", json.dumps(note).encode())
@@ -307,7 +243,7 @@ class LandingZone(ConfigurableResource):
         not ready) and is due again at `now` (Unix seconds)."""
         due = []
         for listed in self.files.list(ATTEMPTS):
-            note = self._read_json(listed.name)
+            note = self.files.read_json(listed.name)
             if note is not None and note.pop("retry_at") <= now:
                 due.append(Attempt(**note))
         return due
@@ -316,52 +252,17 @@ class LandingZone(ConfigurableResource):
         note = {**asdict(attempt), "retry_at": retry_at}
         self.files.write(f"{ATTEMPTS}{_name_key(attempt.file)}.json", json.dumps(note).encode())
 
-    def _read_json(self, name: str) -> dict | None:
-        try:
-            return json.loads(self.files.read(name))
-        except FileNotFoundError:
-            return None
-
-    def record_events(
-        self, file: LandingFile, events: pd.DataFrame, rejected: pd.DataFrame
-    ) -> None:
-        """Good rows into the history, bad rows into quarantine, then mark the file done."""
-        table = pa.Table.from_pandas(
-            events.assign(source_file=file.name), schema=EVENT_SCHEMA, preserve_index=False
-        )
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        self.files.write(f"{EVENTS}{file.sha256}.parquet", buffer.getvalue())
+    def quarantine_rows(self, file: LandingFile, rejected: pd.DataFrame) -> None:
+        """A file's bad rows, each with its reason, into quarantine/rows/ (none: nothing)."""
         if not rejected.empty:
             text = printable(rejected.assign(source_file=file.name).to_csv(index=False))
             self.files.write(
                 f"{QUARANTINE}rows/{_flat(file.name)}.{file.sha256[:12]}.csv", text.encode()
             )
-        self._write_ledger(
-            file.sha256,
-            file.name,
-            len(file.data),
-            status="ingested",
-            rows=len(events),
-            rejected=len(rejected),
-        )
 
     def quarantine_file(self, file: LandingFile, reason: str) -> str:
-        """Keep a copy of a file that could not be read at all, with the reason beside it;
-        returns where the copy is."""
-        copy = self._quarantine_copy(file, reason)
-        self._write_ledger(
-            file.sha256,
-            file.name,
-            len(file.data),
-            status="quarantined",
-            rows=0,
-            rejected=0,
-            reason=reason,
-        )
-        return copy
-
-    def _quarantine_copy(self, file: LandingFile, reason: str) -> str:
+        """Keep a copy of a file in quarantine/files/, with the reason beside it; returns
+        where the copy is."""
         copy = f"{QUARANTINE}files/{file.sha256[:12]}.{_flat(file.name)}"
         self.files.write(copy, file.data)
         self.files.write(copy + ".reason.txt", (reason + "\n").encode())
@@ -369,17 +270,7 @@ class LandingZone(ConfigurableResource):
 
     def refuse(self, entry: Refusal) -> str:
         """Record why an entry is not read: a reason file, no copy; returns where it is."""
-        note = self._reason_note(entry.key, entry.name, f"{entry.name}: {entry.reason}")
-        self._write_ledger(
-            entry.key,
-            entry.name,
-            entry.size,
-            status="refused",
-            rows=0,
-            rejected=0,
-            reason=entry.reason,
-        )
-        return note
+        return self._reason_note(entry.key, entry.name, f"{entry.name}: {entry.reason}")
 
     def _reason_note(self, key: str, name: str, text: str) -> str:
         note = f"{QUARANTINE}files/{key[:12]}.{_flat(name)}.reason.txt"
@@ -406,154 +297,6 @@ class LandingZone(ConfigurableResource):
             return pd.DataFrame({"item_id": [], "title": []}, dtype="string"), problems
         catalog = pd.concat(frames).dropna().drop_duplicates("item_id", keep="last")
         return catalog.reset_index(drop=True), problems
-
-    def event_history(self) -> pd.DataFrame:
-        """Every validated event ingested so far, with its source file."""
-        return self._event_table([file.name for file in self.files.list(EVENTS)]).to_pandas()
-
-    def served_lists(self, chunk_rows: int = 20_000) -> Iterator[pd.DataFrame]:
-        """The API's log of served lists (time, user_id, variant, version, items), oldest hour
-        first, in frames of at most `chunk_rows` lists: the log can outgrow memory (a list
-        of 100 item ids is about 40 times its line's size as Python objects)."""
-        decode = msgspec.json.Decoder(tuple).decode
-        for file in self.files.list(SERVED):
-            if not (file.name.endswith(".jsonl") and file.size):
-                continue
-            rows: list[tuple] = []
-            with self.files.open(file.name) as source:
-                for line in source:
-                    if not line.endswith(b"\n"):
-                        break  # the API is appending this line right now
-                    rows.append(decode(line))
-                    if len(rows) == chunk_rows:
-                        yield pd.DataFrame(rows, columns=SERVED_COLUMNS)
-                        rows = []
-            if rows:
-                yield pd.DataFrame(rows, columns=SERVED_COLUMNS)
-
-    def ingested_since(self, moment: str) -> pd.DataFrame:
-        """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
-        return self._event_table(self._event_files(self.files_ingested_since(moment))).to_pandas()
-
-    def files_not_listed_in(self, version: str, since: str) -> list[str]:
-        """Content hashes of the files ingested at or after `since` (ISO-8601 UTC) whose
-        users' lists were not written into `version`, sorted (a read of the whole ledger)."""
-        return self._ingested_where(
-            lambda entry: (
-                entry["ingested_at"] >= since
-                and (entry.get("lists") or {}).get("version") != version
-            )
-        )
-
-    def files_ingested_since(self, moment: str) -> list[str]:
-        """Content hashes of the files ingested after `moment` (an ISO-8601 UTC time), sorted."""
-        return self._ingested_where(lambda entry: entry["ingested_at"] > moment)
-
-    def events_of(self, digests: Iterable[str]) -> pd.DataFrame:
-        """The validated events ingested from the files with these content hashes."""
-        return self._event_table(self._event_files(sorted(digests))).to_pandas()
-
-    def _ingested_where(self, wanted: Callable[[dict], bool]) -> list[str]:
-        return sorted(
-            digest
-            for digest, entry in self.ingested().items()
-            if entry["status"] == "ingested" and wanted(entry)
-        )
-
-    @staticmethod
-    def _event_files(digests: list[str]) -> list[str]:
-        return [f"{EVENTS}{digest}.parquet" for digest in digests]
-
-    def compact_history(self) -> HistorySnapshot:
-        """Write every ingested event sorted by user in small row groups (the previous copy
-        kept for readers still on it), so that `user_history` reads a few users' events
-        without scanning everyone's; the batch job's data snapshot (`snapshot_events`)."""
-        # Taken before the listing: a file whose ledger entry is older is in the snapshot (its
-        # events were written before its entry).
-        written_at = datetime.now(UTC)
-        names = [file.name for file in self.files.list(EVENTS)]
-        events = self._event_table(names)
-        snapshot = f"{BY_USER}{written_at:%Y%m%dT%H%M%S%f}/"
-        buffer = io.BytesIO()
-        # A stable sort: each user's events keep their order.
-        pq.write_table(events.sort_by("user_id"), buffer, row_group_size=USERS_ROW_GROUP)
-        self.files.write(snapshot + "events.parquet", buffer.getvalue())
-        manifest = {
-            "snapshot": snapshot + "events.parquet",
-            "event_files": names,
-            "written_at": written_at.isoformat(),
-        }
-        self.files.write(BY_USER_MANIFEST, json.dumps(manifest).encode())
-        snapshots = sorted(
-            {
-                PurePosixPath(file.name).relative_to(BY_USER).parts[0]
-                for file in self.files.list(BY_USER)
-            }
-            - {"manifest.json"}
-        )
-        for stale in snapshots[:-2]:
-            self.files.delete_folder(f"{BY_USER}{stale}/")
-        return HistorySnapshot(
-            written_at.isoformat(),
-            self.files.location(snapshot + "events.parquet"),
-            events.num_rows,
-            len(set(events["user_id"].to_pylist())),
-            len(names),
-        )
-
-    def snapshot_events(self) -> pd.DataFrame:
-        """The events of the latest user-sorted history (`compact_history`)."""
-        manifest = self._snapshot_manifest()
-        if manifest["snapshot"] is None:
-            return EVENT_SCHEMA.empty_table().to_pandas()
-        with self.files.open(manifest["snapshot"]) as source:
-            return pq.read_table(source, schema=EVENT_SCHEMA).to_pandas()
-
-    def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
-        """Every ingested event of these users: their row groups of the user-sorted history,
-        and the event files ingested since it was written."""
-        wanted = sorted(set(user_ids))
-        condition = pc.field("user_id").isin(pa.array(wanted, type=pa.string()))
-        manifest = self._snapshot_manifest()
-        tables = [self._event_table(self._since_snapshot(manifest), condition)]
-        if manifest["snapshot"]:
-            with self.files.open(manifest["snapshot"]) as source:
-                snapshot = pq.ParquetFile(source)
-                groups = _row_groups_holding(snapshot.metadata, wanted)
-                tables.append(snapshot.read_row_groups(groups).filter(condition))
-        return pa.concat_tables(tables).to_pandas()
-
-    def snapshot_written_at(self) -> str | None:
-        """When the latest user-sorted history was written (`HistorySnapshot.written_at`)."""
-        return self._snapshot_manifest().get("written_at")
-
-    def _snapshot_manifest(self) -> dict:
-        try:
-            return json.loads(self.files.read(BY_USER_MANIFEST))
-        except FileNotFoundError:
-            return {"snapshot": None, "event_files": []}
-
-    def _since_snapshot(self, manifest: dict) -> list[str]:
-        compacted = set(manifest["event_files"])
-        return [file.name for file in self.files.list(EVENTS) if file.name not in compacted]
-
-    def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
-        """Event history files as one table in EVENT_SCHEMA."""
-        tables = [
-            pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
-            for name in names
-        ]
-        events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
-        return events if condition is None else events.filter(condition)
-
-    def _write_ledger(self, key: str, name: str, size: int, **entry: object) -> None:
-        record = {
-            "file": name,
-            "size": size,
-            "ingested_at": datetime.now(UTC).isoformat(),
-            **entry,
-        }
-        self.files.write(f"{LEDGER}{key}.json", json.dumps(record).encode())
 
 
 def _name_key(name: str) -> str:
@@ -583,18 +326,3 @@ def _dated_before(folder: str, since: date) -> bool:
 
 def _flat(name: str) -> str:
     return name.replace("/", "__")
-
-
-def _row_groups_holding(metadata: pq.FileMetaData, wanted: list[str]) -> list[int]:
-    """The row groups of a file sorted by user_id whose range of users holds one of `wanted`
-    (sorted); a group without statistics is always read."""
-    groups = []
-    for index in range(metadata.num_row_groups):
-        users = metadata.row_group(index).column(0).statistics
-        if (
-            users is None
-            or not users.has_min_max
-            or bisect_left(wanted, users.min) < bisect_right(wanted, users.max)
-        ):
-            groups.append(index)
-    return groups

@@ -17,6 +17,7 @@ from reco_dagster.domain.interactions import build_interactions, history_events
 from reco_dagster.domain.lists import PUBLISHED_DEPTH, ranked_lists, titles_by_item
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import fill_short_lists
+from resources.event_history import EventHistory
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import RecommendationStore
@@ -36,6 +37,7 @@ class Refresh:
 
 def refresh_live_users(
     landing_zone: LandingZone,
+    event_history: EventHistory,
     store: RecommendationStore,
     archive: ModelArchive,
     new_events: pd.DataFrame,
@@ -54,7 +56,7 @@ def refresh_live_users(
         refresh.stages_ms[f"{stage}_ms"] = round(1000 * (now - clock), 1)
         clock = now
 
-    events = landing_zone.user_history(new_events["user_id"].unique())
+    events = event_history.user_history(new_events["user_id"].unique())
     history, _ = build_interactions(events)
     # What the lists are ranked from: a concurrent refresh that read more of a user's events
     # keeps its list (the store compares these marks).
@@ -84,6 +86,7 @@ def refresh_live_users(
 
 def fold_in_unlisted_files(
     landing_zone: LandingZone,
+    event_history: EventHistory,
     store: RecommendationStore,
     archive: ModelArchive,
     warn: Callable[[str], None],
@@ -99,13 +102,13 @@ def fold_in_unlisted_files(
     if version is None:
         return Refresh(None)
     since = archive.data_snapshot_at(version) or store.version(version).created_at
-    unlisted = landing_zone.files_not_listed_in(version, since)
-    events = landing_zone.events_of(unlisted)
+    unlisted = event_history.files_not_listed_in(version, since)
+    events = event_history.events_of(unlisted)
     if events.empty:
-        landing_zone.record_lists(unlisted, version)
+        event_history.record_lists(unlisted, version)
         return Refresh(version, {"users_refreshed": 0})
-    refresh = refresh_live_users(landing_zone, store, archive, events, warn)
-    landing_zone.record_lists(unlisted, refresh.version)
+    refresh = refresh_live_users(landing_zone, event_history, store, archive, events, warn)
+    event_history.record_lists(unlisted, refresh.version)
     return refresh
 
 

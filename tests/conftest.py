@@ -18,6 +18,7 @@ from reco_dagster.domain.lists import listed_items
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.micro_batch import micro_batch
 from resources.blob_files import BlobFiles
+from resources.event_history import EventHistory
 from resources.files import FileStore, LocalFiles
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
@@ -138,10 +139,12 @@ ITEMS = [f"i{n}" for n in range(12)]
 
 def live_world(data_dir: Path):
     """A live ALS version trained on u0..u9: in the store, the model archive and the event
-    history (ingested by a micro-batch run while no model was live)."""
-    zone = LandingZone(files=LocalFiles(root=str(data_dir)))
+    history (ingested by a micro-batch run while no model was live). Returns the landing
+    zone, the event history, the store, the archive and the live version."""
+    files = LocalFiles(root=str(data_dir))
+    zone, event_history = LandingZone(files=files), EventHistory(files=files)
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
-    archive = ModelArchive(files=LocalFiles(root=str(data_dir)))
+    archive = ModelArchive(files=files)
     rng = np.random.default_rng(0)
     history = pd.DataFrame(
         {
@@ -152,7 +155,7 @@ def live_world(data_dir: Path):
         }
     )
     land(data_dir, "history.csv", history)
-    micro_batch.execute_in_process(resources=resources(zone, store, archive))
+    micro_batch.execute_in_process(resources=resources(zone, event_history, store, archive))
     card = ModelCard.describe("als", SETTINGS, history)
     model = FactorModel(
         card,
@@ -170,11 +173,16 @@ def live_world(data_dir: Path):
         [{"item_id": "i0", "score": 9.0}],
     )
     store.activate(card.version)
-    return zone, store, archive, card.version
+    return zone, event_history, store, archive, card.version
 
 
-def resources(zone, store, archive):
-    return {"landing_zone": zone, "store": store, "archive": archive}
+def resources(zone, event_history, store, archive):
+    return {
+        "landing_zone": zone,
+        "event_history": event_history,
+        "store": store,
+        "archive": archive,
+    }
 
 
 def land(data_dir, name, frame):

@@ -20,7 +20,7 @@ from api.app import ResponseCache, _render_user
 from reco_dagster.domain.online import served_hit_rate, served_hit_rate_in_chunks
 from resources.cosmos_store import CosmosRecommendationStore
 from resources.files import LocalFiles
-from resources.landing_zone import LandingZone
+from resources.served_log import ServedListLog
 from resources.store import SqliteRecommendationStore
 from tests.conftest import running_api
 from tests.servers.azure import COSMOS_EMULATOR_KEY
@@ -306,7 +306,7 @@ def test_network_store_calls_do_not_block_the_event_loop(cosmos, data_dir):
 
 
 def test_online_evaluation_in_chunks_answers_as_over_the_whole_log(data_dir):
-    zone = LandingZone(files=LocalFiles(root=str(data_dir)))
+    served_log = ServedListLog(files=LocalFiles(root=str(data_dir)))
     folder = data_dir / "served"
     folder.mkdir(parents=True)
     start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -333,9 +333,10 @@ def test_online_evaluation_in_chunks_answers_as_over_the_whole_log(data_dir):
             "timestamp": [int(start) + 170 * n for n in range(200)],
         }
     )
-    whole = pd.concat(zone.served_lists())
+    whole = pd.concat(served_log.served_lists())
     assert len(whole) == 60
     expected = served_hit_rate(whole, events, window_s=1_800)
-    chunked = served_hit_rate_in_chunks(zone.served_lists(chunk_rows=4), events, window_s=1_800)
+    chunks = served_log.served_lists(chunk_rows=4)
+    chunked = served_hit_rate_in_chunks(chunks, events, window_s=1_800)
     pd.testing.assert_frame_equal(chunked, expected)
     assert expected["hit_rate"].min() > 0 and expected["hit_rate"].max() < 1

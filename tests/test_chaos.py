@@ -24,8 +24,8 @@ from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.lists import PUBLISHED_DEPTH
 from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.synthetic import synthetic_events
+from resources.event_history import EventHistory
 from resources.files import LocalFiles
-from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.store import SqliteRecommendationStore
 from tests.conftest import REPO, run_batch_retrain
@@ -82,12 +82,14 @@ def test_every_landed_event_reaches_the_served_lists_exactly_once(tmp_path):
         expected_events = pd.concat([base, landed], ignore_index=True)
 
         files = LocalFiles(root=str(data_dir))
-        zone, archive = LandingZone(files=files), ModelArchive(files=files)
+        event_history, archive = EventHistory(files=files), ModelArchive(files=files)
         _wait_until(
-            lambda: len(zone.event_history()) >= len(expected_events) and _quiet(dagster_home),
+            lambda: (
+                len(event_history.all_events()) >= len(expected_events) and _quiet(dagster_home)
+            ),
             300,
             lambda: (
-                f"every event ingested ({len(zone.event_history())} of "
+                f"every event ingested ({len(event_history.all_events())} of "
                 f"{len(expected_events)}) and no run left ({_busy(dagster_home)})"
             ),
         )
@@ -100,7 +102,7 @@ def test_every_landed_event_reaches_the_served_lists_exactly_once(tmp_path):
         dev.wait(timeout=60)
 
     assert len(killer.killed) == KILLS, "the test must kill micro-batches to test their retries"
-    history = zone.event_history()
+    history = event_history.all_events()
     assert _multiset(history) == _multiset(expected_events), "every event exactly once"
 
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))

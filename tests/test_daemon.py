@@ -113,7 +113,7 @@ def test_a_dropped_file_changes_what_the_api_serves(data_dir, tmp_path):
 
 
 def test_a_killed_micro_batch_run_is_retried_and_its_events_count_once(data_dir, tmp_path):
-    zone, store, _, _ = live_world(data_dir)
+    zone, event_history, store, _, _ = live_world(data_dir)
     with running_daemon(data_dir, tmp_path) as (daemon, log):
         instance = DagsterInstance.from_config(str(tmp_path / "dagster_home"))
         # Holding the store's write lock keeps the run at its write, where it is killed.
@@ -121,7 +121,9 @@ def test_a_killed_micro_batch_run_is_retried_and_its_events_count_once(data_dir,
         lock.execute("BEGIN IMMEDIATE")
         land(data_dir, "arrivals.csv", ARRIVALS)
         wait_until(
-            lambda: any(entry["file"] == "arrivals.csv" for entry in zone.ingested().values()),
+            lambda: any(
+                entry["file"] == "arrivals.csv" for entry in event_history.ingested().values()
+            ),
             daemon,
             log,
         )
@@ -134,9 +136,9 @@ def test_a_killed_micro_batch_run_is_retried_and_its_events_count_once(data_dir,
         runs = instance.get_runs(RunsFilter(job_name="micro_batch"))
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
         assert [retry.tags.get("dagster/retry_number") for retry in runs[:-1]] == ["1"]
-    history = zone.event_history()
+    history = event_history.all_events()
     assert len(history[history["user_id"] == "late-comer"]) == 3, "ingested once"
-    [entry] = [entry for entry in zone.ingested().values() if entry["file"] == "arrivals.csv"]
+    [entry] = [e for e in event_history.ingested().values() if e["file"] == "arrivals.csv"]
     assert "lists" in entry and zone.due_attempts(inf) == []
 
 

@@ -11,8 +11,10 @@ from dagster import materialize
 from api.experiments import Experiment
 from assets.evaluate import online_evaluation
 from reco_dagster.domain.online import served_hit_rate
+from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
+from resources.served_log import ServedListLog
 from resources.store import SqliteRecommendationStore
 from tests.conftest import land, running_api
 
@@ -119,8 +121,9 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
             assert body["variant"] == expected
             assert body["items"][0]["item_id"] == ("i1" if expected == "control" else "i9")
         time.sleep(1.5)  # the log is written once a second
-    zone = LandingZone(files=LocalFiles(root=str(data_dir)))
-    served = pd.concat(zone.served_lists())
+    files = LocalFiles(root=str(data_dir))
+    served_log = ServedListLog(files=files)
+    served = pd.concat(served_log.served_lists())
     assert len(served) == len(users) and set(served["version"]) == {"v1"}
     land(
         data_dir,
@@ -129,7 +132,12 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
     )
     from assets.ingest import raw_events
 
-    result = materialize([raw_events, online_evaluation], resources={"landing_zone": zone})
+    resources = {
+        "landing_zone": LandingZone(files=files),
+        "event_history": EventHistory(files=files),
+        "served_log": served_log,
+    }
+    result = materialize([raw_events, online_evaluation], resources=resources)
     summary = result.output_for_node("online_evaluation").set_index("variant")
     assert summary.loc["control", "hit_rate"] == 1.0  # they were shown i1 and took it
     assert summary.loc["treatment", "hit_rate"] == 0.0

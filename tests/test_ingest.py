@@ -17,9 +17,10 @@ from dagster import materialize
 
 from assets.ingest import raw_events
 from reco_dagster.domain.events import ValidationRules
+from resources.event_history import BY_USER, BY_USER_MANIFEST, EventHistory, _row_groups_holding
 from resources.files import LocalFiles
 from resources.ingestion import ingest_landed_files
-from resources.landing_zone import BY_USER, BY_USER_MANIFEST, LandingZone, _row_groups_holding
+from resources.landing_zone import LandingZone
 from tests.capture_files import capture_file
 
 
@@ -29,8 +30,14 @@ def zone(files):
     return LandingZone(files=files, settle_s=0)
 
 
+@pytest.fixture
+def event_history(files):
+    return EventHistory(files=files)
+
+
 def ingest(zone: LandingZone) -> dict:
-    result = materialize([raw_events], resources={"landing_zone": zone})
+    resources = {"landing_zone": zone, "event_history": EventHistory(files=zone.files)}
+    result = materialize([raw_events], resources=resources)
     assert result.success
     [materialization] = result.asset_materializations_for_node("raw_events")
     return {key: value.value for key, value in materialization.metadata.items()}
@@ -43,7 +50,7 @@ def names(zone: LandingZone, folder: str) -> list[str]:
 GOOD_CSV = b"user_id,item_id,rating,timestamp\nu1,i1,4,1600000000\nu2,i2,5,1600000001\n"
 
 
-def test_bad_rows_are_quarantined_with_reasons_and_good_rows_go_on(zone):
+def test_bad_rows_are_quarantined_with_reasons_and_good_rows_go_on(zone, event_history):
     zone.land(
         "mixed.csv",
         b"user_id,item_id,rating,timestamp,extra\n"
@@ -53,7 +60,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_go_on(zone):
     assert metadata["rows_ingested"] == 1
     assert metadata["rows_quarantined"] == 2
     assert "rating is not a finite number | 1" in metadata["quarantine_reasons"]
-    history = zone.event_history()
+    history = event_history.all_events()
     assert history[["user_id", "item_id", "source_file"]].values.tolist() == [
         ["u1", "i1", "mixed.csv"]
     ]
@@ -84,7 +91,9 @@ def test_unreadable_files_are_quarantined_whole_and_the_run_still_succeeds(zone)
     assert len(names(zone, "landing/")) == 5
 
 
-def test_event_hubs_capture_files_are_ingested_with_bad_bodies_quarantined_by_origin(zone):
+def test_event_hubs_capture_files_are_ingested_with_bad_bodies_quarantined_by_origin(
+    zone, event_history
+):
     window = "capture-ns/clicks/{partition}/2023/11/14/22/10/00.avro"
     bodies = [
         {"user_id": "u1", "item_id": "i1", "rating": 5, "timestamp": 1_600_000_000},
@@ -96,7 +105,7 @@ def test_event_hubs_capture_files_are_ingested_with_bad_bodies_quarantined_by_or
     zone.land(window.format(partition=2), b"user_id,item_id,timestamp\nu9,i9,1\n")
     metadata = ingest(zone)
     assert metadata["new_files"] == 2 and metadata["rows_ingested"] == 2
-    history = zone.event_history().sort_values("user_id")
+    history = event_history.all_events().sort_values("user_id")
     assert history[["user_id", "timestamp", "source_file"]].values.tolist() == [
         ["u1", 1_600_000_000, window.format(partition=0)],
         ["u2", 1_700_000_000, window.format(partition=0)],
@@ -116,7 +125,7 @@ def test_event_hubs_capture_files_are_ingested_with_bad_bodies_quarantined_by_or
     )
 
 
-def test_files_are_ingested_once_even_when_copied_under_another_name(zone):
+def test_files_are_ingested_once_even_when_copied_under_another_name(zone, event_history):
     zone.land("day1.csv", GOOD_CSV)
     first = ingest(zone)
     assert first["new_files"] == 1
@@ -126,10 +135,10 @@ def test_files_are_ingested_once_even_when_copied_under_another_name(zone):
     zone.land("day2.csv", b"user_id,item_id,timestamp\nu3,i3,1600000100\n")
     third = ingest(zone)
     assert third["new_files"] == 1 and third["files_in_history"] == 2
-    assert sorted(zone.event_history()["user_id"]) == ["u1", "u2", "u3"]
+    assert sorted(event_history.all_events()["user_id"]) == ["u1", "u2", "u3"]
 
 
-def test_parquet_and_jsonl_files_land_in_one_history(zone):
+def test_parquet_and_jsonl_files_land_in_one_history(zone, event_history):
     buffer = io.BytesIO()
     pd.DataFrame(
         {"user_id": [1], "item_id": [2], "rating": [None], "timestamp": ["2024-01-01T00:00:00Z"]}
@@ -137,7 +146,7 @@ def test_parquet_and_jsonl_files_land_in_one_history(zone):
     zone.land("a.parquet", buffer.getvalue())
     zone.land("b.jsonl", b'{"user_id": "x", "item_id": "y", "timestamp": 1700000000}\n')
     ingest(zone)
-    history = zone.event_history().sort_values("user_id")
+    history = event_history.all_events().sort_values("user_id")
     assert history["user_id"].tolist() == ["1", "x"]
     assert history["timestamp"].tolist() == [1704067200, 1700000000]
 
@@ -170,7 +179,9 @@ def test_a_walk_skips_folders_and_an_entry_is_looked_at_alone(files):
     assert not files.exists("landing/a.csv")
 
 
-def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_since(zone):
+def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_since(
+    zone, event_history
+):
     many = pd.DataFrame(
         {
             "user_id": [f"u{n % 3000}" for n in range(15_000)],
@@ -181,17 +192,17 @@ def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_sinc
     zone.land("many.csv", many.to_csv(index=False).encode())
     ingest(zone)
     for _ in range(3):
-        compacted = zone.compact_history()
+        compacted = event_history.compact_history()
     assert (compacted.events, compacted.users, compacted.event_files) == (15_000, 3000, 1)
-    assert len(zone.snapshot_events()) == 15_000
+    assert len(event_history.snapshot_events()) == 15_000
     snapshots = {file.name.split("/")[2] for file in zone.files.list(BY_USER)}
     assert len(snapshots - {"manifest.json"}) == 2, "older snapshots are removed"
     zone.land("later.csv", b"user_id,item_id,timestamp\nu7,new-item,1700000000\nnewcomer,i1,1\n")
     ingest(zone)
 
     wanted = ["u7", "u2999", "newcomer", "nobody"]
-    history = zone.user_history(wanted)
-    everything = zone.event_history()
+    history = event_history.user_history(wanted)
+    everything = event_history.all_events()
     expected = everything[everything["user_id"].isin(wanted)]
     columns = ["user_id", "item_id", "timestamp", "source_file"]
     assert sorted(history[columns].values.tolist()) == sorted(expected[columns].values.tolist())
@@ -219,7 +230,9 @@ def parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_file_that_trips_the_reader_is_quarantined_and_later_files_still_go_in(zone):
+def test_a_file_that_trips_the_reader_is_quarantined_and_later_files_still_go_in(
+    zone, event_history
+):
     folder = local(zone)
     descriptor = os.open(bytes(folder) + b"/bad\xff.csv", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(descriptor, GOOD_CSV)
@@ -233,7 +246,7 @@ def test_a_file_that_trips_the_reader_is_quarantined_and_later_files_still_go_in
     zone.land("header.csv", b"user_id,it\xffem_id,timestamp\nu,i,1600000000\n")
     zone.land("z-after.csv", b"user_id,item_id,timestamp\nlater,i9,1600000000\n")
     metadata = ingest(zone)
-    assert sorted(zone.event_history()["user_id"]) == ["later", "ok"]
+    assert sorted(event_history.all_events()["user_id"]) == ["later", "ok"]
     assert "bad\\xff.csv: file name is not valid UTF-8" in metadata["quarantined_files"]
     assert "found: user_id, it\\xffem_id, timestamp" in metadata["quarantined_files"]
     assert metadata["rows_quarantined"] == 1
@@ -243,7 +256,7 @@ def test_a_file_that_trips_the_reader_is_quarantined_and_later_files_still_go_in
     assert again["files_quarantined"] == 0 and again["new_files"] == 0, "refused once"
 
 
-def test_links_and_special_files_are_refused_without_reading_them(zone, tmp_path):
+def test_links_and_special_files_are_refused_without_reading_them(zone, tmp_path, event_history):
     folder = local(zone)
     outside = tmp_path / "outside.csv"
     outside.write_bytes(b"user_id,item_id,timestamp\nintruder,i1,1600000000\n")
@@ -253,7 +266,7 @@ def test_links_and_special_files_are_refused_without_reading_them(zone, tmp_path
     os.mkfifo(folder / "pipe.csv")
     zone.land("good.csv", GOOD_CSV)
     metadata = ingest(zone)
-    assert sorted(zone.event_history()["user_id"]) == ["u1", "u2"]
+    assert sorted(event_history.all_events()["user_id"]) == ["u1", "u2"]
     assert metadata["files_quarantined"] == 4
     quarantined = names(zone, "quarantine/files/")
     assert all(name.endswith(".reason.txt") for name in quarantined), "no target is copied"
@@ -279,7 +292,7 @@ def test_a_link_swapped_in_after_the_listing_is_not_followed(zone, tmp_path):
         zone.read_landed(listed)
 
 
-def test_compressed_files_are_ingested_and_other_files_reported_not_read(zone):
+def test_compressed_files_are_ingested_and_other_files_reported_not_read(zone, event_history):
     zone.land("a.csv.gz", gzip.compress(b"user_id,item_id,timestamp\ngz,i1,1600000000\n"))
     sink = pa.BufferOutputStream()
     with pa.CompressedOutputStream(sink, "zstd") as stream:
@@ -290,14 +303,14 @@ def test_compressed_files_are_ingested_and_other_files_reported_not_read(zone):
     zone.land("_staging/c.csv", b"user_id,item_id,timestamp\nnope,i1,1600000000\n")
     zone.land(".hidden.csv", b"user_id,item_id,timestamp\nnope,i1,1600000000\n")
     metadata = ingest(zone)
-    assert sorted(zone.event_history()["user_id"]) == ["gz", "zst"]
+    assert sorted(event_history.all_events()["user_id"]) == ["gz", "zst"]
     assert metadata["files_unsupported"] == 1 and metadata["unsupported_files"] == "- notes.txt"
     assert metadata["files_quarantined"] == 0
     assert names(zone, "quarantine/files/") == [], "reported, not copied"
     assert ingest(zone)["unsupported_files"] == "- notes.txt", "reported every run"
 
 
-def test_a_file_written_half_way_is_read_once_complete(zone):
+def test_a_file_written_half_way_is_read_once_complete(zone, event_history):
     folder = local(zone)
     zone_now = zone.model_copy(update={"settle_s": 0.2})
     half = b"user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,17000"
@@ -314,7 +327,7 @@ def test_a_file_written_half_way_is_read_once_complete(zone):
     second = ingest(zone_now)
     assert second["new_files"] == 1 and second["rows_ingested"] == 3
     assert ingest(zone_now)["new_files"] == 0
-    assert sorted(zone.event_history()["timestamp"]) == [1700000000, 1700000000, 1700000001]
+    assert sorted(event_history.all_events()["timestamp"]) == [1700000000, 1700000000, 1700000001]
 
 
 def test_a_file_that_changed_since_the_listing_waits(zone):
@@ -326,15 +339,19 @@ def test_a_file_that_changed_since_the_listing_waits(zone):
     assert zone.read_landed(relisted).data.endswith(b"1600000002\n")
 
 
-def test_a_new_file_that_grows_while_ingest_waits_for_it_to_settle_waits_for_a_later_run(zone):
+def test_a_new_file_that_grows_while_ingest_waits_for_it_to_settle_waits_for_a_later_run(
+    zone, event_history
+):
     folder = local(zone)
     patient = zone.model_copy(update={"settle_s": 1.5})
     (folder / "growing.csv").write_bytes(GOOD_CSV)
     with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(ingest_landed_files, patient, ValidationRules(), warn=lambda _: None)
+        run = pool.submit(
+            ingest_landed_files, patient, event_history, ValidationRules(), warn=lambda _: None
+        )
         time.sleep(0.5)
         with (folder / "growing.csv").open("ab") as handle:
             handle.write(b"u3,i3,3,1600000002\n")
         report = run.result()
     assert report.deferred_files == ["growing.csv: it changed while being read"]
-    assert ingest_landed_files(patient, ValidationRules(), warn=print).rows_ingested == 3
+    assert ingest_landed_files(patient, event_history, ValidationRules(), print).rows_ingested == 3

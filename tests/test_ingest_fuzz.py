@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reco_dagster.domain.events import ValidationRules
+from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
@@ -131,6 +132,7 @@ def encode(file: dict) -> bytes:
 def test_every_good_row_is_kept_once_and_every_bad_row_quarantined_with_a_reason(files):
     with tempfile.TemporaryDirectory() as root:
         zone = LandingZone(files=LocalFiles(root=root), settle_s=0)
+        event_history = EventHistory(files=zone.files)
         expected_good, expected_bad = [], set()
         for n, file in enumerate(files):
             name = f"f{n}{file['suffix']}{file['compression']}"
@@ -144,10 +146,12 @@ def test_every_good_row_is_kept_once_and_every_bad_row_quarantined_with_a_reason
                     expected_bad.add((name, line))
             zone.land(name, encode(file))
 
-        report = ingest_landed_files(zone, ValidationRules(), warn=lambda message: None)
+        report = ingest_landed_files(
+            zone, event_history, ValidationRules(), warn=lambda message: None
+        )
 
         assert not report.quarantined_files and not report.deferred_files
-        history = zone.event_history()
+        history = event_history.all_events()
         kept = list(zip(history["user_id"], history["item_id"], history["timestamp"], strict=True))
         assert sorted(kept) == sorted(expected_good)
         quarantined = [

@@ -24,6 +24,7 @@ from reco_dagster.automation import (
 )
 from reco_dagster.domain.events import ValidationRules
 from reco_dagster.micro_batch import micro_batch
+from resources.event_history import EventHistory
 from resources.files import FileInfo, LocalFiles, SkipFolder
 from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
@@ -38,10 +39,10 @@ def world(data_dir):
 
 
 def run(world, files=None):
-    zone, store, archive, _ = world
+    zone, event_history, store, archive, _ = world
     config = {"ops": {"score_new_events": {"config": {"files": files}}}}
     result = micro_batch.execute_in_process(
-        run_config=config, resources=resources(zone, store, archive)
+        run_config=config, resources=resources(zone, event_history, store, archive)
     )
     assert result.success
     [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
@@ -49,7 +50,7 @@ def run(world, files=None):
 
 
 def test_new_events_refresh_just_the_affected_users(world, data_dir):
-    zone, store, _, version = world
+    _, event_history, store, _, version = world
     before = {u: store.lookup(u, 5).items for u in ("u1", "u2")}
     land(
         data_dir,
@@ -72,17 +73,17 @@ def test_new_events_refresh_just_the_affected_users(world, data_dir):
     newbie = store.lookup("newbie", 12)
     assert newbie.source == "personal" and newbie.model_version == version
     assert not {item["item_id"] for item in newbie.items} & {"i3", "i4"}
-    seen_by_u1 = set(zone.user_history(["u1"])["item_id"])
+    seen_by_u1 = set(event_history.user_history(["u1"])["item_id"])
     assert not {item["item_id"] for item in store.lookup("u1", 12).items} & seen_by_u1
     assert store.lookup("stranger", 5).source == "popular"
     # The ledger says the file's lists are written: handling it again does nothing.
     again = run(world, ["drop.csv"])
     assert again["rows_ingested"] == 0 and again["users_refreshed"] == 0
-    assert len(zone.event_history()) == 30 + 5
+    assert len(event_history.all_events()) == 30 + 5
 
 
 def test_the_store_refuses_micro_batch_writes_into_a_replaced_version(world):
-    _, store, _, version = world
+    _, _, store, _, version = world
     store.register("next", {"family": "als"})
     store.write_version("next", [("u1", [{"item_id": "i9", "score": 1.0}])], [])
     store.activate("next")
@@ -95,7 +96,7 @@ def test_the_store_refuses_micro_batch_writes_into_a_replaced_version(world):
 def test_a_refresh_that_read_the_history_earlier_never_overwrites_a_fresher_one(world, data_dir):
     """Two refreshes of u1 at once (say the catch-up after a switch and a micro-batch): the
     slow one read u1's history before more of u1's events landed, and writes last."""
-    zone, store, archive, _ = world
+    zone, event_history, store, archive, _ = world
     ranked, written = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60)
 
     class PausedBeforeWriting:
@@ -112,7 +113,13 @@ def test_a_refresh_that_read_the_history_earlier_never_overwrites_a_fresher_one(
     u1 = pd.DataFrame({"user_id": ["u1"], "item_id": ["i3"]})
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(
-            refresh_live_users, zone, PausedBeforeWriting(), archive, u1, lambda _: None
+            refresh_live_users,
+            zone,
+            event_history,
+            PausedBeforeWriting(),
+            archive,
+            u1,
+            lambda _: None,
         )
         ranked.wait()
         later = ["i4", "i5", "i6"]
@@ -240,7 +247,7 @@ def test_the_sensor_leaves_out_dated_folders_past_the_lookback_and_the_batch_tak
     fresh, _ = new_landing_files(zone, None, TODAY)
     assert sorted(file.name for file in fresh) == sorted([*recent, "undated.csv"])
     # Late files in old partitions reach the history through batch_retrain, which lists all.
-    report = ingest_landed_files(zone, ValidationRules(), warn=print)
+    report = ingest_landed_files(zone, EventHistory(files=zone.files), ValidationRules(), print)
     assert set(report.ingested_files) >= {*old, "2024/05/01/plain.csv"}
 
 
@@ -277,10 +284,10 @@ NEWBIE = pd.DataFrame(
 
 
 def micro_batch_run(world, files):
-    zone, store, archive, _ = world
+    zone, event_history, store, archive, _ = world
     return micro_batch.execute_in_process(
         run_config={"ops": {"score_new_events": {"config": {"files": files}}}},
-        resources=resources(zone, store, archive),
+        resources=resources(zone, event_history, store, archive),
         raise_on_error=False,
     )
 
@@ -290,7 +297,7 @@ def retries(result) -> int:
 
 
 def test_a_failed_micro_batch_is_retried_and_its_events_count_once(world, data_dir):
-    zone, store, _, version = world
+    zone, event_history, store, _, version = world
     land(data_dir, "drop.csv", NEWBIE)
     model = data_dir / "lake" / "versions" / version
     model.rename(data_dir / "away")
@@ -308,17 +315,17 @@ def test_a_failed_micro_batch_is_retried_and_its_events_count_once(world, data_d
         restored.result()
     # The retry comes a second after the failure; a slower restore costs one more attempt.
     assert result.success and 1 <= retries(result) <= 2
-    history = zone.event_history()
+    history = event_history.all_events()
     assert len(history[history["user_id"] == "newbie"]) == 2, "ingested once"
     newbie = store.lookup("newbie", 12)
     assert newbie.source == "personal" and newbie.model_version == version
     assert zone.due_attempts(inf) == []
-    [entry] = [e for e in zone.ingested().values() if e["file"] == "drop.csv"]
+    [entry] = [e for e in event_history.ingested().values() if e["file"] == "drop.csv"]
     assert entry["lists"]["version"] == version
 
 
 def test_a_file_whose_attempts_keep_failing_is_given_up_into_quarantine(world, data_dir):
-    zone, store, _, version = world
+    zone, event_history, store, _, version = world
     land(data_dir, "drop.csv", NEWBIE)
     model = data_dir / "lake" / "versions" / version
     model.rename(data_dir / "away")
@@ -336,11 +343,11 @@ def test_a_file_whose_attempts_keep_failing_is_given_up_into_quarantine(world, d
     (data_dir / "away").rename(model)
     assert run(world, ["drop.csv"])["users_refreshed"] == 0
     assert store.lookup("newbie", 5).source == "popular"
-    assert len(zone.event_history()) == 30 + 2
+    assert len(event_history.all_events()) == 30 + 2
 
 
 def test_attempts_whose_process_died_count(world, data_dir):
-    zone = world[0]
+    zone, event_history, *_ = world
     land(data_dir, "drop.csv", NEWBIE)
     [file] = zone.scan_named(["drop.csv"]).files
     # Each attempt is counted before its work starts: these three ended there (killed).
@@ -353,7 +360,7 @@ def test_attempts_whose_process_died_count(world, data_dir):
         "gave up after 3 micro-batch attempts; the last ended without a word (its process died)"
         "; the next batch_retrain ingests it"
     )
-    assert len(zone.event_history()) == 30
+    assert len(event_history.all_events()) == 30
 
 
 def test_a_file_left_for_later_is_asked_for_again(world, data_dir):
@@ -379,8 +386,10 @@ def test_a_file_left_for_later_is_asked_for_again(world, data_dir):
 
 
 def test_the_retrain_sensor_says_why_it_waits_and_fires_when_the_data_moved(world, data_dir):
-    zone, store, archive, _ = world
-    waiting = retrain_reason(store, zone, archive, min_new_fraction=0.5, max_unknown_item_events=2)
+    _, event_history, store, archive, _ = world
+    waiting = retrain_reason(
+        store, event_history, archive, min_new_fraction=0.5, max_unknown_item_events=2
+    )
     assert isinstance(waiting, SkipReason)
     assert "0 new events (0.0% of 30; retrain at 50%)" in waiting.skip_message
     land(
@@ -391,19 +400,21 @@ def test_the_retrain_sensor_says_why_it_waits_and_fires_when_the_data_moved(worl
         ),
     )
     run(world, ["more.csv"])
-    assert retrain_reason(store, zone, archive, 0.5, 2) == (
+    assert retrain_reason(store, event_history, archive, 0.5, 2) == (
         "3 new events name items the live model does not know"
     )
-    assert retrain_reason(store, zone, archive, 0.05, 100).startswith("3 new events are 10.0%")
+    assert retrain_reason(store, event_history, archive, 0.05, 100).startswith(
+        "3 new events are 10.0%"
+    )
 
 
 def test_a_failed_retrain_is_asked_for_again_once_more_data_came_in(world, data_dir):
-    zone, store, archive, _ = world
+    _, event_history, store, archive, _ = world
 
     def evaluate():
         with build_sensor_context(
             instance=DagsterInstance.ephemeral(),
-            resources={"store": store, "landing_zone": zone, "archive": archive},
+            resources={"store": store, "event_history": event_history, "archive": archive},
         ) as context:
             return retrain_on_new_data(context)
 

@@ -21,6 +21,7 @@ from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.recency import decays
 from reco_dagster.domain.synthetic import synthetic_events
 from reco_dagster.micro_batch import micro_batch
+from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
@@ -147,7 +148,8 @@ def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(fir
     data_dir = tmp_path / "data"
     shutil.copytree(first_data_dir, data_dir)
     files = LocalFiles(root=str(data_dir))
-    zone, archive = LandingZone(files=files), ModelArchive(files=files)
+    zone, event_history = LandingZone(files=files), EventHistory(files=files)
+    archive = ModelArchive(files=files)
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     for family in ("als", "ease"):
         version = json.loads((data_dir / "lake" / f"{family}_evaluation.json").read_text())[
@@ -159,7 +161,7 @@ def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(fir
         land(data_dir, f"{twin}.csv", events[events["user_id"] == "u0"].assign(user_id=twin))
         result = micro_batch.execute_in_process(
             run_config={"ops": {"score_new_events": {"config": {"files": [f"{twin}.csv"]}}}},
-            resources=resources(zone, store, archive),
+            resources=resources(zone, event_history, store, archive),
         )
         assert result.success
         folded, batch = store.lookup(twin, 100), store.lookup("u0", 100)
@@ -207,8 +209,11 @@ def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(
     )
     land(data_dir, "late.csv", late)
     files = LocalFiles(root=str(data_dir))
-    zone, archive = LandingZone(files=files), ModelArchive(files=files)
-    assert micro_batch.execute_in_process(resources=resources(zone, store, archive)).success
+    zone, event_history = LandingZone(files=files), EventHistory(files=files)
+    archive = ModelArchive(files=files)
+    assert micro_batch.execute_in_process(
+        resources=resources(zone, event_history, store, archive)
+    ).success
     assert store.lookup("late-user", 10).model_version == old
 
     switch = materialize(
@@ -223,7 +228,7 @@ def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(
     for user in ("late-user", "u2"):
         served = store.lookup(user, 100)
         assert (served.model_version, served.source) == (new, "personal")
-        history, _ = build_interactions(zone.user_history([user]))
+        history, _ = build_interactions(event_history.user_history([user]))
         expected = fold_in(archive.load(new), history).recommend(seen=history, k=100)
         assert [item["item_id"] for item in served.items] == expected["item_id"].tolist()
     assert "i6" not in {item["item_id"] for item in store.lookup("u2", 100).items}
@@ -256,10 +261,10 @@ def test_a_retrain_the_gate_rejects_still_folds_what_it_ingested_into_the_live_v
     )
     assert not rejected.success and store.live_version() == old
     files = LocalFiles(root=str(data_dir))
-    zone, archive = LandingZone(files=files), ModelArchive(files=files)
+    event_history, archive = EventHistory(files=files), ModelArchive(files=files)
     served = store.lookup("gated-user", 100)
     assert (served.model_version, served.source) == (old, "personal")
-    history, _ = build_interactions(zone.user_history(["gated-user"]))
+    history, _ = build_interactions(event_history.user_history(["gated-user"]))
     expected = fold_in(archive.load(old), history).recommend(seen=history, k=100)
     assert [item["item_id"] for item in served.items] == expected["item_id"].tolist()
 

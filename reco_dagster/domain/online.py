@@ -7,7 +7,11 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+SERVED = "served/"
+"""The API's log of served lists, under the data folder: `api.experiments.ServedLog` writes
+it, `resources.served_log.ServedListLog` reads it."""
 SERVED_COLUMNS = ["time", "user_id", "variant", "version", "items"]
+"""The fields of each line of the log, in order."""
 
 
 def served_hit_rate(served: pd.DataFrame, events: pd.DataFrame, window_s: float) -> pd.DataFrame:

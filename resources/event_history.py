@@ -1,0 +1,279 @@
+"""The ingested event history: the ingest ledger, the validated events of every ingested
+landing file, and the copy sorted by user that the batch job trains on."""
+
+from __future__ import annotations
+
+import io
+import json
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from dagster import ConfigurableResource
+
+from resources.files import FileStore
+from resources.landing_zone import LandingFile, Refusal
+
+EVENTS = "lake/events/"
+LEDGER = "lake/ingested/"
+BY_USER = "lake/history-by-user/"
+BY_USER_MANIFEST = BY_USER + "manifest.json"
+USERS_ROW_GROUP = 4096
+"""Rows per row group of the user-sorted history: a few users' events are a few small reads."""
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("rating", pa.float64()),
+        ("timestamp", pa.int64()),
+        ("source_file", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class HistorySnapshot:
+    """A copy of the event history sorted by user: what the batch job trains on."""
+
+    written_at: str
+    """ISO-8601 UTC; every file the ledger records as ingested before it is in the copy."""
+    location: str
+    events: int
+    users: int
+    event_files: int
+
+
+class EventHistory(ConfigurableResource):
+    """Folders in a file store: lake/ingested/ (the ledger: one entry per landing file taken,
+    ingested, quarantined or refused), lake/events/ (each ingested file's validated events)
+    and lake/history-by-user/ (the copy sorted by user the batch job trains on).
+
+    Every file is ingested once, keyed by its content hash, so a file copied in twice (or
+    renamed) is recognised; the ledger entry is written last and marks the file as done.
+    """
+
+    files: FileStore
+
+    def ingested(self) -> dict[str, dict]:
+        """Ledger entries by content hash: the whole ledger, one read per file ever landed."""
+        return {
+            PurePosixPath(file.name).stem: json.loads(self.files.read(file.name))
+            for file in self.files.list(LEDGER)
+        }
+
+    def ledger_entry(self, key: str) -> dict | None:
+        """One file's ledger entry, by content hash (or a refusal's key): one small read."""
+        return self.files.read_json(f"{LEDGER}{key}.json")
+
+    def ledger_size(self) -> int:
+        """How many files the ledger holds (a listing, no reads)."""
+        return len(self.files.list(LEDGER))
+
+    def record_events(self, file: LandingFile, events: pd.DataFrame, rejected_rows: int) -> None:
+        """A file's good rows into the history, then mark the file ingested."""
+        table = pa.Table.from_pandas(
+            events.assign(source_file=file.name), schema=EVENT_SCHEMA, preserve_index=False
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        self.files.write(f"{EVENTS}{file.sha256}.parquet", buffer.getvalue())
+        self._write_ledger(
+            file.sha256,
+            file.name,
+            len(file.data),
+            status="ingested",
+            rows=len(events),
+            rejected=rejected_rows,
+        )
+
+    def record_quarantined(self, file: LandingFile, reason: str) -> None:
+        """Mark a file that could not be read at all done: quarantined, with the reason."""
+        self._write_ledger(
+            file.sha256,
+            file.name,
+            len(file.data),
+            status="quarantined",
+            rows=0,
+            rejected=0,
+            reason=reason,
+        )
+
+    def record_refusal(self, entry: Refusal) -> None:
+        """Mark a landing entry that is never read done: refused, with the reason."""
+        self._write_ledger(
+            entry.key,
+            entry.name,
+            entry.size,
+            status="refused",
+            rows=0,
+            rejected=0,
+            reason=entry.reason,
+        )
+
+    def _write_ledger(self, key: str, name: str, size: int, **entry: object) -> None:
+        record = {
+            "file": name,
+            "size": size,
+            "ingested_at": datetime.now(UTC).isoformat(),
+            **entry,
+        }
+        self.files.write(f"{LEDGER}{key}.json", json.dumps(record).encode())
+
+    def awaiting_lists(self, digests: Iterable[str]) -> list[str]:
+        """Those of these content hashes whose events are in the history but not yet in the
+        live lists (no micro-batch wrote their users' lists), sorted."""
+        return sorted(
+            digest
+            for digest in set(digests)
+            if (entry := self.ledger_entry(digest)) is not None
+            and entry["status"] == "ingested"
+            and "lists" not in entry
+        )
+
+    def record_lists(self, digests: Iterable[str], version: str | None) -> None:
+        """Mark these files handled: their users' lists were written into `version`, or, with
+        None, are left to batch_retrain (nothing was live, or it ingested them itself)."""
+        written = {"version": version, "at": datetime.now(UTC).isoformat()}
+        for digest in digests:
+            entry = self.ledger_entry(digest)
+            if entry is not None:
+                entry["lists"] = written
+                self.files.write(f"{LEDGER}{digest}.json", json.dumps(entry).encode())
+
+    def all_events(self) -> pd.DataFrame:
+        """Every validated event ingested so far, with its source file."""
+        return self._event_table([file.name for file in self.files.list(EVENTS)]).to_pandas()
+
+    def ingested_since(self, moment: str) -> pd.DataFrame:
+        """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
+        return self._event_table(self._event_files(self.files_ingested_since(moment))).to_pandas()
+
+    def files_not_listed_in(self, version: str, since: str) -> list[str]:
+        """Content hashes of the files ingested at or after `since` (ISO-8601 UTC) whose
+        users' lists were not written into `version`, sorted (a read of the whole ledger)."""
+        return self._ingested_where(
+            lambda entry: (
+                entry["ingested_at"] >= since
+                and (entry.get("lists") or {}).get("version") != version
+            )
+        )
+
+    def files_ingested_since(self, moment: str) -> list[str]:
+        """Content hashes of the files ingested after `moment` (an ISO-8601 UTC time), sorted."""
+        return self._ingested_where(lambda entry: entry["ingested_at"] > moment)
+
+    def events_of(self, digests: Iterable[str]) -> pd.DataFrame:
+        """The validated events ingested from the files with these content hashes."""
+        return self._event_table(self._event_files(sorted(digests))).to_pandas()
+
+    def _ingested_where(self, wanted: Callable[[dict], bool]) -> list[str]:
+        return sorted(
+            digest
+            for digest, entry in self.ingested().items()
+            if entry["status"] == "ingested" and wanted(entry)
+        )
+
+    @staticmethod
+    def _event_files(digests: list[str]) -> list[str]:
+        return [f"{EVENTS}{digest}.parquet" for digest in digests]
+
+    def compact_history(self) -> HistorySnapshot:
+        """Write every ingested event sorted by user in small row groups (the previous copy
+        kept for readers still on it), so that `user_history` reads a few users' events
+        without scanning everyone's; the batch job's data snapshot (`snapshot_events`)."""
+        # Taken before the listing: a file whose ledger entry is older is in the snapshot (its
+        # events were written before its entry).
+        written_at = datetime.now(UTC)
+        names = [file.name for file in self.files.list(EVENTS)]
+        events = self._event_table(names)
+        snapshot = f"{BY_USER}{written_at:%Y%m%dT%H%M%S%f}/"
+        buffer = io.BytesIO()
+        # A stable sort: each user's events keep their order.
+        pq.write_table(events.sort_by("user_id"), buffer, row_group_size=USERS_ROW_GROUP)
+        self.files.write(snapshot + "events.parquet", buffer.getvalue())
+        manifest = {
+            "snapshot": snapshot + "events.parquet",
+            "event_files": names,
+            "written_at": written_at.isoformat(),
+        }
+        self.files.write(BY_USER_MANIFEST, json.dumps(manifest).encode())
+        snapshots = sorted(
+            {
+                PurePosixPath(file.name).relative_to(BY_USER).parts[0]
+                for file in self.files.list(BY_USER)
+            }
+            - {"manifest.json"}
+        )
+        for stale in snapshots[:-2]:
+            self.files.delete_folder(f"{BY_USER}{stale}/")
+        return HistorySnapshot(
+            written_at.isoformat(),
+            self.files.location(snapshot + "events.parquet"),
+            events.num_rows,
+            len(set(events["user_id"].to_pylist())),
+            len(names),
+        )
+
+    def snapshot_events(self) -> pd.DataFrame:
+        """The events of the latest user-sorted history (`compact_history`)."""
+        manifest = self._snapshot_manifest()
+        if manifest["snapshot"] is None:
+            return EVENT_SCHEMA.empty_table().to_pandas()
+        with self.files.open(manifest["snapshot"]) as source:
+            return pq.read_table(source, schema=EVENT_SCHEMA).to_pandas()
+
+    def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
+        """Every ingested event of these users: their row groups of the user-sorted history,
+        and the event files ingested since it was written."""
+        wanted = sorted(set(user_ids))
+        condition = pc.field("user_id").isin(pa.array(wanted, type=pa.string()))
+        manifest = self._snapshot_manifest()
+        tables = [self._event_table(self._since_snapshot(manifest), condition)]
+        if manifest["snapshot"]:
+            with self.files.open(manifest["snapshot"]) as source:
+                snapshot = pq.ParquetFile(source)
+                groups = _row_groups_holding(snapshot.metadata, wanted)
+                tables.append(snapshot.read_row_groups(groups).filter(condition))
+        return pa.concat_tables(tables).to_pandas()
+
+    def snapshot_written_at(self) -> str | None:
+        """When the latest user-sorted history was written (`HistorySnapshot.written_at`)."""
+        return self._snapshot_manifest().get("written_at")
+
+    def _snapshot_manifest(self) -> dict:
+        return self.files.read_json(BY_USER_MANIFEST) or {"snapshot": None, "event_files": []}
+
+    def _since_snapshot(self, manifest: dict) -> list[str]:
+        compacted = set(manifest["event_files"])
+        return [file.name for file in self.files.list(EVENTS) if file.name not in compacted]
+
+    def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
+        """Event history files as one table in EVENT_SCHEMA."""
+        tables = [
+            pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
+            for name in names
+        ]
+        events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
+        return events if condition is None else events.filter(condition)
+
+
+def _row_groups_holding(metadata: pq.FileMetaData, wanted: list[str]) -> list[int]:
+    """The row groups of a file sorted by user_id whose range of users holds one of `wanted`
+    (sorted); a group without statistics is always read."""
+    groups = []
+    for index in range(metadata.num_row_groups):
+        users = metadata.row_group(index).column(0).statistics
+        if (
+            users is None
+            or not users.has_min_max
+            or bisect_left(wanted, users.min) < bisect_right(wanted, users.max)
+        ):
+            groups.append(index)
+    return groups
