@@ -349,7 +349,9 @@ def _render_user(
             user_id=user_id,
             model_version=found.model_version,
             source=found.source,
-            items=[RecommendedItem(**item) for item in found.items],
+            # The store keeps items in RecommendedItem's shape: encoding them as they are
+            # skips building a Struct per item, a fifth of a cache miss's Python time.
+            items=found.items,
             variant=variant_name,
         )
     )
