@@ -141,12 +141,20 @@ def test_the_api_serves_the_published_lists(first_run):
         assert "i7" not in {item["item_id"] for item in similar["items"]}
 
 
-def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(first_run, tmp_path):
+@pytest.fixture
+def own_copy(first_run, tmp_path, monkeypatch) -> Path:
+    """A copy of the first run's data dir, for a test that changes it (RECO_DATA_DIR names
+    it)."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(first_run[1], data_dir)
+    monkeypatch.setenv("RECO_DATA_DIR", str(data_dir))
+    return data_dir
+
+
+def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(first_run, own_copy):
     """A newcomer whose events are u0's, event for event, is folded in by the micro-batch
     into each family's version and gets exactly the list the batch job published for u0."""
-    _, first_data_dir, events, _ = first_run
-    data_dir = tmp_path / "data"
-    shutil.copytree(first_data_dir, data_dir)
+    events, data_dir = first_run[2], own_copy
     files = LocalFiles(root=str(data_dir))
     zone, event_history = LandingZone(files=files), EventHistory(files=files)
     archive = ModelArchive(files=files)
@@ -173,15 +181,10 @@ def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(fir
         )
 
 
-def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(
-    first_run, tmp_path, monkeypatch
-):
+def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(first_run, own_copy):
     """A micro-batch that lands between a retrain's data snapshot and its switch writes into
     the old version; the switch folds those users into the new version, not losing them."""
-    _, first_data_dir, events, _ = first_run
-    data_dir = tmp_path / "data"
-    shutil.copytree(first_data_dir, data_dir)
-    monkeypatch.setenv("RECO_DATA_DIR", str(data_dir))
+    events, data_dir = first_run[2], own_copy
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     old = store.live_version()
     land(data_dir, "more.csv", events[events["user_id"] == "u1"].assign(user_id="u1-again"))
@@ -235,14 +238,11 @@ def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(
 
 
 def test_a_retrain_the_gate_rejects_still_folds_what_it_ingested_into_the_live_version(
-    first_run, tmp_path, monkeypatch
+    first_run, own_copy
 ):
     """A retrain ingests a file no micro-batch saw; its gate keeps the old version live, and
     the file's user is still folded into it, not left to the next retrain."""
-    _, first_data_dir, events, _ = first_run
-    data_dir = tmp_path / "data"
-    shutil.copytree(first_data_dir, data_dir)
-    monkeypatch.setenv("RECO_DATA_DIR", str(data_dir))
+    events, data_dir = first_run[2], own_copy
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     old = store.live_version()
     land(data_dir, "unseen.csv", events[events["user_id"] == "u3"].assign(user_id="gated-user"))
