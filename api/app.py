@@ -7,7 +7,6 @@ RECO_API_CACHE_MB; the served-list log's RECO_SERVED_*: see api/experiments.py)
 from __future__ import annotations
 
 import gc
-import hmac
 import os
 import threading
 from collections.abc import Callable
@@ -18,29 +17,28 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 from cachetools import LRUCache
 from litestar import Litestar, MediaType, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     ClientException,
-    NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
     ServiceUnavailableException,
     ValidationException,
 )
 from litestar.handlers import HTTPRouteHandler
-from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 from litestar.plugins.prometheus import PrometheusController
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.events import events_route, require_bearer
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
 from reco_dagster.domain.events import MAX_ID_LENGTH
 from reco_dagster.domain.online import SERVED
 from resources.deployment import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
+from resources.whole_files import WholeFiles, deployment_files
 
 MAX_K = 100
 NOTHING_LIVE = "no model has been published yet: materialize the batch_retrain job"
@@ -401,7 +399,7 @@ def registry_routes(store: RecommendationStore, cache: ResponseCache) -> list[HT
 
     @post(
         "/models/{version:str}/activate",
-        guards=[require_admin_token],
+        guards=[require_bearer("RECO_ADMIN_TOKEN", "activate models", PermissionDeniedException)],
         sync_to_thread=in_thread,
         status_code=200,
     )
@@ -419,21 +417,9 @@ def registry_routes(store: RecommendationStore, cache: ResponseCache) -> list[HT
     return [health, models, model, activate]
 
 
-def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Bearer RECO_ADMIN_TOKEN; with no token configured nobody may change the live model."""
-    expected = os.environ.get("RECO_ADMIN_TOKEN", "")
-    scheme, _, given = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise NotAuthorizedException("a bearer token is required")
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise PermissionDeniedException(
-            "this token may not activate models"
-            if expected
-            else "activation is disabled: RECO_ADMIN_TOKEN is not set on the server"
-        )
-
-
-def create_app(store: RecommendationStore | None = None) -> Litestar:
+def create_app(
+    store: RecommendationStore | None = None, files: WholeFiles | None = None
+) -> Litestar:
     store = store or recommendation_store()
     cache = ResponseCache(
         store, max_bytes=int(float(os.environ.get("RECO_API_CACHE_MB", "256")) * 2**20)
@@ -444,6 +430,7 @@ def create_app(store: RecommendationStore | None = None) -> Litestar:
         route_handlers=[
             *lookup_routes(cache, Experiment.from_environment(), served),
             *registry_routes(store, cache),
+            events_route(store, files or deployment_files(), cache.clear),
             PrometheusController,
         ],
         # Everything imported so far lives as long as the process: keep the collector from

@@ -13,7 +13,12 @@ run-internal figure).
 Drops wait a random 0-5 s after the previous one is served, so they land at random points
 of the sensor daemon's 5 s loop.
 
-Phase 2 (quality): per user, the earliest 50 % of interactions train ALS, the next 25 % are
+Phase 2 (consumption): with the daemon stopped, each of `--posts` (200) POST /events sends
+one event on the first item of a known user's list; measured from the POST's start until a
+GET of the user's list no longer holds that item (the API takes it out within the request;
+target p95 ≤ 50 ms).
+
+Phase 3 (quality): per user, the earliest 50 % of interactions train ALS, the next 25 % are
 folded in, the last 25 % are the test; nDCG@10 of fold-in against a full retrain on the
 first 75 %, same settings.
 
@@ -42,11 +47,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 EVENTS_PER_DROP, USERS_PER_DROP, NEW_USERS_PER_DROP = 1_000, 200, 20
+INGEST_TOKEN = "freshness-bench"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--drops", type=int, default=20)
+    parser.add_argument("--posts", type=int, default=200)
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
 
@@ -138,6 +145,8 @@ def main() -> None:
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(timeout=30)
+    with running_api(data_dir, RECO_INGEST_TOKEN=INGEST_TOKEN) as url:
+        consumed = consumption(httpx.Client(base_url=url), known_users, args.posts, rng)
 
     figures: dict[str, float | int] = {}
     for stage, values in stages.items():
@@ -148,6 +157,10 @@ def main() -> None:
         "drops": args.drops,
         "events_per_drop": EVENTS_PER_DROP,
         "users_per_drop": USERS_PER_DROP,
+        "consumed_gone_p50_s": round(float(np.percentile(consumed, 50)), 4),
+        "consumed_gone_p95_s": round(float(np.percentile(consumed, 95)), 4),
+        "consumed_gone_max_s": round(max(consumed), 4),
+        "posts": args.posts,
     }
     if not args.skip_quality:
         figures |= _fold_in_quality(data_dir)
@@ -155,6 +168,25 @@ def main() -> None:
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
     print(json.dumps(figures))
+
+
+def consumption(
+    client: httpx.Client, users: np.ndarray, posts: int, rng: np.random.Generator
+) -> list[float]:
+    """Per POST of one event on the first item of a user's list, the seconds until the
+    user's list is served without it."""
+    auth = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+    seconds = []
+    for user in rng.choice(users, posts, replace=False):
+        first = _items(client, user)[1][0]
+        started = time.perf_counter()
+        event = {"user_id": user, "item_id": first, "rating": 5, "timestamp": int(time.time())}
+        assert client.post("/events", json=[event], headers=auth).status_code == 202
+        # Asked again until it is gone (the API takes it out within the POST, so once).
+        while first in (item for item, _ in _items(client, user)[1:]):
+            assert time.perf_counter() - started < 10, f"{first} still served to {user}"
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def _items(client: httpx.Client, user: str) -> list:

@@ -40,7 +40,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -419,8 +419,41 @@ class CosmosRecommendationStore(RecommendationStore):
             )
 
         self._bulk([partial(refresh, user=user, items=items) for user, items in user_lists])
-        # Bump the revision (caches in front of lookups drop what they hold) unless another
-        # version went live meanwhile: then the lists went to a version no reader follows.
+        return self._bump_revision(version)
+
+    def remove_from_live_lists(
+        self, removed: Mapping[str, Collection[str]], new_events: Mapping[str, int]
+    ) -> int:
+        version = self.live_version()
+        if version is None:
+            return 0
+        changed: list[str] = []
+
+        def remove(hook: Callable, user: str) -> None:
+            gone = set(removed.get(user, ()))
+
+            def without_them(stored: dict | None) -> dict | None:
+                if stored is None:
+                    return None
+                return {
+                    "id": version,
+                    "user_id": user,
+                    "items": [item for item in stored["items"] if item["item_id"] not in gone],
+                    "history_events": _history_events(stored) + new_events[user],
+                }
+
+            if self._rewrite(USERS, version, user, without_them, hook) is not None:
+                changed.append(user)
+
+        self._bulk([partial(remove, user=user) for user in new_events])
+        if changed:
+            self._bump_revision(version)
+        return len(changed)
+
+    def _bump_revision(self, version: str) -> bool:
+        """Move the pointer's revision on (caches in front of lookups drop what they hold)
+        unless another version went live meanwhile: then the lists went to a version no
+        reader follows (False)."""
         bumped = self._rewrite_model(
             LIVE_POINTER,
             lambda pointer: _pointing_at(version, pointer) if _live(pointer) == version else None,

@@ -21,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -129,6 +129,16 @@ class RecommendationStore(BaseModel):
         stored one was ranked from no more of the user's events than `history_events[user]`
         (a user's history only grows, so a smaller count means an earlier read of it).
         Returns False (nothing written) when another version went live meanwhile."""
+        raise NotImplementedError
+
+    def remove_from_live_lists(
+        self, removed: Mapping[str, Collection[str]], new_events: Mapping[str, int]
+    ) -> int:
+        """Take items a user has just consumed (`removed[user]`) out of the user's list in the
+        live version, each user atomically, and raise the list's `history_events` mark by the
+        user's `new_events[user]`: a refresh ranked from a history without those events cannot
+        put them back, the one that reads them replaces the list. Users without a personal
+        list are left alone. Returns how many lists changed."""
         raise NotImplementedError
 
     def live_version(self) -> str | None:
@@ -364,6 +374,32 @@ class SqliteRecommendationStore(RecommendationStore):
                 return False
             connection.executemany(_REFRESH_USER, rows)
         return True
+
+    def remove_from_live_lists(
+        self, removed: Mapping[str, Collection[str]], new_events: Mapping[str, int]
+    ) -> int:
+        changed = 0
+        with _writing(self._connection()) as connection:
+            live = connection.execute("SELECT version FROM live WHERE id = 1").fetchone()
+            if live is None:
+                return 0
+            for user, count in new_events.items():
+                row = connection.execute(
+                    "SELECT items, history_events FROM user_recommendations "
+                    "WHERE version = ? AND user_id = ?",
+                    (live[0], user),
+                ).fetchone()
+                if row is None:
+                    continue
+                gone = set(removed.get(user, ()))
+                items = [item for item in _decode_items(row[0]) if item["item_id"] not in gone]
+                connection.execute(
+                    "UPDATE user_recommendations SET items = ?, history_events = ? "
+                    "WHERE version = ? AND user_id = ?",
+                    (json.dumps(items), row[1] + count, live[0], user),
+                )
+                changed += 1
+        return changed
 
     def change_token(self) -> int:
         # Changes when any other connection commits; read from shared memory, no disk I/O.

@@ -38,7 +38,14 @@ def dagster_job(job: str, *options: str) -> list[str]:
 
 @contextmanager
 def running_api(data_dir: Path, **extra_env: str) -> Iterator[str]:
-    """The real API in its own uvicorn process over `data_dir`; yields its base URL."""
+    """The real API in its own process over `data_dir`; yields its base URL."""
+    with api_process(data_dir, **extra_env) as (base_url, _):
+        yield base_url
+
+
+@contextmanager
+def api_process(data_dir: Path, **extra_env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`running_api`, yielding the process too (the leader of its own process group)."""
     port = free_port()
     env = {**os.environ, "RECO_DATA_DIR": str(data_dir), "RECO_API_PORT": str(port), **extra_env}
     env.pop("RECO_ADMIN_TOKEN", None) if "RECO_ADMIN_TOKEN" not in extra_env else None
@@ -56,7 +63,7 @@ def running_api(data_dir: Path, **extra_env: str) -> Iterator[str]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the API did not start") from None
                 time.sleep(0.1)
-        yield base_url
+        yield base_url, server
     finally:
         server.terminate()
         server.wait(timeout=10)
