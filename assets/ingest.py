@@ -3,7 +3,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from resources.event_history import EventHistory
-from resources.ingestion import IngestConfig, ingest_landed_files
+from resources.ingestion import EventWeights, IngestConfig, ingest_landed_files
 from resources.landing_zone import LandingZone
 
 
@@ -13,10 +13,12 @@ def raw_events(
     config: IngestConfig,
     landing_zone: LandingZone,
     event_history: EventHistory,
+    event_weights: EventWeights,
 ) -> MaterializeResult:
     """Ingests every landing file not seen before: good rows join the event history, bad rows
     go to quarantine with a reason each, unreadable files are quarantined whole."""
-    report = ingest_landed_files(landing_zone, event_history, config.rules(), context.log.warning)
+    rules = config.rules(event_weights.event_types())
+    report = ingest_landed_files(landing_zone, event_history, rules, context.log.warning)
     # This retrain's lists hold these events: no micro-batch needs to write them.
     event_history.record_lists([report.contents[name] for name in report.ingested_files], None)
     context.log.info(

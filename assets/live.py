@@ -24,6 +24,7 @@ from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.gate import choose_family, gate_failures, gate_floors
 from reco_dagster.domain.search import bar_chart
 from resources.event_history import EventHistory
+from resources.ingestion import EventWeights
 from resources.landing_zone import LandingZone
 from resources.live_lists import fold_in_unlisted_files
 from resources.model_archive import ModelArchive
@@ -51,6 +52,7 @@ def live_model(
     store: ResourceParam[RecommendationStore],
     landing_zone: LandingZone,
     event_history: EventHistory,
+    event_weights: EventWeights,
     archive: ModelArchive,
     serving: Serving,
     quality_gate: QualityGate,
@@ -125,7 +127,9 @@ def live_model(
     table = _comparison(evaluations, champion, failures, chosen)
     if chosen is None:
         # This run ingested files the live version's lists do not hold yet.
-        fold_in_unlisted_files(landing_zone, event_history, store, archive, context.log.warning)
+        fold_in_unlisted_files(
+            landing_zone, event_history, store, archive, event_weights.weights, context.log.warning
+        )
         # Rejected versions' lists were written before the gate: retention still applies.
         store.purge_old_versions(serving.keep_versions)
         raise Failure(
@@ -141,7 +145,7 @@ def live_model(
     # Events that landed after this run's data snapshot went into the old version; fold their
     # users into the new one, or the switch would serve lists built without them.
     refresh = fold_in_unlisted_files(
-        landing_zone, event_history, store, archive, context.log.warning
+        landing_zone, event_history, store, archive, event_weights.weights, context.log.warning
     )
     late_users = refresh.counts.get("users_refreshed", 0)
     if late_users:

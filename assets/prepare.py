@@ -15,6 +15,7 @@ from dagster import (
 from assets.ingest import raw_events
 from reco_dagster.domain.interactions import build_interactions
 from resources.event_history import EventHistory
+from resources.ingestion import EventWeights
 from resources.landing_zone import LANDING, LandingZone
 from resources.settings import EvaluationProtocol
 
@@ -38,17 +39,20 @@ def history_by_user(event_history: EventHistory) -> MaterializeResult:
 
 @asset(group_name="prepare", deps=[history_by_user], kinds={"pandas"})
 def interactions(
-    context: AssetExecutionContext, landing_zone: LandingZone, event_history: EventHistory
+    context: AssetExecutionContext,
+    landing_zone: LandingZone,
+    event_history: EventHistory,
+    event_weights: EventWeights,
 ) -> Output[pd.DataFrame]:
-    """Deduplicated interactions, one row per (user, item), with dense integer indices, from
-    the snapshot `history_by_user` wrote."""
+    """Deduplicated interactions, one row per (user, item), with dense integer indices and
+    the weight of their typed events, from the snapshot `history_by_user` wrote."""
     events = event_history.snapshot_events()
     if events.empty:
         raise Failure(
             f"No events have been ingested: put event files in {landing_zone.where(LANDING)} "
             "(or run `python -m reco_dagster.datasets movielens-100k`) and materialize raw_events."
         )
-    table, duplicates = build_interactions(events)
+    table, duplicates = build_interactions(events, event_weights.weights)
     users, items = table["user_id"].nunique(), table["item_id"].nunique()
     return Output(
         table,
@@ -60,6 +64,7 @@ def interactions(
             "items": items,
             "density": len(table) / (users * items),
             "rated_share": float(table["rating"].notna().mean()),
+            "typed_share": float(table["weight"].notna().mean()),
             "preview": MetadataValue.md(table.head(5).to_markdown(index=False)),
         },
     )

@@ -16,7 +16,7 @@ from dagster import (
 
 from resources.event_history import EventHistory
 from resources.files import FileInfo
-from resources.ingestion import IngestConfig, IngestReport, ingest_landed_files
+from resources.ingestion import EventWeights, IngestConfig, IngestReport, ingest_landed_files
 from resources.landing_zone import ATTEMPT_TIMEOUT_S, Attempt, LandingScan, LandingZone
 from resources.live_lists import LiveVersionChangedError, refresh_live_users
 from resources.model_archive import ModelArchive
@@ -42,6 +42,7 @@ def score_new_events(
     config: MicroBatchConfig,
     landing_zone: LandingZone,
     event_history: EventHistory,
+    event_weights: EventWeights,
     store: ResourceParam[RecommendationStore],
     archive: ModelArchive,
 ) -> None:
@@ -64,6 +65,7 @@ def score_new_events(
             config,
             landing_zone,
             event_history,
+            event_weights,
             store,
             archive,
             LandingScan([file for file, _ in attempts], scan.refused, scan.unsupported),
@@ -154,13 +156,18 @@ def _score(
     config: MicroBatchConfig,
     landing_zone: LandingZone,
     event_history: EventHistory,
+    event_weights: EventWeights,
     store: RecommendationStore,
     archive: ModelArchive,
     scan: LandingScan,
 ) -> IngestReport:
     started = time.perf_counter()
     report = ingest_landed_files(
-        landing_zone, event_history, config.rules(), context.log.warning, scan
+        landing_zone,
+        event_history,
+        config.rules(event_weights.event_types()),
+        context.log.warning,
+        scan,
     )
     ingest_ms = round(1000 * (time.perf_counter() - started), 1)
     metadata = report.metadata(landing_zone)
@@ -174,7 +181,13 @@ def _score(
         return report
     try:
         refresh = refresh_live_users(
-            landing_zone, event_history, store, archive, new_events, context.log.warning
+            landing_zone,
+            event_history,
+            store,
+            archive,
+            new_events,
+            event_weights.weights,
+            context.log.warning,
         )
     except LiveVersionChangedError as error:
         raise Failure(f"{error}; retried") from error

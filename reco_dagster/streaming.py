@@ -14,18 +14,20 @@ from reco_dagster.automation import landing_zone_sensor
 from reco_dagster.micro_batch import micro_batch
 from resources.backends import file_store, store_resource
 from resources.event_history import EventHistory
+from resources.ingestion import EventWeights
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 
 
 def streaming_resources() -> dict[str, object]:
-    """The landing zone, the event history, the model archive and the store of the
-    deployment RECO_DEPLOYMENT names (embedded by default): what a micro-batch needs, and the
-    batch job too."""
+    """The landing zone, the event history, the event types' weights, the model archive and
+    the store of the deployment RECO_DEPLOYMENT names (embedded by default): what a
+    micro-batch needs, and the batch job too (both must weigh events alike)."""
     files = file_store()
     return {
         "landing_zone": LandingZone(files=files),
         "event_history": EventHistory(files=files),
+        "event_weights": EventWeights(),
         "archive": ModelArchive(files=files),
         "store": store_resource(),
     }

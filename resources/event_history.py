@@ -33,6 +33,8 @@ EVENT_SCHEMA = pa.schema(
         ("item_id", pa.string()),
         ("rating", pa.float64()),
         ("timestamp", pa.int64()),
+        # Null: an untyped event (and every event of a file stored before types existed).
+        ("event_type", pa.string()),
         ("source_file", pa.string()),
     ]
 )
@@ -240,7 +242,8 @@ class EventHistory(ConfigurableResource):
             with self.files.open(manifest["snapshot"]) as source:
                 snapshot = pq.ParquetFile(source)
                 groups = _row_groups_holding(snapshot.metadata, wanted)
-                tables.append(snapshot.read_row_groups(groups).filter(condition))
+                read = snapshot.read_row_groups(groups).filter(condition)
+                tables.append(_in_event_schema(read))
         return pa.concat_tables(tables).to_pandas()
 
     def snapshot_written_at(self) -> str | None:
@@ -262,6 +265,20 @@ class EventHistory(ConfigurableResource):
         ]
         events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
         return events if condition is None else events.filter(condition)
+
+
+def _in_event_schema(table: pa.Table) -> pa.Table:
+    """`table` with EVENT_SCHEMA's columns, those a file written before them lacks null (a
+    row-group read, unlike `read_table`, takes no schema to fill them in)."""
+    return pa.table(
+        [
+            table[field.name]
+            if field.name in table.column_names
+            else pa.nulls(len(table), field.type)
+            for field in EVENT_SCHEMA
+        ],
+        schema=EVENT_SCHEMA,
+    )
 
 
 def _row_groups_holding(metadata: pq.FileMetaData, wanted: list[str]) -> list[int]:

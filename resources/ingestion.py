@@ -2,15 +2,19 @@
 share. Good rows join the event history, bad rows go to quarantine with a reason each, and a
 file that cannot be read at all is quarantined whole."""
 
+import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import pandas as pd
-from dagster import Config, MetadataValue
+from dagster import Config, ConfigurableResource, MetadataValue
+from pydantic import Field, field_validator
 
 from reco_dagster.domain.events import (
+    DEFAULT_EVENT_WEIGHTS,
+    RATING_EVENT,
     UnreadableFileError,
     ValidationRules,
     printable,
@@ -27,8 +31,39 @@ class IngestConfig(Config):
     max_rating: float = 5.0
     max_future_skew_s: float = 86_400.0
 
-    def rules(self) -> ValidationRules:
-        return ValidationRules(self.min_rating, self.max_rating, self.max_future_skew_s)
+    def rules(self, event_types: Collection[str] = ValidationRules.event_types) -> ValidationRules:
+        return ValidationRules(
+            self.min_rating, self.max_rating, self.max_future_skew_s, frozenset(event_types)
+        )
+
+
+class EventWeights(ConfigurableResource):
+    """What an event of each type (the contract's optional `event_type` column) says about a
+    user's interest in the item, relative to the other types: only the ratios matter, the top
+    weight counts like a top rating. A type not named here (nor `rating`, whose events count
+    by their rating) is quarantined. Here rather than with the model settings: ingesting
+    needs the types, and the streaming location loads no Spark."""
+
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+
+    @field_validator("weights")
+    @classmethod
+    def _positive_and_lower_case(cls, weights: dict[str, float]) -> dict[str, float]:
+        named = {kind.strip().lower(): weight for kind, weight in weights.items()}
+        if RATING_EVENT in named:
+            raise ValueError(f"{RATING_EVENT!r} events count by their rating: give it no weight")
+        if len(named) < len(weights) or not all(
+            k and w > 0 and math.isfinite(w) for k, w in named.items()
+        ):
+            raise ValueError(
+                "event weights need distinct, non-empty type names (compared lower-cased) "
+                f"and positive finite weights: {weights}"
+            )
+        return named
+
+    def event_types(self) -> frozenset[str]:
+        """The types an event may carry."""
+        return frozenset({*self.weights, RATING_EVENT})
 
 
 @dataclass

@@ -6,7 +6,7 @@ built without them)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -41,9 +41,11 @@ def refresh_live_users(
     store: RecommendationStore,
     archive: ModelArchive,
     new_events: pd.DataFrame,
+    weights: Mapping[str, float],
     warn: Callable[[str], None],
 ) -> Refresh:
-    """Fold the users of `new_events` into the live version from their whole event history,
+    """Fold the users of `new_events` into the live version from their whole event history
+    (typed events weighed by `weights`, as the batch job's interactions weigh them),
     rank their unseen items as the batch job does, and write their lists into the live
     version, each user atomically. A switch during the work is noticed at the write (the
     store writes only into the version that is still live) and the users are scored again
@@ -57,7 +59,7 @@ def refresh_live_users(
         clock = now
 
     events = event_history.user_history(new_events["user_id"].unique())
-    history, _ = build_interactions(events)
+    history, _ = build_interactions(events, weights)
     # What the lists are ranked from: a concurrent refresh that read more of a user's events
     # keeps its list (the store compares these marks).
     marks = history_events(history)
@@ -89,6 +91,7 @@ def fold_in_unlisted_files(
     event_history: EventHistory,
     store: RecommendationStore,
     archive: ModelArchive,
+    weights: Mapping[str, float],
     warn: Callable[[str], None],
 ) -> Refresh:
     """Bring the live version's lists up to every ingested event: fold in the users of each
@@ -107,7 +110,7 @@ def fold_in_unlisted_files(
     if events.empty:
         event_history.record_lists(unlisted, version)
         return Refresh(version, {"users_refreshed": 0})
-    refresh = refresh_live_users(landing_zone, event_history, store, archive, events, warn)
+    refresh = refresh_live_users(landing_zone, event_history, store, archive, events, weights, warn)
     event_history.record_lists(unlisted, refresh.version)
     return refresh
 

@@ -20,6 +20,7 @@ from reco_dagster.micro_batch import micro_batch
 from resources.blob_files import BlobFiles
 from resources.event_history import EventHistory
 from resources.files import FileStore, LocalFiles
+from resources.ingestion import EventWeights
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
 from resources.settings import spark_config
@@ -187,6 +188,7 @@ def resources(zone, event_history, store, archive):
     return {
         "landing_zone": zone,
         "event_history": event_history,
+        "event_weights": EventWeights(),
         "store": store,
         "archive": archive,
     }

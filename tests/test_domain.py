@@ -2,8 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reco_dagster.domain.als import rating_confidence
+from reco_dagster.domain.ease import ease_weights
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
+from reco_dagster.domain.models import data_fingerprint
 from reco_dagster.domain.ranking import fill_short_lists, popular_items, recommend, top_k_items
 from reco_dagster.domain.splits import chronological_split, stratified_random_split
 from reco_dagster.domain.synthetic import synthetic_events
@@ -33,6 +36,46 @@ def test_interactions_drop_duplicates_keep_latest_rating_and_index_ids():
     ]
     re_rated = table[(table.user_id == "b") & (table.item_id == "x")].iloc[0]
     assert (re_rated.rating, re_rated.events, re_rated.timestamp) == (5.0, 2, 20)
+
+
+def typed_events(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp", "event_type"])
+
+
+TYPED = [
+    ("u", "a", np.nan, 1, "purchase"),
+    ("u", "a", np.nan, 2, "view"),  # a later view does not undo the purchase
+    ("u", "b", np.nan, 3, "click"),
+    ("u", "c", 2.0, 4, "rating"),
+    ("u", "c", np.nan, 5, "view"),
+    ("u", "d", np.nan, 6, None),  # untyped and unrated: counts fully, as before types
+    ("u", "d", np.nan, 6, "view"),  # the same second, but another event
+    ("v", "a", 5.0, 7, None),
+]
+
+
+def test_typed_events_weigh_relative_to_the_top_weight_and_the_strongest_counts():
+    weights = {"view": 1.0, "click": 2.0, "purchase": 8.0}
+    table, duplicates = build_interactions(typed_events(TYPED), weights)
+    assert duplicates == 0
+    by_pair = table.set_index(["user_id", "item_id"])
+    assert by_pair["weight"].fillna(-1).tolist() == [1.0, 0.25, 0.125, 0.125, -1]
+    assert by_pair["events"].tolist() == [2, 1, 2, 2, 1]
+    # The stronger of what the rating says and the typed events' weight.
+    assert rating_confidence(table).tolist() == pytest.approx([1.0, 0.25, 0.2, 0.125, 1.0])
+    expected = np.sqrt([1.0, 0.25, 0.4, 0.125, 1.0])
+    assert ease_weights(table, 5.0).tolist() == pytest.approx(expected.tolist())
+
+
+def test_weights_are_part_of_the_data_fingerprint_and_untyped_data_keeps_its_own():
+    table, _ = build_interactions(typed_events(TYPED))
+    reweighed, _ = build_interactions(typed_events(TYPED), {"view": 1.0, "purchase": 2.0})
+    assert data_fingerprint(table) != data_fingerprint(reweighed)
+    doubled, _ = build_interactions(typed_events(TYPED), {"view": 2.0, "purchase": 4.0})
+    assert data_fingerprint(reweighed) == data_fingerprint(doubled)
+    untyped, _ = build_interactions(synthetic_events(20, 30, 5, seed=1))
+    assert untyped["weight"].isna().all()
+    assert data_fingerprint(untyped) == data_fingerprint(untyped.drop(columns="weight"))
 
 
 def test_stratified_split_keeps_three_quarters_of_each_user_and_is_seeded():

@@ -355,3 +355,48 @@ def test_a_compressed_file_that_expands_too_far_is_refused_whole(monkeypatch):
         read_event_file("bomb.csv.gz", bomb)
     monkeypatch.setattr(events, "MAX_EXPANDED_BYTES", 2_000_000)
     assert len(read_event_file("bomb.csv.gz", bomb).frame) == 200_000
+
+
+def test_event_types_are_lower_cased_and_stripped_and_unknown_ones_quarantined():
+    raw = read_event_file(
+        "typed.csv",
+        csv_bytes(
+            """
+user_id,item_id,rating,timestamp,event_type
+u1,i1,,1600000000,View
+u1,i2,,1600000001, add_to_cart
+u1,i3,4,1600000002,RATING
+u1,i4,,1600000003,
+u1,i5,,1600000004,wishlist
+u1,i6,,1600000005,rating
+"""
+        ),
+    )
+    result = validate_events(raw, RULES, now_s=NOW)
+    typed = result.events["event_type"].fillna("untyped").tolist()
+    assert typed == ["view", "add_to_cart", "rating", "untyped"]
+    rejected = result.rejected.set_index("row_number")
+    assert rejected.loc[6, "reason"] == (
+        "unknown event type (configured: add_to_cart, click, purchase, rating, view)"
+    )
+    assert rejected.loc[6, "offending_value"] == "wishlist"
+    assert rejected.loc[7, "reason"] == "a rating event has no rating"
+
+
+def test_the_configured_types_decide_and_a_type_must_be_text():
+    data = b'{"user_id": "u", "item_id": "i", "timestamp": 1, "event_type": 3}\n'
+    data += b'{"user_id": "u", "item_id": "j", "timestamp": 1, "event_type": "view"}\n'
+    data += b'{"user_id": "u", "item_id": "k", "timestamp": 1, "event_type": "like"}\n'
+    rules = ValidationRules(event_types=frozenset({"like", "rating"}))
+    result = validate_events(read_event_file("j.jsonl", data), rules, now_s=NOW)
+    assert result.events["event_type"].tolist() == ["like"]
+    assert result.rejected["reason"].tolist() == [
+        "event_type is not text",
+        "unknown event type (configured: like, rating)",
+    ]
+
+
+def test_a_file_without_event_types_gives_untyped_events():
+    raw = read_event_file("plain.csv", csv_bytes("user_id,item_id,rating,timestamp\nu,i,4,1"))
+    result = validate_events(raw, RULES, now_s=NOW)
+    assert result.rejected.empty and result.events["event_type"].isna().all()

@@ -13,6 +13,7 @@ from assets.evaluate import online_evaluation
 from reco_dagster.domain.online import served_hit_rate
 from resources.event_history import EventHistory
 from resources.files import LocalFiles
+from resources.ingestion import EventWeights
 from resources.landing_zone import LandingZone
 from resources.served_log import ServedListLog
 from resources.store import SqliteRecommendationStore
@@ -135,6 +136,7 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
     resources = {
         "landing_zone": LandingZone(files=files),
         "event_history": EventHistory(files=files),
+        "event_weights": EventWeights(),
         "served_log": served_log,
     }
     result = materialize([raw_events, online_evaluation], resources=resources)

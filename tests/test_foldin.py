@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from reco_dagster.domain.als import fit_als
+from reco_dagster.domain.families import fit_model, item_side
 from reco_dagster.domain.foldin import fold_in, fold_in_als
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.models import ModelCard
@@ -99,3 +100,35 @@ def test_new_users_and_unknown_items(spark):
     assert refolded.user_factors[1].any() and not refolded.user_factors[0].any()
     ranked = refolded.recommend(history, k=3)
     assert not set(ranked[ranked.user_id == "newbie"].item_id) & {"i1", "i2"}
+
+
+def neighbourhoods() -> pd.DataFrame:
+    """Untyped users who take p with p_fan and v with v_fan, and two users typed the other way
+    round: "buyer" purchased p and viewed v, "browser" viewed p and purchased v."""
+    rows = [(f"p{n}", item, np.nan, n, None) for n in range(12) for item in ("p", "p_fan")]
+    rows += [(f"v{n}", item, np.nan, n, None) for n in range(12) for item in ("v", "v_fan")]
+    rows += [(f"x{n}", f"x{n % 3}", np.nan, n, None) for n in range(6)]
+    rows += [
+        ("buyer", "p", np.nan, 100, "purchase"),
+        ("buyer", "v", np.nan, 100, "view"),
+        ("browser", "p", np.nan, 100, "view"),
+        ("browser", "v", np.nan, 100, "purchase"),
+    ]
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp", "event_type"])
+    return build_interactions(events)[0]
+
+
+@pytest.mark.parametrize("family", ["als", "ease"])
+def test_a_purchased_items_neighbours_rank_above_a_viewed_items(spark, family):
+    interactions = neighbourhoods()
+    scoring = {"half_life_events": 0.0, "half_life_days": 0.0, "recency_floor": 0.0}
+    if family == "als":
+        fit = {"rank": 4, "max_iter": 10, "reg_param": 0.1, "alpha": 20.0, "seed": 3}
+        fit |= {"implicit_prefs": True, "confidence": "rating", "popularity_prior": 0.0}
+    else:
+        fit = {"l2": 1.0, "rating_weighted": True, "item_normalization": 0.0}
+    model = item_side(fit_model(family, {**fit, **scoring}, interactions, spark))
+    typed = interactions[interactions["user_id"].isin(["buyer", "browser"])]
+    ranked = fold_in(model, typed).recommend(seen=typed, k=2)
+    first = ranked[ranked["rank"] == 1].set_index("user_id")["item_id"]
+    assert first.to_dict() == {"buyer": "p_fan", "browser": "v_fan"}

@@ -17,9 +17,15 @@ from dagster import materialize
 
 from assets.ingest import raw_events
 from reco_dagster.domain.events import ValidationRules
-from resources.event_history import BY_USER, BY_USER_MANIFEST, EventHistory, _row_groups_holding
+from resources.event_history import (
+    BY_USER,
+    BY_USER_MANIFEST,
+    EVENTS,
+    EventHistory,
+    _row_groups_holding,
+)
 from resources.files import LocalFiles
-from resources.ingestion import ingest_landed_files
+from resources.ingestion import EventWeights, ingest_landed_files
 from resources.landing_zone import LandingZone
 from tests.capture_files import capture_file
 
@@ -36,7 +42,11 @@ def event_history(files):
 
 
 def ingest(zone: LandingZone) -> dict:
-    resources = {"landing_zone": zone, "event_history": EventHistory(files=zone.files)}
+    resources = {
+        "landing_zone": zone,
+        "event_history": EventHistory(files=zone.files),
+        "event_weights": EventWeights(),
+    }
     result = materialize([raw_events], resources=resources)
     assert result.success
     [materialization] = result.asset_materializations_for_node("raw_events")
@@ -355,3 +365,37 @@ def test_a_new_file_that_grows_while_ingest_waits_for_it_to_settle_waits_for_a_l
         report = run.result()
     assert report.deferred_files == ["growing.csv: it changed while being read"]
     assert ingest_landed_files(patient, event_history, ValidationRules(), print).rows_ingested == 3
+
+
+def test_event_files_and_snapshots_stored_before_event_types_still_read(zone, event_history):
+    zone.land("typed.csv", b"user_id,item_id,timestamp,event_type\nnew,i1,1,Purchase\n")
+    ingest(zone)
+    old = pa.table(
+        {
+            "user_id": ["old"],
+            "item_id": ["i2"],
+            "rating": [4.0],
+            "timestamp": pa.array([2], pa.int64()),
+            "source_file": ["old.csv"],
+        }
+    )
+    zone.files.write(f"{EVENTS}old.parquet", parquet(old))
+    zone.files.write(f"{BY_USER}old/events.parquet", parquet(old))
+    manifest = {
+        "snapshot": f"{BY_USER}old/events.parquet",
+        "event_files": [f"{EVENTS}old.parquet"],
+        "written_at": "2020-01-01T00:00:00+00:00",
+    }
+    zone.files.write(BY_USER_MANIFEST, json.dumps(manifest).encode())
+
+    def types(events: pd.DataFrame) -> dict:
+        return dict(zip(events["user_id"], events["event_type"].fillna("untyped"), strict=True))
+
+    assert types(event_history.all_events()) == {"new": "purchase", "old": "untyped"}
+    assert types(event_history.snapshot_events()) == {"old": "untyped"}
+    assert types(event_history.user_history(["new", "old"])) == {
+        "new": "purchase",
+        "old": "untyped",
+    }
+    event_history.compact_history()
+    assert types(event_history.snapshot_events()) == {"new": "purchase", "old": "untyped"}

@@ -23,10 +23,12 @@ from reco_dagster.automation import (
     retrain_reason,
 )
 from reco_dagster.domain.events import ValidationRules
+from reco_dagster.domain.foldin import fold_in
+from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.micro_batch import micro_batch
 from resources.event_history import EventHistory
 from resources.files import FileInfo, LocalFiles, SkipFolder
-from resources.ingestion import ingest_landed_files
+from resources.ingestion import EventWeights, ingest_landed_files
 from resources.landing_zone import LandingZone
 from resources.live_lists import refresh_live_users
 from tests.capture_files import capture_file
@@ -82,6 +84,30 @@ def test_new_events_refresh_just_the_affected_users(world, data_dir):
     assert len(event_history.all_events()) == 30 + 5
 
 
+def test_a_micro_batch_gives_a_user_with_typed_events_the_batch_jobs_list(world, data_dir):
+    _, event_history, store, archive, version = world
+    land(
+        data_dir,
+        "typed.csv",
+        pd.DataFrame(
+            {
+                "user_id": "u1",
+                "item_id": ["i1", "i2", "i7", "i7"],
+                "timestamp": 1_700_000_000 + pd.RangeIndex(4),
+                "event_type": ["purchase", "view", "add_to_cart", "view"],
+            }
+        ),
+    )
+    run(world, ["typed.csv"])
+    everyone, _ = build_interactions(event_history.all_events(), EventWeights().weights)
+    assert everyone["weight"].notna().sum() == 3
+    batch = fold_in(archive.load(version), everyone).recommend(seen=everyone, k=5)
+    served = store.lookup("u1", 5)
+    assert served.model_version == version
+    expected = batch[batch["user_id"] == "u1"]["item_id"].tolist()
+    assert [item["item_id"] for item in served.items] == expected
+
+
 def test_the_store_refuses_micro_batch_writes_into_a_replaced_version(world):
     _, _, store, _, version = world
     store.register("next", {"family": "als"})
@@ -119,6 +145,7 @@ def test_a_refresh_that_read_the_history_earlier_never_overwrites_a_fresher_one(
             PausedBeforeWriting(),
             archive,
             u1,
+            EventWeights().weights,
             lambda _: None,
         )
         ranked.wait()

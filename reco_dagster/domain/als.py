@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from reco_dagster.domain.interactions import strength
 from reco_dagster.domain.models import FactorModel, ModelCard, ids_by_index
 from reco_dagster.domain.spark_scoring import SparkAls
 
@@ -134,13 +135,14 @@ def _factors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], matrix[order]
 
 
-def rating_confidence(ratings: pd.Series) -> np.ndarray:
-    """Preference strength from explicit ratings on a 5-point scale: a liked item (4+)
-    counts fully, a lukewarm 3 half, a disliked one a little (it was still chosen); an
-    implicit event (no rating) counts fully."""
-    values = ratings.to_numpy(dtype=np.float64)
-    weights = np.select([values >= 4, values >= 3, values < 3], [1.0, 0.5, 0.2], default=1.0)
-    return weights.astype(np.float32)
+def rating_confidence(rows: pd.DataFrame) -> np.ndarray:
+    """Preference strength of interaction rows: from explicit ratings on a 5-point scale, a
+    liked item (4+) counts fully, a lukewarm 3 half, a disliked one a little (it was still
+    chosen); typed events by their relative weight, the stronger of both (see
+    `interactions.strength`); an untyped implicit event (no rating) counts fully."""
+    values = rows["rating"].to_numpy(dtype=np.float64)
+    from_rating = np.select([values >= 4, values >= 3, values < 3], [1.0, 0.5, 0.2], default=np.nan)
+    return strength(from_rating, rows).astype(np.float32)
 
 
 def fit_als(
@@ -159,7 +161,8 @@ def fit_als(
     **scoring: float,
 ) -> TrainedAls:
     """Fit Spark ML ALS on (user_idx, item_idx). Implicit feedback weighs each interaction by
-    `confidence` (binary: all alike; rating: see rating_confidence), scaled by alpha;
+    `confidence` (binary: all alike; rating: ratings and event types, see
+    rating_confidence), scaled by alpha;
     explicit feedback fits the ratings themselves. `popularity_prior` is applied when the
     factors are loaded (load_als_factors), the `scoring` settings (recency) when users are
     folded in."""
@@ -168,7 +171,7 @@ def fit_als(
     if implicit_prefs:
         rows = interactions
         preference = (
-            rating_confidence(rows["rating"])
+            rating_confidence(rows)
             if confidence == "rating"
             else np.ones(len(rows), dtype=np.float32)
         )

@@ -8,6 +8,7 @@ import json
 import numbers
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -17,7 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
-EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "event_type")
+RATING_EVENT = "rating"
+"""The event type whose strength is its rating: always known, never given a weight."""
+DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+"""What each typed event says about a user's interest, relative to the others (the
+deployment's `event_weights` resource sets them)."""
 FORMATS = (".parquet", ".csv", ".jsonl", ".avro")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 MAX_EXPANDED_BYTES = 2 * 1024**3
@@ -50,6 +56,8 @@ class ValidationRules:
     max_rating: float = 5.0
     # Clocks disagree a little; a timestamp further ahead than this is a unit or parsing bug.
     max_future_skew_s: float = 86_400.0
+    event_types: frozenset[str] = frozenset({*DEFAULT_EVENT_WEIGHTS, RATING_EVENT})
+    """The `event_type` values an event may carry (compared lower-cased and stripped)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,9 @@ class RawRows:
 @dataclass(frozen=True)
 class ValidatedEvents:
     events: pd.DataFrame
-    """user_id, item_id (str), rating (float, NaN = implicit event), timestamp (int64 Unix s)."""
+    """user_id, item_id (str), rating (float, NaN = implicit event), timestamp (int64 Unix s),
+    event_type (str, lower-case; NA = untyped, as every event of a file without the
+    column)."""
     rejected: pd.DataFrame
     """The offending rows as they were read, plus `row_number`, `reason`, `offending_value`."""
 
@@ -301,6 +311,7 @@ def validate_events(
         reject(outside, f"rating is outside [{rules.min_rating:g}, {rules.max_rating:g}]", rating)
     else:
         rating = pd.Series(np.nan, index=frame.index)
+    event_type = _event_types(frame, rating, rules, reject)
     timestamp = _as_unix_seconds(frame["timestamp"])
     reject(timestamp.isna(), "timestamp is neither Unix seconds nor ISO-8601", frame["timestamp"])
     reject(timestamp < 0, "timestamp is before 1970", frame["timestamp"])
@@ -310,7 +321,9 @@ def validate_events(
         frame["timestamp"],
     )
 
-    events = pd.DataFrame({**ids, "rating": rating, "timestamp": timestamp})
+    events = pd.DataFrame(
+        {**ids, "rating": rating, "timestamp": timestamp, "event_type": event_type}
+    )
     repeated = events[reason.isna()].duplicated(keep="first")
     reject(
         repeated.reindex(frame.index, fill_value=False),
@@ -331,6 +344,30 @@ def validate_events(
     return ValidatedEvents(events=clean, rejected=rejected)
 
 
+def _event_types(
+    frame: pd.DataFrame,
+    rating: pd.Series,
+    rules: ValidationRules,
+    reject: Callable[[pd.Series, str, pd.Series], None],
+) -> pd.Series:
+    """Each row's event type, lower-cased and stripped (sources differ in case and padding,
+    not in meaning); NA where the file has no such column or the row leaves it blank: an
+    untyped event, weighed as every event was before types existed."""
+    if "event_type" not in frame.columns:
+        return pd.Series(pd.NA, index=frame.index, dtype="string")
+    given = frame["event_type"]
+    is_text = given.map(lambda value: isinstance(value, str) or _is_null(value)).astype(bool)
+    reject(~is_text, "event_type is not text", given)
+    kind = given.where(is_text).astype("string").str.strip().str.lower()
+    kind = kind.mask(kind == "")
+    known = ", ".join(sorted(rules.event_types))
+    unknown = kind.notna() & ~kind.isin(rules.event_types)
+    reject(unknown, f"unknown event type (configured: {known})", given)
+    rated_type = kind.eq(RATING_EVENT).fillna(False).astype(bool)
+    reject(rated_type & rating.isna(), "a rating event has no rating", given)
+    return kind
+
+
 def _as_id_strings(values: pd.Series, column: str) -> tuple[pd.Series, pd.Series]:
     """Ids as text ("" for null), and why a value is no id (NA where it is one): ids are text
     or integers, and floats that hold an integer exactly (parquet writers turn integer columns
@@ -343,12 +380,16 @@ def _as_id_strings(values: pd.Series, column: str) -> tuple[pd.Series, pd.Series
     return text, why
 
 
-def _id_text(value: object, column: str) -> tuple[str, str | None]:
-    if (
+def _is_null(value: object) -> bool:
+    return (
         value is None
         or value is pd.NA
         or (isinstance(value, float | np.floating) and np.isnan(value))
-    ):
+    )
+
+
+def _id_text(value: object, column: str) -> tuple[str, str | None]:
+    if _is_null(value):
         return "", None
     if isinstance(value, str):
         return value, None

@@ -28,19 +28,20 @@ SOLVE_BLOCK_USERS = 1024
 
 
 def history_weights(history: pd.DataFrame, family: str, settings: Mapping[str, Any]) -> np.ndarray:
-    """What each (user, item, rating, timestamp) row of a history weighs in its user's vector:
-    the family's rating weighting times the recency decay the settings name. An explicit
-    ALS model fits the ratings themselves and takes them unweighted."""
+    """What each (user, item, rating, weight, timestamp) row of a history (interactions)
+    weighs in its user's vector: the family's weighting of ratings and typed events, times
+    the recency decay the settings name. An explicit ALS model fits the ratings themselves
+    and takes them unweighted."""
     ratings = history["rating"]
     if family == "ease":
         # Versions from before MODEL_FORMAT 2 kept no scale: the history's own top rating.
         scale = settings.get("rating_scale") or rating_scale(ratings)
         weighted = settings.get("rating_weighted")
-        base = ease_weights(ratings, scale) if weighted else np.ones(len(history))
+        base = ease_weights(history, scale) if weighted else np.ones(len(history))
     elif not settings["implicit_prefs"]:
         return ratings.to_numpy(dtype=np.float64)
     elif settings.get("confidence") == "rating":
-        base = rating_confidence(ratings)
+        base = rating_confidence(history)
     else:
         base = np.ones(len(history))
     return base * settings_recency_weights(history, settings)
@@ -90,7 +91,8 @@ def fold_in_als(
 
 
 def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
-    """A model of just the users in `history` (user_id, item_id, rating, timestamp), their
+    """A model of just the users in `history` (interactions: user_id, item_id, rating,
+    timestamp, and the typed events' weight where there are any), their
     vectors folded in against `model`'s items, scored exactly like the model's own users.
 
     Interactions with items the model does not know cannot move a vector and are skipped.

@@ -51,8 +51,14 @@ class ModelCard:
 
 
 def data_fingerprint(interactions: pd.DataFrame) -> str:
-    """A hash of the (user, item, rating, timestamp) rows, independent of their order."""
-    columns = interactions[["user_id", "item_id", "rating", "timestamp"]]
+    """A hash of the (user, item, rating, timestamp) rows, and their typed events' weights
+    where there are any, independent of their order."""
+    names = ["user_id", "item_id", "rating", "timestamp"]
+    # The weights are what the model learns from as much as the ratings: new weights, a new
+    # version. Untyped data has none, and keeps the fingerprint it had before event types.
+    if "weight" in interactions and interactions["weight"].notna().any():
+        names.append("weight")
+    columns = interactions[names]
     row_hashes = np.sort(pd.util.hash_pandas_object(columns, index=False).to_numpy())
     return hashlib.sha256(row_hashes.tobytes()).hexdigest()[:16]
 

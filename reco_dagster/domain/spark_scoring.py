@@ -179,11 +179,13 @@ class SparkFoldIn:
         return self.item_side.card
 
     def recommend(self, seen: pd.DataFrame, k: int) -> pd.DataFrame:
-        """Every user of `seen` (user_id, item_id, rating, timestamp: their history, which is
-        also what they are not offered again) scored from that history: top-k items."""
+        """Every user of `seen` (interactions: their history, which is also what they are not
+        offered again) scored from that history: top-k items."""
         history = self.spark.createDataFrame(
-            seen[list(HISTORY_COLUMNS)].astype({"rating": "float64", "timestamp": "int64"}),
-            "user_id string, item_id string, rating double, timestamp long",
+            seen[list(HISTORY_COLUMNS)].astype(
+                {"rating": "float64", "weight": "float64", "timestamp": "int64"}
+            ),
+            "user_id string, item_id string, rating double, weight double, timestamp long",
         )
         partitions = max(self.spark.sparkContext.defaultParallelism, 1)
         by_user = history.repartition(partitions, "user_id").sortWithinPartitions("user_id")
@@ -214,7 +216,7 @@ class SparkFoldIn:
         )
 
 
-HISTORY_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+HISTORY_COLUMNS = ("user_id", "item_id", "rating", "weight", "timestamp")
 FOLDED_SCHEMA = "user_id string, item_id string, rank int, score double"
 
 
