@@ -35,8 +35,10 @@ from reco_dagster.domain.events import (
     RawRows,
     ValidationRules,
     broken_rows,
+    event_types_weighed_by,
     validate_events,
 )
+from resources.deployment import event_weights
 from resources.store import RecommendationStore
 from resources.whole_files import WholeFiles
 
@@ -90,6 +92,7 @@ def events_route(
 ) -> HTTPRouteHandler:
     max_events = int(os.environ.get("RECO_INGEST_MAX_EVENTS", "1000"))
     max_bytes = int(os.environ.get("RECO_INGEST_MAX_BYTES", str(2**20)))
+    rules = ValidationRules(event_types=event_types_weighed_by(event_weights()))
 
     @post(
         "/events",
@@ -118,7 +121,7 @@ def events_route(
                     "this Idempotency-Key was used with another body", status_code=422
                 )
             return Response(answered.answer, status_code=202)
-        events, rejections = _validated(body, max_events)
+        events, rejections = _validated(body, max_events, rules)
         if events.empty:
             raise ValidationException(
                 "no valid event in the batch",
@@ -143,7 +146,9 @@ def events_route(
     return post_events
 
 
-def _validated(body: bytes, max_events: int) -> tuple[pd.DataFrame, list[Rejection]]:
+def _validated(
+    body: bytes, max_events: int, rules: ValidationRules
+) -> tuple[pd.DataFrame, list[Rejection]]:
     """The batch's valid events, and why each other one was refused."""
     try:
         batch = json.loads(body)
@@ -168,7 +173,7 @@ def _validated(body: bytes, max_events: int) -> tuple[pd.DataFrame, list[Rejecti
             if index not in objects
         }
     )
-    validated = validate_events(RawRows(frame, broken), ValidationRules())
+    validated = validate_events(RawRows(frame, broken), rules)
     rejections = [
         Rejection(int(row.row_number), str(row.reason))
         for row in validated.rejected.itertuples(index=False)

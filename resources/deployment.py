@@ -9,6 +9,7 @@ Cosmos DB). Secrets are only ever read from the environment.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -50,6 +51,16 @@ def data_dir() -> Path:
 
 def sqlite_store_path() -> Path:
     return Path(os.environ.get("RECO_SQLITE_PATH", data_dir() / "reco.sqlite")).resolve()
+
+
+def event_weights() -> dict[str, float]:
+    """The weight of each event type, as JSON in `RECO_EVENT_WEIGHTS` (default
+    `DEFAULT_EVENT_WEIGHTS`): the pipeline weighs events by them and the API accepts the
+    types they name, so both read one setting."""
+    from reco_dagster.domain.events import DEFAULT_EVENT_WEIGHTS, checked_event_weights
+
+    given = os.environ.get("RECO_EVENT_WEIGHTS")
+    return checked_event_weights(json.loads(given) if given else DEFAULT_EVENT_WEIGHTS)
 
 
 def cosmos_settings(secret: Secret) -> dict[str, str | None]:

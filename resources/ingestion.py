@@ -2,7 +2,6 @@
 share. Good rows join the event history, bad rows go to quarantine with a reason each, and a
 file that cannot be read at all is quarantined whole."""
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -13,14 +12,15 @@ from dagster import Config, ConfigurableResource, MetadataValue
 from pydantic import Field, field_validator
 
 from reco_dagster.domain.events import (
-    DEFAULT_EVENT_WEIGHTS,
-    RATING_EVENT,
     UnreadableFileError,
     ValidationRules,
+    checked_event_weights,
+    event_types_weighed_by,
     printable,
     read_event_file,
     validate_events,
 )
+from resources.deployment import event_weights
 from resources.event_history import EventHistory
 from resources.files import FileInfo
 from resources.landing_zone import QUARANTINE, LandingScan, LandingZone
@@ -44,26 +44,20 @@ class EventWeights(ConfigurableResource):
     by their rating) is quarantined. Here rather than with the model settings: ingesting
     needs the types, and the streaming location loads no Spark."""
 
-    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    weights: dict[str, float] = Field(
+        default_factory=event_weights,
+        description="Weight per event type; by default RECO_EVENT_WEIGHTS (JSON), which the "
+        "API's POST /events validates with too.",
+    )
 
     @field_validator("weights")
     @classmethod
     def _positive_and_lower_case(cls, weights: dict[str, float]) -> dict[str, float]:
-        named = {kind.strip().lower(): weight for kind, weight in weights.items()}
-        if RATING_EVENT in named:
-            raise ValueError(f"{RATING_EVENT!r} events count by their rating: give it no weight")
-        if len(named) < len(weights) or not all(
-            k and w > 0 and math.isfinite(w) for k, w in named.items()
-        ):
-            raise ValueError(
-                "event weights need distinct, non-empty type names (compared lower-cased) "
-                f"and positive finite weights: {weights}"
-            )
-        return named
+        return checked_event_weights(weights)
 
     def event_types(self) -> frozenset[str]:
         """The types an event may carry."""
-        return frozenset({*self.weights, RATING_EVENT})
+        return event_types_weighed_by(self.weights)
 
 
 @dataclass

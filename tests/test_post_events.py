@@ -17,6 +17,7 @@ from azure.storage.blob import ContainerClient
 from reco_dagster.automation import new_landing_files
 from reco_dagster.micro_batch import micro_batch
 from resources.files import LocalFiles
+from resources.ingestion import EventWeights
 from resources.landing_zone import LandingZone
 from tests.conftest import api_process, blob_files, live_world, resources, running_api
 from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY
@@ -92,6 +93,25 @@ def test_valid_events_land_and_invalid_ones_are_named_by_index(data_dir):
     assert file.stem == answer["request_id"]
     zone = LandingZone(files=LocalFiles(root=str(data_dir)), settle_s=0)
     assert ingest(zone)["rows_ingested"] == 3
+
+
+def test_event_types_are_the_ones_the_deployment_weighs(data_dir, monkeypatch):
+    monkeypatch.setenv("RECO_EVENT_WEIGHTS", '{" Like ": 1, "share": 3}')
+    batch = [
+        {**event("u1", "i1"), "event_type": "LIKE"},
+        {**event("u1", "i2"), "event_type": "view"},
+        {**event("u1", "i3"), "event_type": "rating"},
+    ]
+    with running_api(data_dir, RECO_INGEST_TOKEN=TOKEN) as base_url:
+        answer = httpx.post(f"{base_url}/events", json=batch, headers=AUTH).json()
+    assert answer["accepted"] == 2
+    [rejection] = answer["rejections"]
+    assert rejection["index"] == 1
+    assert rejection["reason"] == "unknown event type (configured: like, rating, share)"
+    # The pipeline reads the same setting, so what the API accepted is ingested whole.
+    assert EventWeights().weights == {"like": 1, "share": 3}
+    zone = LandingZone(files=LocalFiles(root=str(data_dir)), settle_s=0)
+    assert ingest(zone)["rows_ingested"] == 2
 
 
 def test_an_accepted_batch_survives_the_api_killed_right_after_its_answer(data_dir):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import numbers
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -24,6 +25,31 @@ RATING_EVENT = "rating"
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 """What each typed event says about a user's interest, relative to the others (the
 deployment's `event_weights` resource sets them)."""
+
+
+def checked_event_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """`weights` with their type names lower-cased and stripped, as events' types are; a
+    ValueError for a weight on `rating`, names that collide or are empty, or weights that are
+    not positive and finite."""
+    named = {str(kind).strip().lower(): weight for kind, weight in weights.items()}
+    if RATING_EVENT in named:
+        raise ValueError(f"{RATING_EVENT!r} events count by their rating: give it no weight")
+    if len(named) < len(weights) or not all(
+        kind and isinstance(weight, int | float) and weight > 0 and math.isfinite(weight)
+        for kind, weight in named.items()
+    ):
+        raise ValueError(
+            "event weights need distinct, non-empty type names (compared lower-cased) "
+            f"and positive finite weights: {dict(weights)}"
+        )
+    return named
+
+
+def event_types_weighed_by(weights: Mapping[str, float]) -> frozenset[str]:
+    """The types an event may carry: the weighed ones, and `rating`."""
+    return frozenset({*weights, RATING_EVENT})
+
+
 FORMATS = (".parquet", ".csv", ".jsonl", ".avro")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 MAX_EXPANDED_BYTES = 2 * 1024**3
@@ -56,7 +82,7 @@ class ValidationRules:
     max_rating: float = 5.0
     # Clocks disagree a little; a timestamp further ahead than this is a unit or parsing bug.
     max_future_skew_s: float = 86_400.0
-    event_types: frozenset[str] = frozenset({*DEFAULT_EVENT_WEIGHTS, RATING_EVENT})
+    event_types: frozenset[str] = event_types_weighed_by(DEFAULT_EVENT_WEIGHTS)
     """The `event_type` values an event may carry (compared lower-cased and stripped)."""
 
 
