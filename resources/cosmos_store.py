@@ -1,6 +1,6 @@
 """The production store: Azure Cosmos DB (NoSQL API), behind the same interface as SQLite.
 
-Documents, in three containers of one database:
+Documents, in four containers of one database:
 - `user_recommendations`, partitioned by `/user_id`: one document per (user, version) with
   `id` = version, so a lookup is one point read (id, partition key) and a re-run of a publish
   overwrites the same documents: no duplicates.
@@ -11,6 +11,8 @@ Documents, in three containers of one database:
   write. A version is only switched to once its record says its lists are complete, and the
   record says so only after the last document was written: a publish that died half-way is
   never served, and running it again completes it.
+- `forgotten_users`, partitioned by `/id`: one tombstone per forgotten user, its id the
+  user's `user_key` (a hash; the user id itself only while the erasure is pending).
 
 Cosmos DB has no transaction across documents, so concurrent writers (a publish, the switch,
 a purge, an admin's rollback, micro-batches) coordinate by conditional writes: a document is
@@ -32,6 +34,11 @@ complete" under any interleaving:
   version wrote again since is kept.
 - A user's list is replaced or created only over one ranked from no more of the user's events
   (`history_events`; documents written before the mark existed count as 0).
+- `forget_user` writes the tombstone, then deletes the user's documents one by one (no
+  transactional batch here: the local stand-in has none). Writers of lists leave out the users
+  with a tombstone, and once written, look again and delete what a tombstone recorded
+  meanwhile covers: a list written before the tombstone is deleted by `forget_user`, one
+  written after it by its writer.
 """
 
 from __future__ import annotations
@@ -58,16 +65,20 @@ from azure.cosmos.exceptions import (
 )
 from pydantic import PrivateAttr
 
+from reco_dagster.domain.forgetting import user_key
 from resources.store import (
+    ForgetReceipt,
     Item,
     Lookup,
     ModelVersion,
     RecommendationStore,
+    Tombstone,
     VersionNotPublishableError,
     WriteReport,
 )
 
 USERS, SIMILAR, MODELS = "user_recommendations", "similar_items", "models"
+FORGOTTEN = "forgotten_users"
 LIVE_POINTER = "~live"
 """The pointer's id; model versions never start with "~" (see `register`)."""
 
@@ -123,7 +134,7 @@ class CosmosRecommendationStore(RecommendationStore):
             read_timeout=self.request_timeout_s,
         )
         database = self._retrying(lambda: client.create_database_if_not_exists(self.database))
-        keys = {USERS: "/user_id", SIMILAR: "/item_id", MODELS: "/id"}
+        keys = {USERS: "/user_id", SIMILAR: "/item_id", MODELS: "/id", FORGOTTEN: "/id"}
         return {
             name: self._retrying(
                 lambda name=name, path=path: database.create_container_if_not_exists(
@@ -332,7 +343,7 @@ class CosmosRecommendationStore(RecommendationStore):
                 f"version {version} is live (or going live); it cannot be written"
             )
         marks = history_events or {}
-        users = {user: items for user, items in user_lists}
+        users = dict(_leaving_out(self._forgotten_keys(), user_lists))
         neighbours = {item: items for item, items in similar}
         requests = self._upserts(
             USERS,
@@ -348,6 +359,7 @@ class CosmosRecommendationStore(RecommendationStore):
             requests += self._deletes(USERS, "user_id", version, set(users))
             requests += self._deletes(SIMILAR, "item_id", version, set(neighbours))
         report = self._bulk(requests)
+        self._delete_lists_of_forgotten(version, users)
 
         # Last: the record says the lists are complete only once every document is written,
         # and only if no purge or other publish of the version took them over meanwhile.
@@ -406,6 +418,7 @@ class CosmosRecommendationStore(RecommendationStore):
     ) -> bool:
         if self.live_version() != version:
             return False
+        user_lists = list(_leaving_out(self._forgotten_keys(), user_lists))
 
         def refresh(hook: Callable, user: str, items: list[Item]) -> None:
             mark = history_events[user]
@@ -419,6 +432,7 @@ class CosmosRecommendationStore(RecommendationStore):
             )
 
         self._bulk([partial(refresh, user=user, items=items) for user, items in user_lists])
+        self._delete_lists_of_forgotten(version, [user for user, _ in user_lists])
         return self._bump_revision(version)
 
     def remove_from_live_lists(
@@ -483,7 +497,10 @@ class CosmosRecommendationStore(RecommendationStore):
         record = self._record(version)
         if record is None or "popular" not in record:
             return None
-        return Lookup(version, "popular", record["popular"][:k])
+        # One more point read, for users without a list only: a forgotten user has none.
+        key = user_key(user_id)
+        forgotten = self._read(FORGOTTEN, key, key) is not None
+        return Lookup(version, "popular", record["popular"][:k], forgotten)
 
     def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
         version = self.live_version()
@@ -529,6 +546,109 @@ class CosmosRecommendationStore(RecommendationStore):
             )
             purged.append(version)
         return purged
+
+    def forget_user(self, user_id: str) -> ForgetReceipt:
+        key, now = user_key(user_id), _now()
+
+        def forgetting(stored: dict | None) -> dict:
+            first = stored or {"id": key, "requested_at": now}
+            return first | {"user_id": user_id, "pending_since": now, "erased_at": None}
+
+        # First the tombstone: from then on every writer of lists leaves the user out.
+        tombstone = self._retrying(lambda: self._rewrite(FORGOTTEN, key, key, forgetting))
+        versions = self._delete_lists(user_id)
+        if versions:
+            live = self.live_version()
+            if live is not None:
+                self._bump_revision(live)  # caches in front of lookups drop the user's list
+        return ForgetReceipt(_tombstone(tombstone), len(versions), versions)
+
+    def _delete_lists(self, user_id: str, versions: Collection[str] | None = None) -> list[str]:
+        """Delete the user's list in these versions (all: None), whatever was written since
+        they were listed; returns the versions it was deleted from."""
+        listed = self._query(USERS, "SELECT VALUE c.id FROM c WHERE c.user_id = @u", u=user_id)
+        doomed = sorted(version for version in listed if versions is None or version in versions)
+        proxy = self._container(USERS)
+        for version in doomed:
+            with suppress(CosmosResourceNotFoundError):
+                self._retrying(lambda v=version: proxy.delete_item(v, partition_key=user_id))
+        return doomed
+
+    def _forgotten_keys(self) -> set[str]:
+        return set(self._query(FORGOTTEN, "SELECT VALUE c.id FROM c"))
+
+    def _delete_lists_of_forgotten(self, version: str, users: Iterable[str]) -> None:
+        """After writing these users' lists into `version`: delete those of users forgotten
+        meanwhile (their `forget_user` may have listed the user's documents before these)."""
+        forgotten = self._forgotten_keys()
+        for user in users if forgotten else ():
+            if user_key(user) in forgotten:
+                self._delete_lists(user, [version])
+
+    def tombstones(self) -> list[Tombstone]:
+        stored = self._query(FORGOTTEN, "SELECT * FROM c")
+        return sorted(
+            (_tombstone(document) for document in stored),
+            key=lambda tombstone: (tombstone.requested_at, tombstone.user_key),
+        )
+
+    def lift_tombstone(self, user_id: str) -> Tombstone | None:
+        key = user_key(user_id)
+        stored = self._read(FORGOTTEN, key, key)
+        if stored is None:
+            return None
+        with suppress(CosmosResourceNotFoundError):
+            self._retrying(lambda: self._container(FORGOTTEN).delete_item(key, partition_key=key))
+        return _tombstone(stored)
+
+    def reopen_tombstones(self, user_ids: Collection[str]) -> None:
+        now = _now()
+        for user in set(user_ids):
+            key = user_key(user)
+            self._retrying(
+                lambda key=key, user=user: self._rewrite(
+                    FORGOTTEN,
+                    key,
+                    key,
+                    lambda stored: (
+                        stored | {"user_id": user, "pending_since": now, "erased_at": None}
+                        if stored
+                        else None
+                    ),
+                )
+            )
+
+    def mark_erased(self, user_keys: Collection[str], swept_from: str) -> list[str]:
+        # Cosmos DB itself keeps no deleted document or overwritten value to rewrite.
+        def erased(stored: dict | None) -> dict | None:
+            if stored is None or stored["erased_at"] is not None:
+                return None
+            if stored["pending_since"] > swept_from:
+                return None
+            return stored | {"user_id": None, "erased_at": _now()}
+
+        return [
+            key
+            for key in sorted(set(user_keys))
+            if self._retrying(lambda key=key: self._rewrite(FORGOTTEN, key, key, erased))
+        ]
+
+
+def _leaving_out(forgotten: set[str], pairs: Iterable[tuple[str, T]]) -> Iterable[tuple[str, T]]:
+    """The (user, ...) pairs of users not forgotten; without tombstones no id is hashed."""
+    if not forgotten:
+        return pairs
+    return ((user, value) for user, value in pairs if user_key(user) not in forgotten)
+
+
+def _tombstone(document: dict) -> Tombstone:
+    return Tombstone(
+        user_key=document["id"],
+        user_id=document["user_id"],
+        requested_at=document["requested_at"],
+        pending_since=document["pending_since"],
+        erased_at=document["erased_at"],
+    )
 
 
 def _delete(proxy: ContainerProxy, item: str, partition: str, etag: str, hook: Callable) -> None:

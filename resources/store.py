@@ -13,6 +13,11 @@ once in different processes. Every store keeps two promises under any interleavi
 SQLite keeps them by making each check and the write it guards one transaction
 (`BEGIN IMMEDIATE` takes the write lock before the check); Cosmos DB by conditional writes
 (see resources/cosmos_store.py).
+
+A third promise: a forgotten user (`forget_user`, until `lift_tombstone`) has no list in any
+version, whatever writer races the deletion. The tombstone is written before the lists are
+deleted, and every list write checks the tombstones: in its transaction (SQLite), or after
+writing, deleting what a tombstone recorded meanwhile covers (Cosmos DB).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 from pydantic import BaseModel, PrivateAttr
 
+from reco_dagster.domain.forgetting import user_key
 from reco_dagster.domain.lists import Item
 
 
@@ -46,6 +52,39 @@ class Lookup:
     model_version: str
     source: Literal["personal", "popular"]
     items: list[Item]
+    forgotten: bool = False
+    """The user has a tombstone (and so the popular list): nothing about them is to be kept,
+    not even that they asked (the API's served-list log leaves them out)."""
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A forgotten user: no lists, and their events ignored, until the tombstone is lifted."""
+
+    user_key: str
+    """`user_key(user_id)`: what recognises the user's events once the id is erased."""
+    user_id: str | None
+    """Kept only while the erasure is pending: `forget_users` searches text that cannot be
+    split into rows for it. None once erased."""
+    requested_at: str
+    """When the user was first forgotten (ISO-8601 UTC)."""
+    pending_since: str
+    """The latest request, or the latest arrival of the user's events (ingestion drops them,
+    but they are in the landing files): an erasure that starts later completes it."""
+    erased_at: str | None
+    """When an erasure last removed everything of the user; None while one is pending."""
+
+    @property
+    def state(self) -> Literal["pending", "erased"]:
+        return "pending" if self.erased_at is None else "erased"
+
+
+@dataclass(frozen=True)
+class ForgetReceipt:
+    tombstone: Tombstone
+    lists_deleted: int
+    versions: list[str]
+    """The versions the user had a list in."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +214,33 @@ class RecommendationStore(BaseModel):
         ones and candidates never served); returns the purged versions."""
         raise NotImplementedError
 
+    def forget_user(self, user_id: str) -> ForgetReceipt:
+        """Record a tombstone for the user (pending erasure; a user forgotten already keeps
+        the first request's time), then delete the user's list in every version: from then
+        on no write puts one back, and a lookup answers as for an unknown user."""
+        raise NotImplementedError
+
+    def tombstones(self) -> list[Tombstone]:
+        """Every tombstone, the oldest request first."""
+        raise NotImplementedError
+
+    def lift_tombstone(self, user_id: str) -> Tombstone | None:
+        """Stop forgetting a user (their next events count again; nothing erased comes back);
+        the tombstone lifted, None when there was none."""
+        raise NotImplementedError
+
+    def reopen_tombstones(self, user_ids: Collection[str]) -> None:
+        """Events of these forgotten users arrived again (ingestion left them out, the landing
+        files still hold them): their erasure is pending again, with their ids."""
+        raise NotImplementedError
+
+    def mark_erased(self, user_keys: Collection[str], swept_from: str) -> list[str]:
+        """The erasure that started at `swept_from` (ISO-8601 UTC) removed these users from
+        every file: their tombstones say so and drop the id, unless they became pending again
+        after it started. Afterwards the store keeps no copy of a deleted list or id in its
+        own storage either. Returns the keys marked erased."""
+        raise NotImplementedError
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -205,11 +271,19 @@ CREATE TABLE IF NOT EXISTS live (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     version TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tombstones (
+    user_key TEXT PRIMARY KEY,
+    user_id TEXT,
+    requested_at TEXT NOT NULL,
+    pending_since TEXT NOT NULL,
+    erased_at TEXT
+) WITHOUT ROWID;
 """
 
 _LOOKUP = """
 WITH target(version) AS (SELECT COALESCE(?, (SELECT version FROM live WHERE id = 1)))
-SELECT target.version, personal.items IS NOT NULL, COALESCE(personal.items, popular.items)
+SELECT target.version, personal.items IS NOT NULL, COALESCE(personal.items, popular.items),
+    EXISTS (SELECT 1 FROM tombstones WHERE user_key = ?)
 FROM target
 JOIN popular_items AS popular ON popular.version = target.version
 LEFT JOIN user_recommendations AS personal
@@ -224,6 +298,7 @@ _REFRESH_USER = (
     _INSERT_USER + " ON CONFLICT (version, user_id) DO UPDATE SET items = excluded.items, "
     "history_events = excluded.history_events WHERE history_events <= excluded.history_events"
 )
+_TOMBSTONE_COLUMNS = "user_key, user_id, requested_at, pending_since, erased_at"
 
 
 @contextmanager
@@ -260,6 +335,15 @@ def _add_history_events(connection: sqlite3.Connection) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _not_forgotten(connection: sqlite3.Connection, rows: list[tuple]) -> list[tuple]:
+    """User list rows (version, user_id, ...) without those of forgotten users; read inside
+    the write's transaction, so a tombstone is either seen here or written after the lists."""
+    forgotten = {key for (key,) in connection.execute("SELECT user_key FROM tombstones")}
+    if not forgotten:
+        return rows
+    return [row for row in rows if user_key(row[1]) not in forgotten]
 
 
 _decode_items = msgspec.json.Decoder().decode
@@ -323,6 +407,7 @@ class SqliteRecommendationStore(RecommendationStore):
                 raise VersionNotPublishableError(
                     f"version {version} is {state}; it cannot be written"
                 )
+            rows = _not_forgotten(connection, rows)
             connection.execute("DELETE FROM user_recommendations WHERE version = ?", (version,))
             connection.executemany(_INSERT_USER, rows)
             connection.execute("DELETE FROM similar_items WHERE version = ?", (version,))
@@ -372,7 +457,7 @@ class SqliteRecommendationStore(RecommendationStore):
             live = connection.execute("SELECT version FROM live WHERE id = 1").fetchone()
             if live is None or live[0] != version:
                 return False
-            connection.executemany(_REFRESH_USER, rows)
+            connection.executemany(_REFRESH_USER, _not_forgotten(connection, rows))
         return True
 
     def remove_from_live_lists(
@@ -414,16 +499,17 @@ class SqliteRecommendationStore(RecommendationStore):
     ) -> Lookup | None:
         row = (
             self._connection()
-            .execute(_LOOKUP, (version, None if popular_only else user_id))
+            .execute(_LOOKUP, (version, user_key(user_id), None if popular_only else user_id))
             .fetchone()
         )
         if row is None:
             return None
-        version, is_personal, items = row
+        version, is_personal, items, forgotten = row
         return Lookup(
             model_version=version,
             source="personal" if is_personal else "popular",
             items=_decode_items(items)[:k],
+            forgotten=bool(forgotten),
         )
 
     def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
@@ -463,3 +549,79 @@ class SqliteRecommendationStore(RecommendationStore):
                 for table in ("user_recommendations", "similar_items", "popular_items"):
                     connection.execute(f"DELETE FROM {table} WHERE version = ?", (version,))
         return purged
+
+    def forget_user(self, user_id: str) -> ForgetReceipt:
+        key, now = user_key(user_id), _now()
+        with _writing(self._connection()) as connection:
+            connection.execute(
+                f"INSERT INTO tombstones ({_TOMBSTONE_COLUMNS}) VALUES (?, ?, ?, ?, NULL) "
+                "ON CONFLICT (user_key) DO UPDATE SET user_id = excluded.user_id, "
+                "pending_since = excluded.pending_since, erased_at = NULL",
+                (key, user_id, now, now),
+            )
+            # Through the primary key, version by version, rather than a scan of every list.
+            versions = connection.execute(
+                "DELETE FROM user_recommendations WHERE user_id = ? "
+                "AND version IN (SELECT version FROM model_versions) RETURNING version",
+                (user_id,),
+            ).fetchall()
+            tombstone = self._tombstone(connection, key)
+        return ForgetReceipt(tombstone, len(versions), sorted(version for (version,) in versions))
+
+    @staticmethod
+    def _tombstone(connection: sqlite3.Connection, key: str) -> Tombstone:
+        row = connection.execute(
+            f"SELECT {_TOMBSTONE_COLUMNS} FROM tombstones WHERE user_key = ?", (key,)
+        ).fetchone()
+        return Tombstone(*row)
+
+    def tombstones(self) -> list[Tombstone]:
+        rows = self._connection().execute(
+            f"SELECT {_TOMBSTONE_COLUMNS} FROM tombstones ORDER BY requested_at, user_key"
+        )
+        return [Tombstone(*row) for row in rows]
+
+    def lift_tombstone(self, user_id: str) -> Tombstone | None:
+        row = (
+            self._connection()
+            .execute(
+                f"DELETE FROM tombstones WHERE user_key = ? RETURNING {_TOMBSTONE_COLUMNS}",
+                (user_key(user_id),),
+            )
+            .fetchone()
+        )
+        return Tombstone(*row) if row else None
+
+    def reopen_tombstones(self, user_ids: Collection[str]) -> None:
+        now = _now()
+        with _writing(self._connection()) as connection:
+            connection.executemany(
+                "UPDATE tombstones SET user_id = ?, pending_since = ?, erased_at = NULL "
+                "WHERE user_key = ?",
+                [(user, now, user_key(user)) for user in set(user_ids)],
+            )
+
+    def mark_erased(self, user_keys: Collection[str], swept_from: str) -> list[str]:
+        connection = self._connection()
+        with _writing(connection):
+            marked = [
+                key
+                for key in sorted(set(user_keys))
+                if connection.execute(
+                    "UPDATE tombstones SET user_id = NULL, erased_at = ? "
+                    "WHERE user_key = ? AND erased_at IS NULL AND pending_since <= ? "
+                    "RETURNING user_key",
+                    (_now(), key, swept_from),
+                ).fetchone()
+            ]
+        # Deleted rows and overwritten ids stay in the file's free space and in the WAL until
+        # both are rewritten: the database copied afresh, then the WAL emptied (waiting for
+        # readers still on older pages, up to the connection's busy timeout).
+        connection.execute("VACUUM")
+        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise sqlite3.OperationalError(
+                f"{self.path}: readers kept the write-ahead log from being emptied; run the "
+                "erasure again"
+            )
+        return marked

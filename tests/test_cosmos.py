@@ -130,3 +130,38 @@ def test_a_rollback_between_a_purges_check_and_its_mark_keeps_the_version(cosmos
     assert store.purge_old_versions(keep=1) == []
     assert rolled_back and store.live_version() == "v1"
     assert store.lookup("u7", 1).items[0]["item_id"] == "v1-7-0"
+
+
+@pytest.mark.parametrize("writer", ["refresh", "publish"])
+def test_a_list_written_while_its_user_is_being_forgotten_does_not_survive(
+    cosmos, monkeypatch, writer
+):
+    """The writer checked the tombstones before forget_user wrote one, and writes the user's
+    list after forget_user deleted the user's documents: the writer's own look afterwards
+    deletes it."""
+    database = f"t{uuid.uuid4().hex}"
+    store, rival = open_store(cosmos, database), open_store(cosmos, database)
+    store.register("v1", {"family": "als"})
+    store.write_version("v1", lists("v1"), POPULAR)
+    store.activate("v1")
+    # Right before the refresh reads u1's list to replace it, or the publish writes it.
+    forgotten = interleave(
+        monkeypatch,
+        ContainerProxy,
+        "read_item" if writer == "refresh" else "upsert_item",
+        lambda: rival.forget_user("u1"),
+        before=True,
+        when=lambda proxy, item, *_: (
+            proxy.id == USERS and (writer == "refresh" or item["user_id"] == "u1")
+        ),
+    )
+    if writer == "refresh":
+        assert store.update_live_users("v1", [("u1", [{"item_id": "late"}])], {"u1": 9})
+    else:
+        store.register("v2", {"family": "als"})
+        store.write_version("v2", lists("v2"), POPULAR)
+        store.activate("v2")
+    assert forgotten and forgotten[0].versions == ["v1"]
+    assert store.lookup("u1", 1).source == "popular"
+    assert "u1" not in documents_of(cosmos, database, store.live_version())
+    assert store.lookup("u2", 1).source == "personal"

@@ -5,10 +5,12 @@ import contextlib
 import sqlite3
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from azure.cosmos import ContainerProxy
 
+from reco_dagster.domain.forgetting import user_key
 from resources.cosmos_store import LIVE_POINTER, CosmosRecommendationStore
 from resources.store import SqliteRecommendationStore, VersionNotPublishableError
 from tests.servers.azure import COSMOS_EMULATOR_KEY
@@ -323,3 +325,89 @@ def test_a_sqlite_file_from_before_the_freshness_marks_gets_them(tmp_path):
     assert store.lookup("u1", 1).items[0]["item_id"] == "v1-1-0"
     assert store.update_live_users("v1", [("u1", [{"item_id": "fresh"}])], {"u1": 1})
     assert store.lookup("u1", 1).items[0]["item_id"] == "fresh"
+
+
+def test_forgetting_a_user_deletes_their_list_in_every_version_at_once(store, open_store):
+    for version in ("v1", "v2", "v3"):
+        publish(store, version)
+    store.activate("v1")
+    store.activate("v2")  # v1 retired, v3 a candidate: every kept version has u3's list
+    watcher = open_store()
+    before = watcher.change_token()
+    receipt = store.forget_user("u3")
+    assert (receipt.lists_deleted, receipt.versions) == (3, ["v1", "v2", "v3"])
+    tombstone = receipt.tombstone
+    assert (tombstone.user_id, tombstone.state) == ("u3", "pending")
+    assert (
+        tombstone.user_key == user_key("u3") and tombstone.pending_since == tombstone.requested_at
+    )
+    assert watcher.change_token() != before
+    for version in (None, "v1", "v2", "v3"):
+        found = watcher.lookup("u3", 10, version=version)
+        assert (found.source, found.items, found.forgotten) == ("popular", POPULAR, True)
+    assert watcher.lookup("u4", 1).source == "personal"
+    assert not watcher.lookup("nobody", 1).forgotten
+    assert watcher.tombstones() == [tombstone]
+    again = store.forget_user("u3")
+    assert again.lists_deleted == 0 and again.tombstone.requested_at == tombstone.requested_at
+
+
+def test_no_writer_puts_a_forgotten_users_list_back_until_the_tombstone_is_lifted(store):
+    publish(store, "v1")
+    store.activate("v1")
+    store.forget_user("u1")
+    fresh = [("u1", [{"item_id": "back"}]), ("u2", [{"item_id": "new"}])]
+    assert store.update_live_users("v1", fresh, {"u1": 9, "u2": 9})
+    assert store.lookup("u1", 1).source == "popular"
+    assert store.lookup("u2", 1).items == [{"item_id": "new"}]
+    assert publish(store, "v2").users == 49
+    store.activate("v2")
+    assert store.lookup("u1", 1).source == "popular"
+    lifted = store.lift_tombstone("u1")
+    assert lifted.user_key == user_key("u1") and store.tombstones() == []
+    assert store.lift_tombstone("u1") is None
+    assert store.update_live_users("v2", fresh[:1], {"u1": 1})
+    found = store.lookup("u1", 1)
+    assert (found.source, found.forgotten) == ("personal", False)
+
+
+def test_an_erasure_completes_a_tombstone_unless_the_users_events_came_again(store):
+    forgotten = store.forget_user("u1").tombstone
+    swept_from = datetime.now(UTC).isoformat()
+    assert store.mark_erased([forgotten.user_key, user_key("nobody")], swept_from) == [
+        forgotten.user_key
+    ]
+    [erased] = store.tombstones()
+    assert (erased.state, erased.user_id, erased.requested_at) == (
+        "erased",
+        None,
+        forgotten.requested_at,
+    )
+    assert erased.erased_at >= swept_from
+    store.reopen_tombstones(["u1", "never-forgotten"])
+    [reopened] = store.tombstones()
+    assert (reopened.state, reopened.user_id) == ("pending", "u1")
+    assert reopened.pending_since > swept_from
+    # An erasure that started before the events came again did not remove them.
+    assert store.mark_erased([forgotten.user_key], swept_from) == []
+    later = datetime.now(UTC).isoformat()
+    assert store.mark_erased([forgotten.user_key], later) == [forgotten.user_key]
+
+
+def test_an_erased_user_leaves_no_bytes_in_the_sqlite_files(tmp_path):
+    store = SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
+    forgotten = "forget-me-7f3a"
+    for version in ("v1", "v2"):
+        publish(store, version, [*lists(version), (forgotten, [{"item_id": "i1"}])])
+        store.activate(version)
+    for events in range(1, 4):  # each refresh leaves the old row's bytes in free space
+        store.update_live_users(
+            "v2", [(forgotten, [{"item_id": f"i{events}"}])], {forgotten: events}
+        )
+    reader = SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
+    assert reader.lookup(forgotten, 1).source == "personal"
+    key = store.forget_user(forgotten).tombstone.user_key
+    assert store.mark_erased([key], datetime.now(UTC).isoformat()) == [key]
+    assert reader.lookup(forgotten, 1).forgotten
+    for path in tmp_path.iterdir():
+        assert forgotten.encode() not in path.read_bytes(), path.name
