@@ -22,7 +22,7 @@ _CAPTURE_NAME = re.compile(r"(?:^|/)([^/]+)/\d{4}(?:/\d\d){5}\.avro$", re.IGNORE
 _DOTNET_TIME = "%m/%d/%Y %I:%M:%S %p"
 
 
-class _UnreadableBody(ValueError):
+class UnreadableBodyError(ValueError):
     """A record's body that holds no events: the record is one quarantined row."""
 
 
@@ -45,13 +45,13 @@ def capture_rows(name: str, data: bytes, required: tuple[str, ...]) -> RawRows:
     for record in records:
         where = (partition, record["SequenceNumber"])
         try:
-            body_events = _body_events(record["Body"])
-        except _UnreadableBody as error:
+            events_of_body = body_events(record["Body"])
+        except UnreadableBodyError as error:
             number = len(origin) + 1
             broken[number] = (str(error), _as_text(record["Body"]))
             origin[number] = where
             continue
-        for event in body_events:
+        for event in events_of_body:
             number = len(origin) + 1
             if event.get("timestamp") is None:
                 event["timestamp"] = enqueued_seconds(record["EnqueuedTimeUtc"])
@@ -93,20 +93,22 @@ def _field_names(schema: object) -> set[str]:
     return {field["name"] for field in fields}
 
 
-def _body_events(body: bytes | None) -> list[dict]:
+def body_events(body: bytes | None) -> list[dict]:
     if body is None:
-        raise _UnreadableBody("record has no body")
+        raise UnreadableBodyError("record has no body")
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise _UnreadableBody(f"body is not UTF-8: byte {error.start} ({error.reason})") from None
+        raise UnreadableBodyError(
+            f"body is not UTF-8: byte {error.start} ({error.reason})"
+        ) from None
     try:
         parsed = json.loads(text)
     except ValueError as error:
-        raise _UnreadableBody(f"body is not JSON: {error}") from None
+        raise UnreadableBodyError(f"body is not JSON: {error}") from None
     events = parsed if isinstance(parsed, list) else [parsed]
     if not all(isinstance(event, dict) for event in events):
-        raise _UnreadableBody("body is not a JSON object or an array of objects")
+        raise UnreadableBodyError("body is not a JSON object or an array of objects")
     return events
 
 

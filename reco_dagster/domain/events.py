@@ -9,7 +9,7 @@ import math
 import numbers
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -148,17 +148,7 @@ def read_table_file(name: str, data: bytes, required: tuple[str, ...]) -> RawRow
     if kind is None:
         raise UnreadableFileError(f"unsupported file type {PurePosixPath(name).suffix!r}")
     suffix, compression = kind
-    try:
-        if compression is not None:
-            stream = pa.input_stream(pa.py_buffer(data), compression=compression)
-            data = stream.read(MAX_EXPANDED_BYTES + 1)
-    except Exception as error:
-        raise UnreadableFileError(f"cannot decompress ({compression}): {error}") from error
-    if len(data) > MAX_EXPANDED_BYTES:
-        raise UnreadableFileError(
-            f"expands past {MAX_EXPANDED_BYTES:,} bytes ({compression}); "
-            "split it into smaller files"
-        )
+    data = decompressed(data, compression)
     if not data.strip():
         raise UnreadableFileError("file is empty")
     try:
@@ -189,6 +179,24 @@ def read_table_file(name: str, data: bytes, required: tuple[str, ...]) -> RawRow
     if rows.frame.empty and rows.broken.empty:
         raise UnreadableFileError("file has a header but no rows")
     return rows
+
+
+def decompressed(data: bytes, compression: str | None) -> bytes:
+    """A landing file's bytes as its format reads them (`file_format`'s compression undone);
+    UnreadableFileError when they cannot be, or expand past MAX_EXPANDED_BYTES."""
+    if compression is None:
+        return data
+    try:
+        stream = pa.input_stream(pa.py_buffer(data), compression=compression)
+        data = stream.read(MAX_EXPANDED_BYTES + 1)
+    except Exception as error:
+        raise UnreadableFileError(f"cannot decompress ({compression}): {error}") from error
+    if len(data) > MAX_EXPANDED_BYTES:
+        raise UnreadableFileError(
+            f"expands past {MAX_EXPANDED_BYTES:,} bytes ({compression}); "
+            "split it into smaller files"
+        )
+    return data
 
 
 def read_event_file(name: str, data: bytes) -> RawRows:
@@ -232,22 +240,48 @@ def _arrow_column(column: pa.ChunkedArray) -> pd.Series:
     return pd.Series(column.to_pylist(), dtype=object)
 
 
-def _csv_rows(text: str) -> RawRows:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    numbers, rows, broken = [], [], {}
+@dataclass(frozen=True)
+class CsvRecord:
+    lines: slice
+    """Where it is among the text's lines (as `csv_lines` splits them), its start + 1 being
+    its row number."""
+    fields: list[str] | None
+    error: str | None = None
+    """Why the record is no CSV row (then `fields` is None)."""
+
+
+def csv_lines(text: str) -> list[str]:
+    """A CSV text's lines, each with its ending, as the CSV reader counts them."""
+    return io.StringIO(text, newline="").readlines()
+
+
+def csv_records(lines: list[str]) -> Iterator[CsvRecord]:
+    """The records of a CSV text's lines (`csv_lines`), each with the lines it spans: a
+    quoted field may hold line breaks."""
+    reader = csv.reader(iter(lines))
     last_line = 0
     while True:
-        start = last_line + 1
+        start = last_line
         try:
             fields = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as error:
-            broken[start] = (f"not a CSV row: {error}", "")
             last_line = reader.line_num
+            yield CsvRecord(slice(start, last_line), None, f"not a CSV row: {error}")
             continue
         last_line = reader.line_num
+        yield CsvRecord(slice(start, last_line), fields)
+
+
+def _csv_rows(text: str) -> RawRows:
+    header: list[str] | None = None
+    numbers, rows, broken = [], [], {}
+    for record in csv_records(csv_lines(text)):
+        start, fields = record.lines.start + 1, record.fields
+        if fields is None:
+            broken[start] = (record.error, "")
+            continue
         if not fields:
             continue
         if header is None:
@@ -392,6 +426,12 @@ def _event_types(
     rated_type = kind.eq(RATING_EVENT).fillna(False).astype(bool)
     reject(rated_type & rating.isna(), "a rating event has no rating", given)
     return kind
+
+
+def validated_ids(values: pd.Series) -> pd.Series:
+    """Ids as validation keeps them, stripped; "" where a row has none it would accept."""
+    text, wrong_type = _as_id_strings(values, "id")
+    return text.mask(wrong_type.notna(), "").str.strip()
 
 
 def _as_id_strings(values: pd.Series, column: str) -> tuple[pd.Series, pd.Series]:
