@@ -9,6 +9,7 @@ from dagster import (
     Config,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -22,6 +23,7 @@ from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
 from resources.served_log import ServedListLog
 from resources.settings import BatchScoring, EvaluationProtocol
+from resources.store import RecommendationStore
 
 
 def build_evaluation(family: str) -> AssetsDefinition:
@@ -107,11 +109,18 @@ def online_evaluation(
     config: OnlineEvaluationConfig,
     event_history: EventHistory,
     served_log: ServedListLog,
+    store: ResourceParam[RecommendationStore],
 ) -> Output[pd.DataFrame]:
     """The hit rate of served lists per A/B variant and model version: the API's log of
-    served lists joined with the events that arrived after them."""
+    served lists joined with the events that arrived after them (forgotten users' neither)."""
+    forgotten = store.forgotten()
     events = event_history.all_events()
-    summary = served_hit_rate_in_chunks(served_log.served_lists(), events, config.window_s)
+    events = events[~forgotten.mask(events["user_id"].astype("string")).to_numpy()]
+    served = (
+        chunk[~forgotten.mask(chunk["user_id"].astype("string")).to_numpy()]
+        for chunk in served_log.served_lists()
+    )
+    summary = served_hit_rate_in_chunks(served, events, config.window_s)
     if summary.empty:
         context.log.info("No served lists logged yet")
     return Output(

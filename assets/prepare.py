@@ -8,6 +8,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
     multi_asset,
 )
@@ -18,6 +19,7 @@ from resources.event_history import EventHistory
 from resources.ingestion import EventWeights
 from resources.landing_zone import LANDING, LandingZone
 from resources.settings import EvaluationProtocol
+from resources.store import RecommendationStore
 
 
 @asset(group_name="prepare", deps=[raw_events], kinds={"parquet"})
@@ -43,10 +45,14 @@ def interactions(
     landing_zone: LandingZone,
     event_history: EventHistory,
     event_weights: EventWeights,
+    store: ResourceParam[RecommendationStore],
 ) -> Output[pd.DataFrame]:
     """Deduplicated interactions, one row per (user, item), with dense integer indices and
-    the weight of their typed events, from the snapshot `history_by_user` wrote."""
+    the weight of their typed events, from the snapshot `history_by_user` wrote; users
+    forgotten since it was written (their erasure still to come) left out."""
     events = event_history.snapshot_events()
+    forgotten = store.forgotten().mask(events["user_id"].astype("string"))
+    events = events[~forgotten.to_numpy()]
     if events.empty:
         raise Failure(
             f"No events have been ingested: put event files in {landing_zone.where(LANDING)} "
@@ -58,6 +64,7 @@ def interactions(
         table,
         metadata={
             "events": len(events),
+            "forgotten_user_events_left_out": int(forgotten.sum()),
             "duplicate_events_dropped": duplicates,
             "dagster/row_count": len(table),
             "users": users,
@@ -65,7 +72,10 @@ def interactions(
             "density": len(table) / (users * items),
             "rated_share": float(table["rating"].notna().mean()),
             "typed_share": float(table["weight"].notna().mean()),
-            "preview": MetadataValue.md(table.head(5).to_markdown(index=False)),
+            # No user ids: the run history keeps metadata for good, erasures or not.
+            "preview": MetadataValue.md(
+                table.drop(columns="user_id").head(5).to_markdown(index=False)
+            ),
         },
     )
 

@@ -201,14 +201,18 @@ def build_publish(family: str) -> list[AssetsDefinition]:
 
 
 def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: int = 10) -> str:
+    """A few users' lists, the users unnamed: the run history keeps metadata for good, and a
+    forgotten user's id must not stay there."""
     sections = []
-    for user_id in ranked["user_id"].drop_duplicates().head(users):
+    first = ranked["user_id"].drop_duplicates().head(users)
+    for number, user_id in enumerate(first, start=1):
         top = ranked[(ranked["user_id"] == user_id) & (ranked["rank"] <= k)]
         lines = [
             f"{rank}. {titles.get(item_id, item_id)} ({score:.3f})"
             for rank, item_id, score in zip(top["rank"], top["item_id"], top["score"], strict=True)
         ]
-        sections.append(f"**user {user_id}**\n\n" + "\n".join(lines))
+        events = top["history_events"].iloc[0]
+        sections.append(f"**user {number}** ({events} events)\n\n" + "\n".join(lines))
     return "\n\n".join(sections)
 
 

@@ -165,6 +165,7 @@ def _score(
     report = ingest_landed_files(
         landing_zone,
         event_history,
+        store,
         config.rules(event_weights.event_types()),
         context.log.warning,
         scan,

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
+from reco_dagster.domain.forgetting import Forgotten
 from resources.files import FileStore
 from resources.landing_zone import LandingFile, Refusal
 
@@ -78,14 +79,16 @@ class EventHistory(ConfigurableResource):
         """How many files the ledger holds (a listing, no reads)."""
         return len(self.files.list(LEDGER))
 
-    def record_events(self, file: LandingFile, events: pd.DataFrame, rejected_rows: int) -> None:
-        """A file's good rows into the history, then mark the file ingested."""
+    def record_events(
+        self, file: LandingFile, events: pd.DataFrame, rejected_rows: int, forgotten_rows: int
+    ) -> None:
+        """A file's good rows into the history, then mark the file ingested; `forgotten_rows`
+        of forgotten users were left out (the landing file still holds them: the erasure
+        looks for files whose entry counts any)."""
         table = pa.Table.from_pandas(
             events.assign(source_file=file.name), schema=EVENT_SCHEMA, preserve_index=False
         )
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        self.files.write(f"{EVENTS}{file.sha256}.parquet", buffer.getvalue())
+        self._write_events(file.sha256, table)
         self._write_ledger(
             file.sha256,
             file.name,
@@ -93,7 +96,36 @@ class EventHistory(ConfigurableResource):
             status="ingested",
             rows=len(events),
             rejected=rejected_rows,
+            **({"forgotten_rows": forgotten_rows} if forgotten_rows else {}),
         )
+
+    def _write_events(self, digest: str, table: pa.Table) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        self.files.write(f"{EVENTS}{digest}.parquet", buffer.getvalue())
+
+    def forget_in_events(self, digest: str, forgotten: Forgotten) -> dict[str, str]:
+        """Take forgotten users' events out of one ingested file's events, and count them in
+        its ledger entry as `forgotten_rows` (its landing file still holds them); returns
+        the users found, by key."""
+        (name,) = self._event_files([digest])
+        events = self._read_events(name)
+        doomed = forgotten.mask(events["user_id"].to_pandas().astype("string")).to_numpy()
+        if not doomed.any():
+            return {}
+        found = forgotten.among(events.filter(pa.array(doomed))["user_id"].to_pylist())
+        self._write_events(digest, events.filter(pa.array(~doomed)))
+        removed = int(doomed.sum())
+        self._amend_ledger(
+            digest,
+            lambda entry: entry | {"forgotten_rows": entry.get("forgotten_rows", 0) + removed},
+        )
+        return found
+
+    def _amend_ledger(self, digest: str, change: Callable[[dict], dict]) -> None:
+        entry = self.ledger_entry(digest)
+        if entry is not None:
+            self.files.write(f"{LEDGER}{digest}.json", json.dumps(change(entry)).encode())
 
     def record_quarantined(self, file: LandingFile, reason: str) -> None:
         """Mark a file that could not be read at all done: quarantined, with the reason."""
@@ -144,10 +176,7 @@ class EventHistory(ConfigurableResource):
         None, are left to batch_retrain (nothing was live, or it ingested them itself)."""
         written = {"version": version, "at": datetime.now(UTC).isoformat()}
         for digest in digests:
-            entry = self.ledger_entry(digest)
-            if entry is not None:
-                entry["lists"] = written
-                self.files.write(f"{LEDGER}{digest}.json", json.dumps(entry).encode())
+            self._amend_ledger(digest, lambda entry: entry | {"lists": written})
 
     def all_events(self) -> pd.DataFrame:
         """Every validated event ingested so far, with its source file."""
@@ -259,12 +288,12 @@ class EventHistory(ConfigurableResource):
 
     def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
         """Event history files as one table in EVENT_SCHEMA."""
-        tables = [
-            pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
-            for name in names
-        ]
+        tables = [self._read_events(name) for name in names]
         events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
         return events if condition is None else events.filter(condition)
+
+    def _read_events(self, name: str) -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
 
 
 def _in_event_schema(table: pa.Table) -> pa.Table:

@@ -20,10 +20,12 @@ from reco_dagster.domain.events import (
     read_event_file,
     validate_events,
 )
+from reco_dagster.domain.forgetting import without_forgotten_rows
 from resources.deployment import event_weights
 from resources.event_history import EventHistory
 from resources.files import FileInfo
 from resources.landing_zone import QUARANTINE, LandingScan, LandingZone
+from resources.store import RecommendationStore
 
 
 class IngestConfig(Config):
@@ -72,6 +74,8 @@ class IngestReport:
     contents: dict[str, str] = field(default_factory=dict)
     """Content hash of each landing file taken (ingested now or before, or quarantined), by
     name: the files not left for a later run."""
+    forgotten_rows: int = 0
+    """Rows of forgotten users left out: never in the history, never quarantined."""
 
     @property
     def rows_ingested(self) -> int:
@@ -86,6 +90,7 @@ class IngestReport:
             "files_repeated": len(self.repeated_files),
             "files_deferred": len(self.deferred_files),
             "files_unsupported": len(self.unsupported_files),
+            "forgotten_user_rows": self.forgotten_rows,
             "quarantine_reasons": MetadataValue.md(_reasons_table(self.reasons)),
             "quarantined_files": _listing(self.quarantined_files),
             "deferred_files": _listing(self.deferred_files),
@@ -97,6 +102,7 @@ class IngestReport:
 def ingest_landed_files(
     landing_zone: LandingZone,
     event_history: EventHistory,
+    store: RecommendationStore,
     rules: ValidationRules,
     warn: Callable[[str], None],
     scan: LandingScan | None = None,
@@ -108,8 +114,14 @@ def ingest_landed_files(
     file, so the work follows the files at hand, not all files ever ingested. The one ingest
     path for the batch and the micro-batch. Each file's ledger entry in the event history is
     written last: it marks the file done, so a run that dies before it leaves the file to a
-    later run."""
+    later run.
+
+    Rows of users with a tombstone in `store` are left out before validation (neither
+    history nor quarantine), and their tombstones are pending again: the landing files still
+    hold those rows, for the erasure to take out."""
     report = IngestReport()
+    forgotten = store.forgotten()
+    found: dict[str, str] = {}
     scan = landing_zone.scan() if scan is None else scan
     for entry in scan.refused:
         if event_history.ledger_entry(entry.key) is None:
@@ -153,7 +165,8 @@ def ingest_landed_files(
             if rows.unterminated and _age_s(file.modified_ns) < landing_zone.unterminated_settle_s:
                 _defer(report, warn, file.name, "its last line has no newline yet")
                 continue
-            validated = validate_events(rows, rules)
+            kept, forgotten_users = without_forgotten_rows(rows, forgotten)
+            validated = validate_events(kept, rules)
         except Exception as error:
             # Whatever in one file trips the reader (names, encodings, types), the others go on.
             why = printable(str(error) if isinstance(error, UnreadableFileError) else repr(error))
@@ -163,7 +176,10 @@ def ingest_landed_files(
             report.quarantined_files.append(f"{file.name}: {why}")
         else:
             landing_zone.quarantine_rows(file, validated.rejected)
-            event_history.record_events(file, validated.events, len(validated.rejected))
+            left_out = len(rows.frame) + len(rows.broken) - len(kept.frame) - len(kept.broken)
+            event_history.record_events(file, validated.events, len(validated.rejected), left_out)
+            report.forgotten_rows += left_out
+            found |= forgotten_users
             report.ingested_files.append(file.name)
             report.new_events.append(validated.events)
             if not validated.rejected.empty:
@@ -175,6 +191,13 @@ def ingest_landed_files(
                     f"{len(validated.events)} good row(s) ingested"
                 )
         report.contents[file.name] = file.sha256
+    # A user forgotten while these files were read: out of what this run ingested, too.
+    later = store.forgotten()
+    if later.keys - forgotten.keys:
+        for name in report.ingested_files:
+            found |= event_history.forget_in_events(report.contents[name], later)
+    if found:
+        store.reopen_tombstones(found.values())
     return report
 
 

@@ -27,6 +27,16 @@ class LiveVersionChangedError(RuntimeError):
     """The live version changed twice while users were being refreshed."""
 
 
+COUNTS = (
+    "users_refreshed",
+    "users_without_known_items",
+    "events_applied",
+    "unknown_item_events",
+    "first_time_users",
+)
+"""What a refresh counts (`Refresh.counts`)."""
+
+
 @dataclass
 class Refresh:
     version: str | None
@@ -58,6 +68,11 @@ def refresh_live_users(
         refresh.stages_ms[f"{stage}_ms"] = round(1000 * (now - clock), 1)
         clock = now
 
+    # Forgotten users are refreshed no more (and their erasure may still be to come).
+    forgotten = store.forgotten()
+    new_events = new_events[~forgotten.mask(new_events["user_id"].astype("string")).to_numpy()]
+    if new_events.empty:
+        return Refresh(store.live_version(), dict.fromkeys(COUNTS, 0))
     events = event_history.user_history(new_events["user_id"].unique())
     history, _ = build_interactions(events, weights)
     # What the lists are ranked from: a concurrent refresh that read more of a user's events

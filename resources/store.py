@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 from pydantic import BaseModel, PrivateAttr
 
-from reco_dagster.domain.forgetting import user_key
+from reco_dagster.domain.forgetting import Forgotten, user_key
 from reco_dagster.domain.lists import Item
 
 
@@ -223,6 +223,14 @@ class RecommendationStore(BaseModel):
     def tombstones(self) -> list[Tombstone]:
         """Every tombstone, the oldest request first."""
         raise NotImplementedError
+
+    def forgotten(self) -> Forgotten:
+        """The tombstones, as ingestion and the erasure use them."""
+        tombstones = self.tombstones()
+        return Forgotten(
+            frozenset(tombstone.user_key for tombstone in tombstones),
+            {t.user_key: t.user_id for t in tombstones if t.user_id is not None},
+        )
 
     def lift_tombstone(self, user_id: str) -> Tombstone | None:
         """Stop forgetting a user (their next events count again; nothing erased comes back);

@@ -184,6 +184,11 @@ def live_world(data_dir: Path):
     return zone, event_history, store, archive, card.version
 
 
+def nobody_forgotten() -> SqliteRecommendationStore:
+    """A store without tombstones (nor anything else), for ingesting alone."""
+    return SqliteRecommendationStore(path=":memory:")
+
+
 def resources(zone, event_history, store, archive):
     return {
         "landing_zone": zone,

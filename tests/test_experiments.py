@@ -138,6 +138,7 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
         "event_history": EventHistory(files=files),
         "event_weights": EventWeights(),
         "served_log": served_log,
+        "store": store,
     }
     result = materialize([raw_events, online_evaluation], resources=resources)
     summary = result.output_for_node("online_evaluation").set_index("variant")

@@ -27,7 +27,9 @@ from resources.event_history import (
 from resources.files import LocalFiles
 from resources.ingestion import EventWeights, ingest_landed_files
 from resources.landing_zone import LandingZone
+from resources.store import RecommendationStore
 from tests.capture_files import capture_file
+from tests.conftest import nobody_forgotten
 
 
 @pytest.fixture
@@ -41,11 +43,13 @@ def event_history(files):
     return EventHistory(files=files)
 
 
-def ingest(zone: LandingZone) -> dict:
+def ingest(zone: LandingZone, store: RecommendationStore | None = None) -> dict:
+    """raw_events' metadata after materializing it (`store`: where its tombstones are)."""
     resources = {
         "landing_zone": zone,
         "event_history": EventHistory(files=zone.files),
         "event_weights": EventWeights(),
+        "store": store or nobody_forgotten(),
     }
     result = materialize([raw_events], resources=resources)
     assert result.success
@@ -357,14 +361,21 @@ def test_a_new_file_that_grows_while_ingest_waits_for_it_to_settle_waits_for_a_l
     (folder / "growing.csv").write_bytes(GOOD_CSV)
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(
-            ingest_landed_files, patient, event_history, ValidationRules(), warn=lambda _: None
+            ingest_landed_files,
+            patient,
+            event_history,
+            nobody_forgotten(),
+            ValidationRules(),
+            warn=lambda _: None,
         )
         time.sleep(0.5)
         with (folder / "growing.csv").open("ab") as handle:
             handle.write(b"u3,i3,3,1600000002\n")
         report = run.result()
     assert report.deferred_files == ["growing.csv: it changed while being read"]
-    assert ingest_landed_files(patient, event_history, ValidationRules(), print).rows_ingested == 3
+    store = nobody_forgotten()
+    report = ingest_landed_files(patient, event_history, store, ValidationRules(), print)
+    assert report.rows_ingested == 3
 
 
 def test_event_files_and_snapshots_stored_before_event_types_still_read(zone, event_history):

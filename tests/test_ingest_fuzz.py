@@ -20,6 +20,7 @@ from resources.files import LocalFiles
 from resources.ingestion import ingest_landed_files
 from resources.landing_zone import LandingZone
 from tests.capture_files import capture_file
+from tests.conftest import nobody_forgotten
 
 NOW = 1_700_000_000
 GOOD = "good"
@@ -147,7 +148,7 @@ def test_every_good_row_is_kept_once_and_every_bad_row_quarantined_with_a_reason
             zone.land(name, encode(file))
 
         report = ingest_landed_files(
-            zone, event_history, ValidationRules(), warn=lambda message: None
+            zone, event_history, nobody_forgotten(), ValidationRules(), warn=lambda message: None
         )
 
         assert not report.quarantined_files and not report.deferred_files

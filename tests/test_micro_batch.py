@@ -32,7 +32,7 @@ from resources.ingestion import EventWeights, ingest_landed_files
 from resources.landing_zone import LandingZone
 from resources.live_lists import refresh_live_users
 from tests.capture_files import capture_file
-from tests.conftest import REPO, land, live_world, resources
+from tests.conftest import REPO, land, live_world, nobody_forgotten, resources
 
 
 @pytest.fixture
@@ -274,7 +274,9 @@ def test_the_sensor_leaves_out_dated_folders_past_the_lookback_and_the_batch_tak
     fresh, _ = new_landing_files(zone, None, TODAY)
     assert sorted(file.name for file in fresh) == sorted([*recent, "undated.csv"])
     # Late files in old partitions reach the history through batch_retrain, which lists all.
-    report = ingest_landed_files(zone, EventHistory(files=zone.files), ValidationRules(), print)
+    report = ingest_landed_files(
+        zone, EventHistory(files=zone.files), nobody_forgotten(), ValidationRules(), print
+    )
     assert set(report.ingested_files) >= {*old, "2024/05/01/plain.csv"}
 
 
