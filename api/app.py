@@ -22,7 +22,6 @@ from litestar.exceptions import (
     NotFoundException,
     PermissionDeniedException,
     ServiceUnavailableException,
-    ValidationException,
 )
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
@@ -31,10 +30,10 @@ from litestar.plugins.prometheus import PrometheusController
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.events import events_route, require_bearer
+from api.deletions import deletion_routes
+from api.events import events_route, require_bearer, require_short
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
-from reco_dagster.domain.events import MAX_ID_LENGTH
 from reco_dagster.domain.online import SERVED
 from resources.deployment import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
@@ -109,6 +108,8 @@ class Rendered(NamedTuple):
     items: list[str]
     keep: bool = True
     """False for an answer built for one request (an unknown user's popular list)."""
+    forgotten: bool = False
+    """The answer to a forgotten user: the served-list log leaves it out."""
 
 
 class PopularPart(NamedTuple):
@@ -219,8 +220,10 @@ class JsonResponse(ASGIResponse):
         return self._headers
 
 
-def _ready(body: bytes, version: str, items: list[str], keep: bool = True) -> Rendered:
-    return Rendered(JsonResponse(body), version, items, keep)
+def _ready(
+    body: bytes, version: str, items: list[str], keep: bool = True, forgotten: bool = False
+) -> Rendered:
+    return Rendered(JsonResponse(body), version, items, keep, forgotten)
 
 
 K = Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")]
@@ -234,7 +237,7 @@ def lookup_routes(
     in_thread = cache.store.reads_over_network
 
     def recommend(user_id: str, k: int) -> ASGIResponse:
-        _require_short("user_id", user_id)
+        require_short("user_id", user_id)
         variant = experiment.assign(user_id) if experiment else None
         rendered = cache.get(
             ("user", user_id, k),
@@ -242,11 +245,12 @@ def lookup_routes(
         )
         if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
-        served.record(user_id, variant.name if variant else None, rendered[1], rendered[2])
+        if not rendered.forgotten:
+            served.record(user_id, variant.name if variant else None, rendered[1], rendered[2])
         return rendered[0]
 
     def similar(item_id: str, k: int) -> ASGIResponse:
-        _require_short("item_id", item_id)
+        require_short("item_id", item_id)
         rendered = cache.get(
             ("similar", item_id, k),
             lambda _: _render_similar(cache.store, item_id, k),
@@ -309,11 +313,6 @@ def lookup_routes(
     return [user_recommendations, recommendations_by_query, similar_items, similar_by_query]
 
 
-def _require_short(name: str, value: str) -> None:
-    if len(value) > MAX_ID_LENGTH:
-        raise ValidationException(f"{name} is longer than {MAX_ID_LENGTH} characters")
-
-
 def _render_user(
     cache: ResponseCache, generation: int, user_id: str, k: int, variant: Variant | None
 ) -> Rendered | None:
@@ -341,7 +340,7 @@ def _render_user(
         body = _encode(
             Recommendations(user_id, found.model_version, "popular", part.items, variant_name)
         )
-        return _ready(body, found.model_version, part.ids, keep=False)
+        return _ready(body, found.model_version, part.ids, keep=False, forgotten=found.forgotten)
     body = _encode(
         Recommendations(
             user_id=user_id,
@@ -424,13 +423,14 @@ def create_app(
     cache = ResponseCache(
         store, max_bytes=int(float(os.environ.get("RECO_API_CACHE_MB", "256")) * 2**20)
     )
-    served = ServedLog.from_environment(data_dir() / SERVED)
+    served = ServedLog.from_environment(data_dir() / SERVED, lambda: store.forgotten().keys)
     TALLY.cache = cache.responses
     return Litestar(
         route_handlers=[
             *lookup_routes(cache, Experiment.from_environment(), served),
             *registry_routes(store, cache),
             events_route(store, files or deployment_files(), cache.clear),
+            *deletion_routes(store, cache.clear, served.erase_soon),
             PrometheusController,
         ],
         # Everything imported so far lives as long as the process: keep the collector from

@@ -31,6 +31,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from reco_dagster.domain.events import (
     EVENT_COLUMNS,
+    MAX_ID_LENGTH,
     REQUIRED_COLUMNS,
     RawRows,
     ValidationRules,
@@ -85,6 +86,12 @@ def require_bearer(
             raise wrong(f"this token may not {action}")
 
     return guard
+
+
+def require_short(name: str, value: str) -> None:
+    """400 for an id longer than any id the pipeline takes."""
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationException(f"{name} is longer than {MAX_ID_LENGTH} characters")
 
 
 def events_route(

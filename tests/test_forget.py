@@ -1,8 +1,12 @@
 """Forgetting a user (issue #16, part 5): ingestion leaves their events out, the API deletes
 their lists and lists the deletions, and the erasure takes them out of every file."""
 
+import json
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -10,7 +14,7 @@ from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
 from resources.store import SqliteRecommendationStore
-from tests.conftest import land
+from tests.conftest import land, live_world, running_api
 from tests.test_ingest import ingest
 
 GONE = "forget-me-7f3a"
@@ -61,6 +65,84 @@ def test_a_user_forgotten_while_ingestion_reads_their_file_is_taken_back_out(dat
     assert history.all_events()["user_id"].tolist() == ["u1"]
     assert [entry["forgotten_rows"] for entry in history.ingested().values()] == [2]
     assert store.tombstones()[0].pending_since > store.tombstones()[0].requested_at
+
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+REPLICA = {"RECO_ADMIN_TOKEN": "admin-secret", "RECO_SERVED_ERASE_INTERVAL_S": "0.2"}
+
+
+def served_users(data_dir: Path) -> list[str]:
+    lines = b"".join(path.read_bytes() for path in (data_dir / "served").glob("served-*.jsonl"))
+    return [json.loads(line)[1] for line in lines.splitlines()]
+
+
+def recommended(base_url: str, user: str) -> dict:
+    response = httpx.get(f"{base_url}/recommendations", params={"user_id": user})
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_forgetting_and_the_deletions_need_the_admin_token(data_dir):
+    with running_api(data_dir) as base_url:
+        refused = httpx.delete(f"{base_url}/users/u1", headers=ADMIN)
+        assert refused.status_code == 403 and "RECO_ADMIN_TOKEN is not set" in refused.text
+    with running_api(data_dir, **REPLICA) as base_url:
+        wrong = {"Authorization": "Bearer wrong"}
+        for method, path in (
+            ("DELETE", "/users/u1"),
+            ("DELETE", "/users?user_id=u1"),
+            ("GET", "/deletions"),
+            ("DELETE", "/deletions/u1"),
+        ):
+            assert httpx.request(method, base_url + path).status_code == 401
+            assert httpx.request(method, base_url + path, headers=wrong).status_code == 403
+        assert httpx.get(f"{base_url}/deletions", headers=ADMIN).json() == []
+
+
+def test_a_forgotten_user_gets_the_popular_list_on_every_replica_at_once_and_is_not_logged(
+    data_dir,
+):
+    _, _, store, _, version = live_world(data_dir)
+    store.update_live_users(version, [("a/b", [{"item_id": "i1", "score": 1.0}])], {"a/b": 1})
+    with running_api(data_dir, **REPLICA) as one, running_api(data_dir, **REPLICA) as other:
+        for base_url in (one, other):  # in both replicas' caches, and in the served log
+            for user in ("u1", "u2", "a/b"):
+                assert recommended(base_url, user)["source"] == "personal"
+        response = httpx.delete(f"{one}/users/u1", headers=ADMIN)
+        assert response.status_code == 202
+        receipt = response.json()
+        assert (receipt["lists_deleted"], receipt["versions"]) == (1, [version])
+        deletion = receipt["deletion"]
+        assert (deletion["user_id"], deletion["state"], deletion["erased_at"]) == (
+            "u1",
+            "pending",
+            None,
+        )
+        for base_url in (other, one):
+            answer = recommended(base_url, "u1")
+            assert (answer["source"], answer["items"][0]["item_id"]) == ("popular", "i0")
+            assert recommended(base_url, "u2")["source"] == "personal"
+        # Ids a path cannot carry, by query.
+        by_query = httpx.delete(f"{other}/users", params={"user_id": "a/b"}, headers=ADMIN)
+        assert by_query.status_code == 202 and recommended(one, "a/b")["source"] == "popular"
+        listed = httpx.get(f"{other}/deletions", headers=ADMIN).json()
+        assert [(d["user_id"], d["state"]) for d in listed] == [
+            ("u1", "pending"),
+            ("a/b", "pending"),
+        ]
+        assert listed[0] == deletion
+        # Each replica erases what it logged of them, and logs them no more.
+        time.sleep(1.0)
+        assert {"u1", "a/b"}.isdisjoint(served_users(data_dir))
+        assert "u2" in served_users(data_dir)
+        # Lifted: their next events count again; their lists do not come back by themselves.
+        lifted = httpx.delete(f"{one}/deletions/u1", headers=ADMIN)
+        assert lifted.status_code == 200 and lifted.json()["user_key"] == deletion["user_key"]
+        assert httpx.delete(f"{one}/deletions/u1", headers=ADMIN).status_code == 404
+        assert httpx.get(f"{one}/deletions", headers=ADMIN).json()[0]["user_id"] == "a/b"
+        assert recommended(other, "u1")["source"] == "popular"
+        time.sleep(0.5)
+    assert "u1" in served_users(data_dir)  # a user like any other again
 
 
 @pytest.fixture(autouse=True)
