@@ -1,14 +1,36 @@
-"""Stage 1: landing files → validated event history, bad rows quarantined with reasons."""
+"""Stage 1: forgotten users erased from every file, then landing files → validated event
+history, bad rows quarantined with reasons."""
 
 from dagster import AssetExecutionContext, MaterializeResult, ResourceParam, asset
 
+from resources.erasure import erase_forgotten_users
 from resources.event_history import EventHistory
 from resources.ingestion import EventWeights, IngestConfig, ingest_landed_files
 from resources.landing_zone import LandingZone
+from resources.served_log import ServedListLog
 from resources.store import RecommendationStore
 
 
 @asset(group_name="ingest", kinds={"pandas"})
+def erasure(
+    context: AssetExecutionContext,
+    landing_zone: LandingZone,
+    event_history: EventHistory,
+    served_log: ServedListLog,
+    store: ResourceParam[RecommendationStore],
+) -> MaterializeResult:
+    """Takes the users whose erasure is pending (DELETE /users/{user_id}, or their events
+    arriving again) out of every file, in place: the landing files holding their rows (each
+    rewritten without them, or deleted when nothing else is left), the event history and its
+    user-sorted copies (raw_events, history_by_user), quarantine, the served-list log, the
+    lake's tables and models (interactions, the splits, the ranked lists, the fitted models'
+    user side), the reasons in bookkeeping notes; then marks their tombstones erased, keeping
+    only the key of each id. First in batch_retrain, and alone in forget_users."""
+    taken = erase_forgotten_users(landing_zone, event_history, served_log, store, context.log.info)
+    return MaterializeResult(metadata={name: int(count) for name, count in sorted(taken.items())})
+
+
+@asset(group_name="ingest", kinds={"pandas"}, deps=[erasure])
 def raw_events(
     context: AssetExecutionContext,
     config: IngestConfig,

@@ -33,6 +33,7 @@ from resources.model_archive import ModelArchive
 from resources.store import RecommendationStore
 
 BATCH_RETRAIN = "batch_retrain"
+FORGET_USERS = "forget_users"
 # Dagster's sensor daemon evaluates sensors at most every 5 s whatever is asked; asking for
 # 1 s makes this sensor run on every daemon pass.
 LANDING_POLL_S = 1
@@ -174,6 +175,24 @@ def retrain_run_key(store: RecommendationStore, event_history: EventHistory) -> 
     since = event_history.files_ingested_since(live.created_at) if live else []
     data = sha256("".join(since).encode()).hexdigest()[:16]
     return f"after-{live.version if live else None}-{data}"
+
+
+@sensor(
+    job_name=FORGET_USERS,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def erasure_pending(context: SensorEvaluationContext, store: ResourceParam[RecommendationStore]):
+    """Launches forget_users while a forgotten user's erasure is pending (a deletion, or their
+    events arriving again): once per set of pending tombstones and UTC day, so a run that
+    failed is asked for again the next day, or sooner when another user is forgotten (the
+    nightly retrain erases first, too)."""
+    pending = [tombstone for tombstone in store.tombstones() if tombstone.state == "pending"]
+    if not pending:
+        return SkipReason("no forgotten user's erasure is pending")
+    marks = "".join(f"{tombstone.user_key}{tombstone.pending_since}" for tombstone in pending)
+    digest = sha256(marks.encode()).hexdigest()[:20]
+    return RunRequest(run_key=f"erase-{datetime.now(UTC):%Y%m%d}-{digest}")
 
 
 nightly_retrain = ScheduleDefinition(

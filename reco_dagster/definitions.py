@@ -15,6 +15,8 @@ from dagster_pyspark import LazyPySparkResource
 from assets import evaluate, ingest, live, prepare, publish, train
 from reco_dagster.automation import (
     BATCH_RETRAIN,
+    FORGET_USERS,
+    erasure_pending,
     nightly_retrain,
     record_failed_runs,
     retrain_on_new_data,
@@ -41,8 +43,20 @@ batch_retrain = define_asset_job(
     # dagster.yaml allows one run per value of this tag at a time: never two retrains.
     tags={"reco/run": "batch-retrain"},
     description=(
-        "Ingest new landing files, choose settings on validation, fit and evaluate every "
-        "model family, publish their lists and switch to the best one that passes the gate."
+        "Erase forgotten users, ingest new landing files, choose settings on validation, fit "
+        "and evaluate every model family, publish their lists and switch to the best one that "
+        "passes the gate."
+    ),
+)
+
+forget_users = define_asset_job(
+    FORGET_USERS,
+    selection=AssetSelection.assets(ingest.erasure),
+    # It rewrites what a retrain reads: never beside one (a micro-batch may run).
+    tags={"reco/run": "batch-retrain"},
+    description=(
+        "Take forgotten users (DELETE /users/{user_id}) out of every file: landing files, the "
+        "event history, quarantine, the served-list log, the lake; then mark them erased."
     ),
 )
 
@@ -66,9 +80,9 @@ def build_resources() -> dict[str, object]:
 
 defs = Definitions(
     assets=batch_assets,
-    jobs=[batch_retrain],
+    jobs=[batch_retrain, forget_users],
     schedules=[nightly_retrain],
-    sensors=[retrain_on_new_data, record_failed_runs],
+    sensors=[retrain_on_new_data, erasure_pending, record_failed_runs],
     resources=build_resources(),
     # Each Spark step in its own process would start its own JVM (~30 s each): keep one run
     # in one process, so one SparkSession serves every step.

@@ -122,6 +122,48 @@ class EventHistory(ConfigurableResource):
         )
         return found
 
+    def files_holding(self, user_ids: Collection[str]) -> list[str]:
+        """Content hashes of the ingested files with events of these users, sorted."""
+        names = set(self.user_history(user_ids)["source_file"])
+        return self._ingested_where(lambda entry: entry["file"] in names)
+
+    def record_rewritten(self, digest: str, rewritten: LandingFile) -> None:
+        """An ingested landing file (content hash `digest`), rewritten without forgotten
+        users' rows: its new content is recorded as done, never to be ingested again."""
+        self._write_ledger(
+            rewritten.sha256,
+            rewritten.name,
+            len(rewritten.data),
+            status="rewritten",
+            rows=0,
+            rejected=0,
+            of=digest,
+        )
+
+    def landing_file_erased(self, digest: str) -> None:
+        """The landing file of an ingested file holds no forgotten users' rows any more."""
+        self._amend_ledger(
+            digest, lambda entry: {k: v for k, v in entry.items() if k != "forgotten_rows"}
+        )
+
+    def forget_in_snapshots(self, forgotten: Forgotten) -> int:
+        """Forgotten users' events out of every user-sorted copy (a reader may still be on
+        the previous one), still sorted; returns the events taken out."""
+        removed = 0
+        for file in self.files.list(BY_USER):
+            if not file.name.endswith("/events.parquet"):
+                continue
+            with self.files.open(file.name) as source:
+                events = pq.read_table(source, schema=EVENT_SCHEMA)
+            doomed = forgotten.mask(events["user_id"].to_pandas().astype("string")).to_numpy()
+            if doomed.any():
+                buffer = io.BytesIO()
+                kept = events.filter(pa.array(~doomed))
+                pq.write_table(kept, buffer, row_group_size=USERS_ROW_GROUP)
+                self.files.write(file.name, buffer.getvalue())
+                removed += int(doomed.sum())
+        return removed
+
     def _amend_ledger(self, digest: str, change: Callable[[dict], dict]) -> None:
         entry = self.ledger_entry(digest)
         if entry is not None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import date, timedelta
@@ -20,6 +21,12 @@ from reco_dagster.domain.events import (
     is_event_file,
     printable,
     read_table_file,
+)
+from reco_dagster.domain.forgetting import (
+    Forgotten,
+    Rewritten,
+    file_without,
+    quarantined_rows_without,
 )
 from resources.files import FileInfo, FileStore
 
@@ -88,8 +95,9 @@ class LandingZone(ConfigurableResource):
     titles), quarantine/ (bad rows, unreadable files, refusals, files given up) and the
     micro-batch's attempts at landing files (lake/attempts/, lake/given-up/).
 
-    Nothing in landing/ is ever modified or deleted; what became of each file is in the
-    event history's ledger (`EventHistory`).
+    Nothing in landing/ is ever modified or deleted but by the erasure of forgotten users
+    (`forget_in_landed`); what became of each file is in the event history's ledger
+    (`EventHistory`).
     """
 
     files: FileStore
@@ -276,6 +284,58 @@ class LandingZone(ConfigurableResource):
         note = f"{QUARANTINE}files/{key[:12]}.{_flat(name)}.reason.txt"
         self.files.write(note, (text + "\n").encode())
         return self.files.location(note)
+
+    def forget_in_landed(self, name: str, forgotten: Forgotten) -> tuple[str, Rewritten] | None:
+        """A landing file rewritten without forgotten users' rows (`file_without`), deleted
+        when none of its rows is left: the content hash it had, and what became of it; None
+        when there is no such file."""
+        try:
+            data = self.files.read(LANDING + name)
+        except FileNotFoundError:
+            return None
+        rewritten = self._rewrite(LANDING + name, file_without(name, data, forgotten))
+        return hashlib.sha256(data).hexdigest(), rewritten
+
+    def forget_in_quarantine(self, forgotten: Forgotten) -> tuple[Counter[str], set[str]]:
+        """Forgotten users out of quarantine: their rows from quarantine/rows/, their rows from
+        the copies of files in quarantine/files/ (a copy that cannot be read, whole when it
+        names one), their ids from the reasons. Returns what it took out, and the landing
+        files the rows taken from quarantine/rows/ came from (they hold them still)."""
+        taken: Counter[str] = Counter()
+        sources: set[str] = set()
+        for file in self.files.list(QUARANTINE):
+            if file.name.endswith(".reason.txt"):
+                taken["quarantine_notes_redacted"] += self.redact(file.name, forgotten)
+                continue
+            data = self.files.read(file.name)
+            if file.name.startswith(f"{QUARANTINE}rows/"):
+                kept, came_from = quarantined_rows_without(data.decode(), forgotten)
+                rewritten = Rewritten(None if kept is None else kept.encode(), len(came_from))
+                sources.update(came_from)
+            else:
+                rewritten = file_without(file.name, data, forgotten)
+            self._rewrite(file.name, rewritten)
+            taken["quarantined_rows_removed"] += rewritten.removed
+            taken["quarantine_files_deleted"] += rewritten.removed > 0 and rewritten.data is None
+        return taken, sources
+
+    def redact(self, name: str, forgotten: Forgotten) -> bool:
+        """Forgotten users' ids out of a note (a reason, a JSON record); whether it named one."""
+        try:
+            text = self.files.read(name).decode("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return False
+        redacted = forgotten.redacted(text)
+        if redacted != text:
+            self.files.write(name, redacted.encode("utf-8", "surrogateescape"))
+        return redacted != text
+
+    def _rewrite(self, name: str, rewritten: Rewritten) -> Rewritten:
+        if rewritten.removed and rewritten.data is None:
+            self.files.delete(name)
+        elif rewritten.removed:
+            self.files.write(name, rewritten.data)
+        return rewritten
 
     def add_catalog(self, name: str, data: bytes) -> str:
         self.files.write(CATALOG + name, data)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from pathlib import Path
 
 import msgspec
 import pandas as pd
 from dagster import ConfigurableResource
 
+from api.experiments import erase_served_lines, served_lines_without
 from reco_dagster.domain.online import SERVED, SERVED_COLUMNS
-from resources.files import FileStore
+from resources.files import FileStore, LocalFiles
 
 
 class ServedListLog(ConfigurableResource):
@@ -37,3 +39,16 @@ class ServedListLog(ConfigurableResource):
                         rows = []
             if rows:
                 yield pd.DataFrame(rows, columns=SERVED_COLUMNS)
+
+    def erase(self, user_keys: Collection[str]) -> int:
+        """These users' lines out of the log (by `user_key`); returns how many went. On local
+        disk the API may be appending: each file is rewritten under the lock its flushes take."""
+        if isinstance(self.files, LocalFiles):
+            return erase_served_lines(Path(self.files.location(SERVED)), user_keys)
+        erased = 0
+        for file in self.files.list(SERVED):
+            kept, gone = served_lines_without(self.files.read(file.name), user_keys)
+            if gone:
+                self.files.write(file.name, kept)
+                erased += gone
+        return erased

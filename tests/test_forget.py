@@ -7,15 +7,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
+from dagster import RunRequest, SkipReason, build_sensor_context, materialize
 
+from assets.ingest import erasure
+from reco_dagster.automation import erasure_pending
+from reco_dagster.domain.models import FactorModel
 from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
+from resources.served_log import ServedListLog
 from resources.store import SqliteRecommendationStore
 from tests.conftest import land, live_world, running_api
 from tests.test_ingest import ingest
+from tests.test_micro_batch import run
 
 GONE = "forget-me-7f3a"
 """A user id no other text contains, so that a byte search finds every copy of it."""
@@ -143,6 +150,110 @@ def test_a_forgotten_user_gets_the_popular_list_on_every_replica_at_once_and_is_
         assert recommended(other, "u1")["source"] == "popular"
         time.sleep(0.5)
     assert "u1" in served_users(data_dir)  # a user like any other again
+
+
+def encodings(text: str) -> list[bytes]:
+    """`text` as files hold it: UTF-8, and UTF-32 as numpy keeps strings (a model's ids)."""
+    return [text.encode(), text.encode("utf-32-le")]
+
+
+def files_naming(root: Path, text: str) -> list[str]:
+    """Every file under `root` whose bytes hold `text` (a byte search, as `grep -r` does)."""
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and any(form in path.read_bytes() for form in encodings(text))
+    )
+
+
+def test_after_the_deletion_and_the_erasure_the_id_is_nowhere_in_the_data_dir(data_dir):
+    world = live_world(data_dir)
+    zone, event_history, store, archive, version = world
+    files = zone.files
+    land(data_dir, "mixed.csv", pd.concat([events(GONE, "u1", GONE), events(GONE, rating=99)]))
+    (data_dir / "landing" / "broken.jsonl").write_text(
+        json.dumps({"user_id": "u3", "item_id": "i1", "timestamp": 1_700_000_000})
+        + f'\n{{"user_id": "{GONE}", oops\n'
+    )
+    run(world)
+    assert store.lookup(GONE, 5).source == "personal"
+    # What the batch job keeps in the lake: tables by user, and fitted models' user side.
+    lake = data_dir / "lake"
+    pd.DataFrame({"user_id": [GONE, "u1"], "item_id": ["i1", "i2"]}).to_parquet(
+        lake / "als_recommendations.parquet"
+    )
+    fitted = archive.load(version)
+    FactorModel(
+        fitted.card,
+        np.append(fitted.user_ids, GONE),
+        fitted.item_ids,
+        np.vstack([fitted.user_factors, fitted.user_factors[:1]]),
+        fitted.item_factors,
+    ).save(_folder(lake / "ease_model"))
+    with running_api(data_dir, **REPLICA, RECO_INGEST_TOKEN="ingest") as one:
+        assert recommended(one, GONE)["source"] == "personal"
+        sent = httpx.post(
+            f"{one}/events",
+            json=[{"user_id": GONE, "item_id": "i3", "timestamp": 1_700_000_100}],
+            headers={"Authorization": "Bearer ingest", "Idempotency-Key": "k-1"},
+        )
+        assert sent.status_code == 202
+        time.sleep(0.5)  # served, and logged
+        assert GONE in served_users(data_dir)
+        assert httpx.delete(f"{one}/users/{GONE}", headers=ADMIN).status_code == 202
+        assert recommended(one, GONE)["source"] == "popular"
+        # Their next events: in a landing file, left out of the history and of every list.
+        land(data_dir, "later.csv", events(GONE, "u2", GONE))
+        assert run(world)["forgotten_user_rows"] == 3  # later.csv's and the one sent
+        assert store.lookup(GONE, 5).source == "popular"
+        assert len(event_history.user_history([GONE])) == 2  # their erasure is to come
+        assert "later.csv" in set(event_history.user_history(["u2"])["source_file"])
+        others = event_history.all_events().query("user_id != @GONE")
+        # The replica erased its served-list log at the deletion already.
+        holding = files_naming(data_dir, GONE)
+        assert {name.split("/")[0] for name in holding} == {"landing", "lake", "quarantine"} | {
+            "reco.sqlite-wal"
+        }
+        assert {"lake/ease_model/factors.npz", "landing/broken.jsonl"} <= set(holding)
+        erased = materialize(
+            [erasure],
+            resources={
+                "landing_zone": zone,
+                "event_history": event_history,
+                "served_log": ServedListLog(files=files),
+                "store": store,
+            },
+        )
+        assert erased.success
+        [deletion] = httpx.get(f"{one}/deletions", headers=ADMIN).json()
+        assert (deletion["state"], deletion["user_id"]) == ("erased", None)
+        assert deletion["erased_at"] >= deletion["requested_at"]
+    assert files_naming(data_dir, GONE) == []
+    left = event_history.all_events()
+    pd.testing.assert_frame_equal(left.reset_index(drop=True), others.reset_index(drop=True))
+    # The rewritten landing files are not ingested again: no event twice.
+    assert run(world)["rows_ingested"] == 0
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_the_sensor_asks_for_forget_users_while_an_erasure_is_pending(data_dir):
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+
+    def evaluate():
+        return erasure_pending(build_sensor_context(resources={"store": store}))
+
+    assert isinstance(evaluate(), SkipReason)
+    key = store.forget_user(GONE).tombstone.user_key
+    first = evaluate()
+    assert isinstance(first, RunRequest) and first.run_key == evaluate().run_key
+    store.reopen_tombstones([GONE])  # their events came again: another run
+    assert evaluate().run_key != first.run_key
+    store.mark_erased([key], datetime.now(UTC).isoformat())
+    assert isinstance(evaluate(), SkipReason)
 
 
 @pytest.fixture(autouse=True)

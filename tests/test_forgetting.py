@@ -141,15 +141,16 @@ def test_ingestion_leaves_forgotten_rows_out_before_validation_and_names_whom():
 def test_quarantined_rows_of_forgotten_users_go():
     text = (
         "user_id,item_id,rating,row_number,reason,offending_value,source_file\n"
-        f"{GONE},i1,99,2,rating is outside [0, 5],99.0,day.csv\n"
-        "u1,i2,99,3,rating is outside [0, 5],99.0,day.csv\n"
+        f'{GONE},i1,99,2,"rating is outside [0, 5]",99.0,day.csv\n'
+        'u1,i2,99,3,"rating is outside [0, 5]",99.0,day.csv\n'
         f",,,4,line is not JSON,{{{GONE},day.jsonl\n"
     )
-    kept, removed = quarantined_rows_without(text, FORGOTTEN)
-    assert removed == 2 and kept == "".join(text.splitlines(keepends=True)[:3:2])
+    kept, sources = quarantined_rows_without(text, FORGOTTEN)
+    assert sources == ["day.csv", "day.jsonl"]
+    assert kept == "".join(text.splitlines(keepends=True)[:3:2])
     assert quarantined_rows_without(text.replace(GONE, "u9"), FORGOTTEN) == (
         text.replace(GONE, "u9"),
-        0,
+        [],
     )
     header, theirs = text.splitlines(keepends=True)[:2]
-    assert quarantined_rows_without(header + theirs, FORGOTTEN) == (None, 1)
+    assert quarantined_rows_without(header + theirs, FORGOTTEN) == (None, ["day.csv"])

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reco_dagster.domain.events import (
+    CsvRecord,
     RawRows,
     UnreadableFileError,
     csv_lines,
@@ -63,6 +65,17 @@ class Forgotten:
         """Whether text that is no row names a user whose erasure is pending."""
         return any(user_id in text for user_id in self.pending.values())
 
+    def redacted(self, text: str) -> str:
+        """Text (a note, a reason, a JSON record) with every pending user's id replaced, also
+        as JSON writes it."""
+        for user_id in self.pending.values():
+            for form in {user_id, json.dumps(user_id)[1:-1]}:
+                text = text.replace(form, REDACTED)
+        return text
+
+
+REDACTED = "[forgotten user]"
+
 
 def without_forgotten_rows(rows: RawRows, forgotten: Forgotten) -> tuple[RawRows, dict[str, str]]:
     """A read file's rows without those of forgotten users (`doomed_rows`), and the
@@ -102,6 +115,20 @@ class Rewritten:
     """The file's new bytes; None when none of its rows is left (delete it)."""
     removed: int
     """Rows taken out: 0 means `data` is the file as it was."""
+
+
+def file_without(name: str, data: bytes, forgotten: Forgotten) -> Rewritten:
+    """`event_file_without`, for a landing file or a copy of one in quarantine; a file that
+    cannot be read cannot be edited: when its bytes (decompressed, where they can be) name a
+    user whose erasure is pending, none of it is left."""
+    try:
+        return event_file_without(name, data, forgotten)
+    except UnreadableFileError:
+        kind, plain = file_format(name), data
+        with suppress(UnreadableFileError):
+            plain = decompressed(data, kind[1] if kind else None)
+        named = forgotten.named_in(plain.decode("utf-8", "surrogateescape"))
+        return Rewritten(None, 1) if named else Rewritten(data, 0)
 
 
 def event_file_without(name: str, data: bytes, forgotten: Forgotten) -> Rewritten:
@@ -224,32 +251,33 @@ def _compressed(data: bytes, compression: str | None) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def quarantined_rows_without(text: str, forgotten: Forgotten) -> tuple[str | None, int]:
-    """A quarantine/rows/ file (CSV: the rows as read, each with its reason and value)
-    without the rows of forgotten users: by their user_id, or by naming a pending one
-    anywhere (a row is quarantined because something in it is wrong, maybe its id). None
-    when no row is left."""
+def quarantined_rows_without(text: str, forgotten: Forgotten) -> tuple[str | None, list[str]]:
+    """A quarantine/rows/ file (CSV: the rows as read, each with its reason, value and
+    source_file) without the rows of forgotten users: by their user_id, or by naming a pending
+    one anywhere (a row is quarantined because something in it is wrong, maybe its id). The
+    text left (None when no row is), and the source_file of each row taken out: the landing
+    files that still hold them."""
     lines = csv_lines(text)
     records = [record for record in csv_records(lines) if record.fields != []]
-    if not records or records[0].fields is None:
-        return text, 0
+    if not records or not records[0].fields:
+        return text, []
     header, rows = records[0].fields, records[1:]
-    column = header.index("user_id") if "user_id" in header else None
-    users = pd.Series(
-        [
-            fields[column] if column is not None and fields and len(fields) > column else ""
-            for fields in (record.fields for record in rows)
-        ],
-        dtype="string",
-    )
+
+    def field(record: CsvRecord, name: str) -> str:
+        at = header.index(name) if name in header else None
+        fields = record.fields or []
+        return fields[at] if at is not None and at < len(fields) else ""
+
+    users = pd.Series([field(record, "user_id") for record in rows], dtype="string")
     by_id = forgotten.mask(users.str.strip()).to_numpy()
-    raws = ["".join(lines[record.lines]) for record in records]
-    kept = [raws[0]] + [
-        raw
-        for raw, hit in zip(raws[1:], by_id, strict=True)
-        if not (hit or forgotten.named_in(raw))
+    raws = ["".join(lines[record.lines]) for record in rows]
+    doomed = [hit or forgotten.named_in(raw) for raw, hit in zip(raws, by_id, strict=True)]
+    if not any(doomed):
+        return text, []
+    kept = "".join(lines[records[0].lines]) + "".join(
+        raw for raw, gone in zip(raws, doomed, strict=True) if not gone
+    )
+    sources = [
+        field(record, "source_file") for record, gone in zip(rows, doomed, strict=True) if gone
     ]
-    removed = len(raws) - len(kept)
-    if not removed:
-        return text, 0
-    return ("".join(kept) if len(kept) > 1 else None), removed
+    return (kept if not all(doomed) else None), sources
