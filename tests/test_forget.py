@@ -2,7 +2,10 @@
 their lists and lists the deletions, and the erasure takes them out of every file."""
 
 import json
+import os
+import subprocess
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,17 +13,31 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import RunRequest, SkipReason, build_sensor_context, materialize
+from azure.cosmos import CosmosClient
+from dagster import AssetKey, RunRequest, SkipReason, build_sensor_context, materialize
 
 from assets.ingest import erasure
+from reco_dagster import definitions
 from reco_dagster.automation import erasure_pending
 from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.synthetic import synthetic_events
+from resources.cosmos_store import FORGOTTEN, MODELS, SIMILAR, USERS, CosmosRecommendationStore
 from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.landing_zone import LandingZone
+from resources.model_archive import ModelArchive
 from resources.served_log import ServedListLog
 from resources.store import SqliteRecommendationStore
-from tests.conftest import land, live_world, running_api
+from tests.conftest import (
+    REPO,
+    blob_files,
+    dagster_job,
+    land,
+    live_world,
+    run_batch_retrain,
+    running_api,
+)
+from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY
 from tests.test_ingest import ingest
 from tests.test_micro_batch import run
 
@@ -254,6 +271,169 @@ def test_the_sensor_asks_for_forget_users_while_an_erasure_is_pending(data_dir):
     assert evaluate().run_key != first.run_key
     store.mark_erased([key], datetime.now(UTC).isoformat())
     assert isinstance(evaluate(), SkipReason)
+
+
+def test_every_retrain_erases_first_and_forget_users_only_erases():
+    graph = definitions.defs.resolve_asset_graph()
+    assert AssetKey("erasure") in graph.get(AssetKey("raw_events")).parent_keys
+    jobs = {
+        name: definitions.defs.resolve_job_def(name) for name in ("batch_retrain", "forget_users")
+    }
+    assert "erasure" in jobs["batch_retrain"].graph.node_dict
+    assert list(jobs["forget_users"].graph.node_dict) == ["erasure"]
+    assert jobs["forget_users"].tags["reco/run"] == jobs["batch_retrain"].tags["reco/run"]
+
+
+def with_a_forgotten_user(frame: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic events in which u7 (a user with a real history) is GONE."""
+    return frame.assign(user_id=frame["user_id"].replace({"u7": GONE}))
+
+
+def forget_users_job(data_dir: Path, dagster_home: Path, **env: str) -> None:
+    """`dagster job execute -j forget_users`, as a user (or the sensor) runs it."""
+    dagster_home.mkdir(exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    result = subprocess.run(
+        dagster_job("forget_users"),
+        cwd=REPO,
+        env={
+            **os.environ,
+            "RECO_DATA_DIR": str(data_dir),
+            "DAGSTER_HOME": str(dagster_home),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Erased 1 forgotten user(s)" in result.stderr
+
+
+def forget_over_http(one: str, other: str, versions: set[str], bound_s: float) -> None:
+    """Served and logged by both replicas, sent events through one, forgotten through the
+    other; then both answer as for an unknown user (after the store's change bound)."""
+    for base_url in (one, other):
+        assert recommended(base_url, GONE)["source"] == "personal"
+    sent = httpx.post(
+        f"{one}/events",
+        json=[{"user_id": GONE, "item_id": "i3", "timestamp": 1_700_000_100}],
+        headers={"Authorization": "Bearer ingest", "Idempotency-Key": "order-1"},
+    )
+    assert sent.status_code == 202
+    forgotten = httpx.delete(f"{other}/users/{GONE}", headers=ADMIN)
+    assert forgotten.status_code == 202 and set(forgotten.json()["versions"]) == versions
+    time.sleep(bound_s)
+    for base_url in (one, other):
+        answer = recommended(base_url, GONE)
+        assert (answer["source"], answer["user_id"]) == ("popular", GONE)
+        assert recommended(base_url, "u8")["source"] == "personal"
+
+
+@pytest.mark.slow
+def test_the_batch_flow_forgets_a_user_everywhere_on_sqlite(tmp_path):
+    """Trained on, served, logged, sent events, forgotten; then their next file is left out,
+    and forget_users leaves no byte of their id in the data dir, Dagster's run history in it
+    (where scripts/env.sh puts it) included."""
+    data_dir = tmp_path / "data"
+    dagster_home = data_dir / "dagster_home"
+    land(data_dir, "history.csv", with_a_forgotten_user(synthetic_events(300, 400, 40, seed=3)))
+    land(data_dir, "bad.csv", events(GONE, "u8", rating=99))
+    result = run_batch_retrain(data_dir, data_dir)  # its run history under the data dir too
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    versions = {v.version for v in store.versions() if v.has_lists}
+    assert len(versions) == 2
+    env = {**REPLICA, "RECO_INGEST_TOKEN": "ingest"}
+    with running_api(data_dir, **env) as one, running_api(data_dir, **env) as other:
+        forget_over_http(one, other, versions, bound_s=0.01)
+        land(data_dir, "later.csv", events(GONE, "u8", GONE))
+        files = LocalFiles(root=str(data_dir))
+        zone, history = LandingZone(files=files), EventHistory(files=files)
+        metadata = run((zone, history, store, ModelArchive(files=files), None))
+        assert metadata["forgotten_user_rows"] == 3  # later.csv's and the one sent
+        assert store.lookup(GONE, 10).source == "popular"
+        holding = files_naming(data_dir, GONE)
+        assert {
+            "lake/als_model/user_ids.parquet",
+            "lake/interactions.parquet",
+            "lake/als_recommendations.parquet",
+            "landing/bad.csv",
+            "landing/later.csv",
+            "reco.sqlite",
+        } <= set(holding)
+        assert any(name.startswith("lake/history-by-user/") for name in holding)
+        assert any(name.startswith("landing/api/") for name in holding)
+        forget_users_job(data_dir, dagster_home)
+        [deletion] = httpx.get(f"{one}/deletions", headers=ADMIN).json()
+        assert (deletion["state"], deletion["user_id"]) == ("erased", None)
+        assert recommended(other, "u8")["source"] == "personal"
+    assert files_naming(data_dir, GONE) == []
+    assert history.user_history([GONE]).empty and len(history.user_history(["u8"])) > 3
+    assert store.lookup(GONE, 10).forgotten
+
+
+@pytest.mark.slow
+def test_the_batch_flow_forgets_a_user_everywhere_on_blob_storage_and_cosmos_db(
+    blob_server, cosmos, tmp_path
+):
+    """The same on the azure deployment: no blob of the container and no document of the
+    database names them afterwards, nor either API replica's own disk (its served-list
+    log)."""
+    container, database = f"t{uuid.uuid4().hex}", f"t{uuid.uuid4().hex}"
+    files = blob_files(blob_server, container)
+    zone = LandingZone(files=files)
+    synthetic = with_a_forgotten_user(synthetic_events(300, 400, 40, seed=3))
+    zone.land("2026/11/history.parquet", synthetic.to_parquet())
+    zone.land("bad.csv", events(GONE, "u8", rating=99).to_csv(index=False).encode())
+    azure = {
+        "RECO_DEPLOYMENT": "azure",
+        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
+        "RECO_BLOB_KEY": AZURITE_KEY,
+        "RECO_BLOB_CONTAINER": container,
+        "RECO_COSMOS_ENDPOINT": cosmos.url,
+        "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
+        "RECO_COSMOS_DATABASE": database,
+    }
+    result = run_batch_retrain(tmp_path / "data", tmp_path, **azure)
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = CosmosRecommendationStore(
+        endpoint=cosmos.url, key=COSMOS_EMULATOR_KEY, database=database
+    )
+    versions = {v.version for v in store.versions() if v.has_lists}
+    assert len(versions) == 2
+    env = {**azure, **REPLICA, "RECO_INGEST_TOKEN": "ingest"}
+    disks = tmp_path / "api-one", tmp_path / "api-two"  # each replica's own served-list log
+    with running_api(disks[0], **env) as one, running_api(disks[1], **env) as other:
+        forget_over_http(one, other, versions, store.change_check_interval_s)
+        zone.land("later.csv", events(GONE, "u8", GONE).to_csv(index=False).encode())
+        history = EventHistory(files=files)
+        metadata = run(
+            (LandingZone(files=files, settle_s=0), history, store, ModelArchive(files=files), None)
+        )
+        assert metadata["forgotten_user_rows"] == 3  # later.csv's and the one sent
+        assert store.lookup(GONE, 10).source == "popular"
+        assert any(GONE.encode() in files.read(blob.name) for blob in files.list("lake/"))
+        forget_users_job(tmp_path / "data", tmp_path / "dagster_home", **azure)
+        [deletion] = httpx.get(f"{one}/deletions", headers=ADMIN).json()
+        assert (deletion["state"], deletion["user_id"]) == ("erased", None)
+        time.sleep(1.0)  # each replica's erasure of its served-list log
+    assert history.user_history([GONE]).empty and len(history.user_history(["u8"])) > 3
+    blobs = [blob.name for blob in files.list("")]
+    assert len(blobs) > 20
+    assert [
+        name for name in blobs if any(form in files.read(name) for form in encodings(GONE))
+    ] == []
+    client = CosmosClient(cosmos.url, COSMOS_EMULATOR_KEY, enable_endpoint_discovery=False)
+    for container_name in (USERS, SIMILAR, MODELS, FORGOTTEN):
+        documents = client.get_database_client(database).get_container_client(container_name)
+        everything = json.dumps(
+            list(documents.query_items("SELECT * FROM c", enable_cross_partition_query=True))
+        )
+        assert GONE not in everything, container_name
+    for disk in disks:
+        assert files_naming(disk, GONE) == []
+    assert store.lookup(GONE, 10).forgotten
 
 
 @pytest.fixture(autouse=True)
