@@ -34,6 +34,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.events import events_route, require_bearer
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
+from api.sessions import session_route
 from reco_dagster.domain.events import MAX_ID_LENGTH
 from reco_dagster.domain.online import SERVED
 from resources.deployment import data_dir, recommendation_store
@@ -426,11 +427,13 @@ def create_app(
     )
     served = ServedLog.from_environment(data_dir() / SERVED)
     TALLY.cache = cache.responses
+    files = files or deployment_files()
     return Litestar(
         route_handlers=[
             *lookup_routes(cache, Experiment.from_environment(), served),
             *registry_routes(store, cache),
-            events_route(store, files or deployment_files(), cache.clear),
+            events_route(store, files, cache.clear),
+            session_route(store, files, cache.current_generation, served),
             PrometheusController,
         ],
         # Everything imported so far lives as long as the process: keep the collector from

@@ -55,14 +55,18 @@ def fold_in_als(
     reg_param: float,
     alpha: float,
     implicit_prefs: bool,
+    gram: np.ndarray | None = None,
 ) -> np.ndarray:
     """One user vector per (item columns, preferences) history; zeros for an empty history.
 
-    item_factors: the model's (items, rank) matrix; item_columns[u] index its rows.
+    item_factors: the model's (items, rank) matrix; item_columns[u] index its rows. `gram`
+    is `implicit_gram(item_factors)` when the caller keeps it across calls (it costs more
+    than a few users' solves).
     """
     rank = item_factors.shape[1]
-    factors = item_factors.astype(np.float64)
-    gram = factors.T @ factors if implicit_prefs else np.zeros((rank, rank))
+    factors = item_factors.astype(np.float64, copy=False)
+    if gram is None:
+        gram = implicit_gram(factors) if implicit_prefs else np.zeros((rank, rank))
     users = np.zeros((len(item_columns), rank), dtype=np.float32)
     active = [row for row, columns in enumerate(item_columns) if len(columns)]
     for start in range(0, len(active), SOLVE_BLOCK_USERS):
@@ -88,6 +92,12 @@ def fold_in_als(
         # One batched solve: a block of users' normal equations at once.
         users[block] = np.linalg.solve(normals, targets[..., None])[..., 0]
     return users
+
+
+def implicit_gram(item_factors: np.ndarray) -> np.ndarray:
+    """YᵀY, the part of every implicit user's normal equations that all users share."""
+    factors = item_factors.astype(np.float64, copy=False)
+    return factors.T @ factors
 
 
 def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
