@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
+import pandas as pd
 from cachetools import LRUCache
 from litestar import post
 from litestar.exceptions import ServiceUnavailableException, ValidationException
@@ -26,9 +27,15 @@ from reco_dagster.domain.events import (
     ValidationRules,
     event_types_weighed_by,
 )
+from reco_dagster.domain.explain import explain_lists
 from reco_dagster.domain.lists import PUBLISHED_DEPTH
 from reco_dagster.domain.models import ARCHIVE_FOLDER, CARD_FILE, FACTORS_FILE, FactorModel
-from reco_dagster.domain.session import SessionEvent, SessionScorer, session_history
+from reco_dagster.domain.session import (
+    SESSION_USER,
+    SessionEvent,
+    SessionScorer,
+    session_history,
+)
 from resources.deployment import event_weights
 from resources.store import Item, RecommendationStore
 from resources.whole_files import WholeFiles
@@ -53,12 +60,16 @@ class Session(msgspec.Struct, forbid_unknown_fields=True):
     user_id: ItemId | None = None
     """Who the visitor is, when known: the served list is logged for online evaluation."""
     k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    explain: bool = False
+    """Add `because` to each item: up to three of the session's items that raised its score
+    most, the largest first."""
 
 
 class SessionItemScore(msgspec.Struct, omit_defaults=True):
     item_id: str
     score: float
     title: str | None = None
+    because: list[str] | None = None
 
 
 class SessionRecommendations(msgspec.Struct, omit_defaults=True):
@@ -134,13 +145,20 @@ def session_route(
                 "no model has been published yet: materialize the batch_retrain job"
             )
         scorer, popular = loaded
-        ranked = scorer.recommend(session_history(events, weights), data.k)
+        history = session_history(events, weights)
+        ranked = scorer.recommend(history, data.k)
         if ranked is None:
             items = [SessionItemScore(**item) for item in popular[: data.k]]
             source: Literal["session", "popular"] = "popular"
         else:
             items = [SessionItemScore(item_id, score) for item_id, score in ranked]
             source = "session"
+            if data.explain:
+                listed = pd.DataFrame({"user_id": SESSION_USER, "item_id": [i for i, _ in ranked]})
+                for item, because in zip(
+                    items, explain_lists(scorer.model, history, listed), strict=True
+                ):
+                    item.because = because
         if data.user_id is not None:
             served.record(data.user_id, None, scorer.version, [item.item_id for item in items])
         return SessionRecommendations(scorer.version, source, items, data.user_id)
