@@ -14,6 +14,7 @@ from contextlib import suppress
 from time import monotonic
 from typing import Annotated, Any, Literal, NamedTuple
 
+import anyio
 import msgspec
 from cachetools import LRUCache
 from litestar import Litestar, MediaType, Response, get, post
@@ -34,6 +35,7 @@ from api.deletions import deletion_routes
 from api.events import events_route, require_bearer, require_short
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
+from api.sessions import session_route
 from reco_dagster.domain.online import SERVED
 from resources.deployment import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
@@ -47,6 +49,9 @@ class RecommendedItem(msgspec.Struct, omit_defaults=True):
     item_id: str
     score: float
     title: str | None = None
+    because: list[str] | None = None
+    """With explain=true: up to three items of the user's history that raised this item's
+    score most, the largest first."""
 
 
 class Recommendations(msgspec.Struct, omit_defaults=True):
@@ -227,6 +232,13 @@ def _ready(
 
 
 K = Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")]
+Explain = Annotated[
+    bool,
+    Parameter(
+        description="add `because` to each personal item: up to three items of the user's "
+        "history that raised its score most"
+    ),
+]
 
 
 def lookup_routes(
@@ -236,12 +248,12 @@ def lookup_routes(
     fifth of a lookup's throughput."""
     in_thread = cache.store.reads_over_network
 
-    def recommend(user_id: str, k: int) -> ASGIResponse:
+    def recommend(user_id: str, k: int, explain: bool) -> ASGIResponse:
         require_short("user_id", user_id)
         variant = experiment.assign(user_id) if experiment else None
         rendered = cache.get(
-            ("user", user_id, k),
-            lambda generation: _render_user(cache, generation, user_id, k, variant),
+            ("user", user_id, k, explain),
+            lambda generation: _render_user(cache, generation, user_id, k, variant, explain),
         )
         if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
@@ -268,24 +280,24 @@ def lookup_routes(
         media_type=MediaType.JSON,
         responses={200: user_doc},
     )
-    def user_recommendations(user_id: str, k: K = 10) -> ASGIResponse:
+    def user_recommendations(user_id: str, k: K = 10, explain: Explain = False) -> ASGIResponse:
         """The user's top-k unseen items; users the model does not know get the popular
         list. Under an A/B test (RECO_AB_TEST) the user's variant decides the version and the
         response names it. Every served list is logged for online evaluation."""
-        return recommend(user_id, k)
+        return recommend(user_id, k, explain)
 
-    @get(
-        "/recommendations",
-        sync_to_thread=in_thread,
-        media_type=MediaType.JSON,
-        responses={200: user_doc},
-    )
-    def recommendations_by_query(
+    @get("/recommendations", media_type=MediaType.JSON, responses={200: user_doc})
+    async def recommendations_by_query(
         user_id: Annotated[str, Parameter(min_length=1, description="any characters")],
         k: K = 10,
+        explain: Explain = False,
     ) -> ASGIResponse:
         """As /users/{user_id}/recommendations, for ids a path cannot carry (with "/")."""
-        return recommend(user_id, k)
+        # Offloaded by hand: Litestar 2.25 never awaits a sync_to_thread handler that returns
+        # an ASGIResponse when another method (POST, sessions) shares its path.
+        if in_thread:
+            return await anyio.to_thread.run_sync(recommend, user_id, k, explain)
+        return recommend(user_id, k, explain)
 
     @get(
         "/items/{item_id:str}/similar",
@@ -314,7 +326,12 @@ def lookup_routes(
 
 
 def _render_user(
-    cache: ResponseCache, generation: int, user_id: str, k: int, variant: Variant | None
+    cache: ResponseCache,
+    generation: int,
+    user_id: str,
+    k: int,
+    variant: Variant | None,
+    explain: bool = False,
 ) -> Rendered | None:
     store = cache.store
     if variant is None or variant.version == LIVE:
@@ -341,6 +358,10 @@ def _render_user(
             Recommendations(user_id, found.model_version, "popular", part.items, variant_name)
         )
         return _ready(body, found.model_version, part.ids, keep=False, forgotten=found.forgotten)
+    items = found.items
+    if explain:
+        reasons = store.reasons(user_id, found.model_version)
+        items = [{**item, "because": reasons.get(item["item_id"], [])} for item in items]
     body = _encode(
         Recommendations(
             user_id=user_id,
@@ -348,7 +369,7 @@ def _render_user(
             source=found.source,
             # The store keeps items in RecommendedItem's shape: encoding them as they are
             # skips building a Struct per item, a fifth of a cache miss's Python time.
-            items=found.items,
+            items=items,
             variant=variant_name,
         )
     )
@@ -425,11 +446,13 @@ def create_app(
     )
     served = ServedLog.from_environment(data_dir() / SERVED, lambda: store.forgotten().keys)
     TALLY.cache = cache.responses
+    files = files or deployment_files()
     return Litestar(
         route_handlers=[
             *lookup_routes(cache, Experiment.from_environment(), served),
             *registry_routes(store, cache),
-            events_route(store, files or deployment_files(), cache.clear),
+            events_route(store, files, cache.clear),
+            session_route(store, files, cache.current_generation, served),
             *deletion_routes(store, cache.clear, served.erase_soon),
             PrometheusController,
         ],

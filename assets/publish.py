@@ -16,6 +16,7 @@ from dagster import (
 )
 from dagster_pyspark import LazyPySparkResource
 
+from reco_dagster.domain.explain import explain_lists
 from reco_dagster.domain.families import FAMILIES
 from reco_dagster.domain.interactions import history_events
 from reco_dagster.domain.lists import (
@@ -67,12 +68,17 @@ def build_publish(family: str) -> list[AssetsDefinition]:
     ) -> Output[pd.DataFrame]:
         """Every known user's best unseen items, scored from all of their history (for many
         users, on Spark's executors: see BatchScoring); a list that runs short goes on with
-        the cold-start list. `history_events` is how many of the user's events that was."""
+        the cold-start list. `because` names the history items that explain each one
+        (`domain.explain`), `history_events` how many of the user's events it was ranked
+        from."""
         started = time.perf_counter()
         users = interactions["user_id"].nunique()
         with model.scorer(interactions, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
             ranked = scorer.recommend(seen=interactions, k=PUBLISHED_DEPTH)
         ranked = fill_short_lists(ranked, popular_items, interactions, PUBLISHED_DEPTH)
+        explaining = time.perf_counter()
+        ranked["because"] = explain_lists(model.item_side(), interactions, ranked)
+        explain_s = time.perf_counter() - explaining
         version = scorer.card.version
         context.log.info(f"Ranked {users} users' items on the {ranked_on(scorer)}")
         return Output(
@@ -86,6 +92,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
                 "model_version": version,
                 "ranked_on": ranked_on(scorer),
                 "scoring_s": round(time.perf_counter() - started, 3),
+                "explain_s": round(explain_s, 3),
             },
         )
 

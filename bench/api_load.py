@@ -16,7 +16,10 @@ shared popular list) and reports the API's peak resident memory (target: 500 MB)
 cached phase's. Phase 4 writes 1,000,000 users' synthetic top-10 lists straight into a new
 SQLite store and asks for random users, so most requests miss the response cache (target:
 half the bare route's throughput, no errors). Phases 3 and 4 log their served lists to a
-scratch folder, deleted afterwards. The last line is one JSON object of the figures.
+scratch folder, deleted afterwards. Phase 5 POSTs sessions of 10 random catalogue items to
+/recommendations, each scored on the fly by the live version (target: p99 ≤ 20 ms at 20
+connections). `--phases` runs some of phases 2-5 (phase 1, the reference, always runs). The
+last line is one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -77,7 +80,19 @@ request = function()
   return wrk.format("GET", "/users/user" .. math.random(%d) .. "/recommendations")
 end
 """
+SESSION_LUA = """
+local items = {%s}
+request = function()
+  local picked = {}
+  for n = 1, 10 do
+    picked[n] = '"' .. items[math.random(#items)] .. '"'
+  end
+  local body = '{"k": 10, "items": [' .. table.concat(picked, ",") .. ']}'
+  return wrk.format("POST", "/recommendations", {["Content-Type"] = "application/json"}, body)
+end
+"""
 MILLION = 1_000_000
+PHASES = ("switch", "unknown", "million", "sessions")
 
 
 def main() -> None:
@@ -85,7 +100,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="a data dir with a live model already")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"of {', '.join(PHASES)}")
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
 
     from tests.servers import free_port
 
@@ -110,12 +127,17 @@ def main() -> None:
         figures[f"{name}_rps_20c"] = calm["rps"]
         figures[f"{name}_peak_rss_mb"] = peak_mb
     figures["api_to_bare_throughput"] = round(figures["api_rps_200c"] / figures["bare_rps_200c"], 3)
-    figures.update(_switch_under_load(args.server, data_dir, users))
-    figures.update(_unknown_users(args.server, data_dir))
-    figures.update(_million_users(args.server, args.duration))
-    figures["million_users_to_bare_throughput"] = round(
-        figures["million_users_rps_200c"] / figures["bare_rps_200c"], 3
-    )
+    if "switch" in phases:
+        figures.update(_switch_under_load(args.server, data_dir, users))
+    if "unknown" in phases:
+        figures.update(_unknown_users(args.server, data_dir))
+    if "million" in phases:
+        figures.update(_million_users(args.server, args.duration))
+        figures["million_users_to_bare_throughput"] = round(
+            figures["million_users_rps_200c"] / figures["bare_rps_200c"], 3
+        )
+    if "sessions" in phases:
+        figures.update(_sessions(args.server, data_dir, args.duration))
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
@@ -254,6 +276,30 @@ def _million_users(server: str, seconds: int) -> dict[str, float]:
         "million_users_errors_200c": busy["errors"],
         "million_users_cache_miss_ratio": round(misses / max(hits + misses, 1), 3),
         "million_users_peak_rss_mb": peak_mb,
+    }
+
+
+def _sessions(server: str, data_dir: Path, seconds: int) -> dict[str, float]:
+    """10-item sessions of random catalogue items, each scored on the fly."""
+    import pandas as pd
+
+    from tests.servers import free_port
+
+    items = pd.read_parquet(data_dir / "lake" / "interactions.parquet")["item_id"].unique()
+    script = Path(tempfile.mkdtemp()) / "sessions.lua"
+    script.write_text(SESSION_LUA % ", ".join(f'"{item}"' for item in items))
+    port = free_port()
+    with _server(server, "api.app:app", port, data_dir) as process:
+        url = f"http://127.0.0.1:{port}"
+        _wrk(url, 20, 3, script)  # warm-up: the live version's item side is loaded once
+        calm = _wrk(url, 20, seconds, script)
+        peak_mb = _peak_rss_mb(process.pid)
+    return {
+        "session_p50_ms_20c": calm["p50_ms"],
+        "session_p99_ms_20c": calm["p99_ms"],
+        "session_rps_20c": calm["rps"],
+        "session_errors_20c": calm["errors"],
+        "session_peak_rss_mb": peak_mb,
     }
 
 

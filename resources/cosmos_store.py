@@ -75,6 +75,7 @@ from resources.store import (
     Tombstone,
     VersionNotPublishableError,
     WriteReport,
+    split_reasons,
 )
 
 USERS, SIMILAR, MODELS = "user_recommendations", "similar_items", "models"
@@ -347,10 +348,7 @@ class CosmosRecommendationStore(RecommendationStore):
         neighbours = {item: items for item, items in similar}
         requests = self._upserts(
             USERS,
-            (
-                {"id": version, "user_id": u, "items": i, "history_events": marks.get(u, 0)}
-                for u, i in users.items()
-            ),
+            (_user_document(version, u, i, marks.get(u, 0)) for u, i in users.items()),
         ) + self._upserts(
             SIMILAR, ({"id": version, "item_id": s, "items": i} for s, i in neighbours.items())
         )
@@ -422,7 +420,7 @@ class CosmosRecommendationStore(RecommendationStore):
 
         def refresh(hook: Callable, user: str, items: list[Item]) -> None:
             mark = history_events[user]
-            document = {"id": version, "user_id": user, "items": items, "history_events": mark}
+            document = _user_document(version, user, items, mark)
             self._rewrite(
                 USERS,
                 version,
@@ -454,6 +452,7 @@ class CosmosRecommendationStore(RecommendationStore):
                     "user_id": user,
                     "items": [item for item in stored["items"] if item["item_id"] not in gone],
                     "history_events": _history_events(stored) + new_events[user],
+                    **({"reasons": stored["reasons"]} if "reasons" in stored else {}),
                 }
 
             if self._rewrite(USERS, version, user, without_them, hook) is not None:
@@ -501,6 +500,10 @@ class CosmosRecommendationStore(RecommendationStore):
         key = user_key(user_id)
         forgotten = self._read(FORGOTTEN, key, key) is not None
         return Lookup(version, "popular", record["popular"][:k], forgotten)
+
+    def reasons(self, user_id: str, version: str) -> dict[str, list[str]]:
+        found = self._read(USERS, version, user_id)
+        return found.get("reasons", {}) if found else {}
 
     def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
         version = self.live_version()
@@ -707,6 +710,12 @@ def _lists_state(record: dict) -> tuple[str, str | None]:
 
 def _marked(record: dict | None, status: str, **fields: str) -> dict | None:
     return record | {"status": status, **fields} if record else None
+
+
+def _user_document(version: str, user: str, items: list[Item], mark: int) -> dict:
+    served, reasons = split_reasons(items)
+    document = {"id": version, "user_id": user, "items": served, "history_events": mark}
+    return document | {"reasons": reasons} if reasons else document
 
 
 def _history_events(stored: dict | None) -> int:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reco_dagster.domain.forgetting import Forgotten
+from reco_dagster.domain.models import FACTORS_FILE
 from resources.event_history import LEDGER, EventHistory
 from resources.files import FileStore
 from resources.lake_io import LAKE
@@ -110,7 +111,7 @@ def forget_in_lake(files: FileStore, forgotten: Forgotten) -> Counter[str]:
             removed = _forget_in_table(files, file.name, forgotten)
             taken["lake_rows_removed"] += removed
             taken["lake_tables_rewritten"] += removed > 0
-        elif path.name == "factors.npz":
+        elif path.name == FACTORS_FILE:
             taken["models_rewritten"] += _forget_in_factors(files, file.name, forgotten)
         elif path.name == "user_ids.parquet":
             taken["models_rewritten"] += _forget_in_spark_model(files, file.name, forgotten)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from reco_dagster.domain.explain import explain_lists
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions, history_events
 from reco_dagster.domain.lists import PUBLISHED_DEPTH, ranked_lists, titles_by_item
@@ -156,6 +157,7 @@ def _rerank(
     ranked = refolded.recommend(seen=history, k=PUBLISHED_DEPTH)
     ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
     ranked = fill_short_lists(ranked, cold_start, history, PUBLISHED_DEPTH)
+    ranked["because"] = explain_lists(model, history, ranked)
     known_items = new_events["item_id"].isin(model.item_ids)
     return ranked, {
         "users_refreshed": int(personal.sum()),

@@ -6,10 +6,9 @@ import json
 
 from dagster import ConfigurableResource
 
-from reco_dagster.domain.models import CARD_FILE, FactorModel
+from reco_dagster.domain.models import ARCHIVE_FOLDER, CARD_FILE, FactorModel
 from resources.files import FileStore
 
-VERSIONS = "lake/versions/"
 SNAPSHOT_FILE = "data_snapshot.json"
 
 
@@ -21,7 +20,7 @@ class ModelArchive(ConfigurableResource):
         (`HistorySnapshot.written_at`); False when it is archived already. A version id names
         one model, so a complete copy (its card, written last) is never rewritten: a
         micro-batch may be reading it."""
-        folder_name = f"{VERSIONS}{model.version}/"
+        folder_name = f"{ARCHIVE_FOLDER}{model.version}/"
         if self.files.exists(folder_name + CARD_FILE):
             return False
         with self.files.folder_to_write(folder_name) as folder:
@@ -33,20 +32,22 @@ class ModelArchive(ConfigurableResource):
         """When the data a version was trained on was taken; None when the archive does not
         say (versions archived before it did)."""
         try:
-            return json.loads(self.files.read(f"{VERSIONS}{version}/{SNAPSHOT_FILE}"))["written_at"]
+            return json.loads(self.files.read(f"{ARCHIVE_FOLDER}{version}/{SNAPSHOT_FILE}"))[
+                "written_at"
+            ]
         except FileNotFoundError:
             return None
 
     def location(self, version: str) -> str:
-        return self.files.location(f"{VERSIONS}{version}/")
+        return self.files.location(f"{ARCHIVE_FOLDER}{version}/")
 
     def load(self, version: str) -> FactorModel:
         try:
-            with self.files.folder_to_read(f"{VERSIONS}{version}/") as folder:
+            with self.files.folder_to_read(f"{ARCHIVE_FOLDER}{version}/") as folder:
                 return FactorModel.load(folder)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"model version {version} is not in the archive "
-                f"({self.files.location(VERSIONS + version)}); "
+                f"({self.files.location(ARCHIVE_FOLDER + version)}); "
                 "re-run batch_retrain to publish a version the micro-batch can score with"
             ) from None

@@ -180,6 +180,12 @@ class RecommendationStore(BaseModel):
         list are left alone. Returns how many lists changed."""
         raise NotImplementedError
 
+    def reasons(self, user_id: str, version: str) -> dict[str, list[str]]:
+        """Why each item of the user's list in `version` was recommended: up to three items
+        of the user's history by item id (`domain.explain`); empty for a user without a
+        personal list, or one written without reasons."""
+        raise NotImplementedError
+
     def live_version(self) -> str | None:
         raise NotImplementedError
 
@@ -263,6 +269,7 @@ CREATE TABLE IF NOT EXISTS user_recommendations (
     user_id TEXT NOT NULL,
     items TEXT NOT NULL,
     history_events INTEGER NOT NULL DEFAULT 0,
+    reasons TEXT,
     PRIMARY KEY (version, user_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS similar_items (
@@ -300,11 +307,13 @@ LEFT JOIN user_recommendations AS personal
 
 
 _INSERT_USER = (
-    "INSERT INTO user_recommendations (version, user_id, items, history_events) VALUES (?, ?, ?, ?)"
+    "INSERT INTO user_recommendations (version, user_id, items, history_events, reasons) "
+    "VALUES (?, ?, ?, ?, ?)"
 )
 _REFRESH_USER = (
     _INSERT_USER + " ON CONFLICT (version, user_id) DO UPDATE SET items = excluded.items, "
-    "history_events = excluded.history_events WHERE history_events <= excluded.history_events"
+    "history_events = excluded.history_events, reasons = excluded.reasons "
+    "WHERE history_events <= excluded.history_events"
 )
 _TOMBSTONE_COLUMNS = "user_key, user_id, requested_at, pending_since, erased_at"
 
@@ -323,22 +332,44 @@ def _writing(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-def _add_history_events(connection: sqlite3.Connection) -> None:
-    """Files written before lists carried their mark get the column (0: any refresh wins)."""
+ADDED_USER_COLUMNS = {
+    "history_events": "INTEGER NOT NULL DEFAULT 0",
+    "reasons": "TEXT",
+}
+"""Columns of user_recommendations newer than some files: such a file gets them (a list
+without a mark: any refresh wins; without reasons: none to give)."""
 
-    def missing() -> bool:
+
+def _add_user_columns(connection: sqlite3.Connection) -> None:
+    def missing() -> list[str]:
         columns = connection.execute("PRAGMA table_info(user_recommendations)").fetchall()
-        return "history_events" not in {column[1] for column in columns}
+        return [name for name in ADDED_USER_COLUMNS if name not in {c[1] for c in columns}]
 
     # Checked first outside the write lock, so opening a connection never waits on a long
-    # publish; again inside it, as another process may have added the column meanwhile.
+    # publish; again inside it, as another process may have added them meanwhile.
     if missing():
         with _writing(connection):
-            if missing():
+            for name in missing():
                 connection.execute(
-                    "ALTER TABLE user_recommendations "
-                    "ADD COLUMN history_events INTEGER NOT NULL DEFAULT 0"
+                    f"ALTER TABLE user_recommendations ADD COLUMN {name} {ADDED_USER_COLUMNS[name]}"
                 )
+
+
+def split_reasons(items: list[Item]) -> tuple[list[Item], dict[str, list[str]]]:
+    """A list as lookups serve it, and its items' `because` apart: read only when a client
+    asks for explanations, so they cost the hot path nothing."""
+    served, reasons = [], {}
+    for item in items:
+        if "because" in item:
+            item = dict(item)
+            reasons[item["item_id"]] = item.pop("because")
+        served.append(item)
+    return served, reasons
+
+
+def _user_row(version: str, user_id: str, items: list[Item], mark: int) -> tuple:
+    served, reasons = split_reasons(items)
+    return version, user_id, json.dumps(served), mark, json.dumps(reasons) if reasons else None
 
 
 def _now() -> str:
@@ -374,7 +405,7 @@ class SqliteRecommendationStore(RecommendationStore):
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
-            _add_history_events(connection)
+            _add_user_columns(connection)
             self._local.connection = connection
         return connection
 
@@ -403,7 +434,7 @@ class SqliteRecommendationStore(RecommendationStore):
         marks = history_events or {}
         # Encoded before the transaction: the write lock is held for the writes alone.
         rows = [
-            (version, user_id, json.dumps(items), marks.get(user_id, 0))
+            _user_row(version, user_id, items, marks.get(user_id, 0))
             for user_id, items in user_lists
         ]
         neighbours = [(version, item_id, json.dumps(items)) for item_id, items in similar]
@@ -458,7 +489,7 @@ class SqliteRecommendationStore(RecommendationStore):
         history_events: Mapping[str, int],
     ) -> bool:
         rows = [
-            (version, user_id, json.dumps(items), history_events[user_id])
+            _user_row(version, user_id, items, history_events[user_id])
             for user_id, items in user_lists
         ]
         with _writing(self._connection()) as connection:
@@ -497,6 +528,17 @@ class SqliteRecommendationStore(RecommendationStore):
     def change_token(self) -> int:
         # Changes when any other connection commits; read from shared memory, no disk I/O.
         return self._connection().execute("PRAGMA data_version").fetchone()[0]
+
+    def reasons(self, user_id: str, version: str) -> dict[str, list[str]]:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT reasons FROM user_recommendations WHERE version = ? AND user_id = ?",
+                (version, user_id),
+            )
+            .fetchone()
+        )
+        return json.loads(row[0]) if row and row[0] else {}
 
     def live_version(self) -> str | None:
         row = self._connection().execute("SELECT version FROM live WHERE id = 1").fetchone()

@@ -23,7 +23,7 @@ from resources.files import LocalFiles
 from resources.served_log import ServedListLog
 from resources.store import SqliteRecommendationStore
 from tests.conftest import running_api
-from tests.servers.azure import COSMOS_EMULATOR_KEY
+from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY
 
 POPULAR = [{"item_id": f"p{n}", "score": 100.0 - n} for n in range(100)]
 
@@ -266,7 +266,7 @@ def test_a_response_rendered_before_a_change_is_not_cached_after_it(cosmos):
     )
 
 
-def test_network_store_calls_do_not_block_the_event_loop(cosmos, data_dir):
+def test_network_store_calls_do_not_block_the_event_loop(cosmos, blob_server, data_dir):
     database = f"t{uuid.uuid4().hex}"
     store = CosmosRecommendationStore(
         endpoint=cosmos.url, key=COSMOS_EMULATOR_KEY, database=database
@@ -277,6 +277,9 @@ def test_network_store_calls_do_not_block_the_event_loop(cosmos, data_dir):
         "RECO_COSMOS_ENDPOINT": cosmos.url,
         "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
         "RECO_COSMOS_DATABASE": database,
+        # The azure deployment's API writes POST /events into Blob Storage: it needs it.
+        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
+        "RECO_BLOB_KEY": AZURITE_KEY,
     }
     with running_api(data_dir, **azure) as url:
         assert httpx.get(f"{url}/health").json()["model_version"] == "v1"

@@ -155,6 +155,9 @@ def test_a_forgotten_user_gets_the_popular_list_on_every_replica_at_once_and_is_
             ("a/b", "pending"),
         ]
         assert listed[0] == deletion
+        for base_url in (one, other):  # a session naming them is not logged either
+            session = {"items": ["i1"], "user_id": "u1"}
+            assert httpx.post(f"{base_url}/recommendations", json=session).status_code == 200
         # Each replica erases what it logged of them, and logs them no more.
         time.sleep(1.0)
         assert {"u1", "a/b"}.isdisjoint(served_users(data_dir))

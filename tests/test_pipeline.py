@@ -181,6 +181,31 @@ def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(fir
         )
 
 
+def test_a_session_gets_the_list_the_batch_gave_a_user_with_the_same_history(first_run, own_copy):
+    """POST /recommendations with u0's events, event for event, answers with exactly the
+    list the batch job published for u0, in each family's version."""
+    events, data_dir = first_run[2], own_copy
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    mine = events[events["user_id"] == "u0"].astype(object)
+    session = mine.drop(columns="user_id").where(mine.notna(), None).to_dict("records")
+    for family in ("als", "ease"):
+        version = json.loads((data_dir / "lake" / f"{family}_evaluation.json").read_text())[
+            "model_version"
+        ]
+        store.activate(version)
+        with running_api(data_dir) as base_url:
+            answer = httpx.post(
+                f"{base_url}/recommendations", json={"items": session, "k": 100}
+            ).json()
+            batch = httpx.get(f"{base_url}/users/u0/recommendations", params={"k": 100}).json()
+        assert (answer["source"], answer["model_version"]) == ("session", version)
+        assert batch["model_version"] == version
+        assert [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in batch["items"]]
+        assert [i["score"] for i in answer["items"]] == pytest.approx(
+            [i["score"] for i in batch["items"]], abs=2e-4
+        )
+
+
 def test_a_switch_keeps_what_micro_batches_wrote_after_the_data_snapshot(first_run, own_copy):
     """A micro-batch that lands between a retrain's data snapshot and its switch writes into
     the old version; the switch folds those users into the new version, not losing them."""

@@ -4,6 +4,8 @@ data (no Spark: the search runs EASE, whose fit is a matrix inverse)."""
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from assets.live import champion_on_split
 from reco_dagster.domain import search
@@ -86,6 +88,28 @@ def test_recency_weights_halve_per_half_life_of_later_events_and_of_age():
     by_age = recency_weights(users, days, 0.0, half_life_days=1.0)
     assert by_age == pytest.approx([0.25, 0.5, 1.0, 1.0, 1.0])
     assert recency_weights(users, times, 0.0, 0.0) == pytest.approx(np.ones(5))
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 5).map(float)), min_size=1, max_size=30
+    ),
+    st.sampled_from([0.0, 0.5, 2.0]),
+    st.sampled_from([0.0, 1.0]),
+)
+def test_recency_weights_match_their_definition_on_any_history(events, per_event, per_day):
+    """Interleaved users, ties and any order: each event's weight is that of its rank among
+    the user's events from the latest (ties share the lowest), and of its age."""
+    users = pd.Series([user for user, _ in events])
+    times = pd.Series([at * DAY_S for _, at in events])
+    later = times.groupby(users).rank(method="min", ascending=False) - 1
+    age_days = (times.groupby(users).transform("max") - times) / DAY_S
+    expected = np.ones(len(events))
+    if per_event:
+        expected *= 0.5 ** (later / per_event)
+    if per_day:
+        expected *= 0.5 ** (age_days / per_day)
+    assert recency_weights(users, times, per_event, per_day) == pytest.approx(expected)
 
 
 def drifting_events(shuffle_time: bool, users: int = 300, seed: int = 0) -> pd.DataFrame:

@@ -315,14 +315,40 @@ def test_a_refresh_replaces_a_list_only_if_ranked_from_at_least_as_many_events(s
     assert refresh("newcomer", "from-0", 0) == "from-1"
 
 
-def test_a_sqlite_file_from_before_the_freshness_marks_gets_them(tmp_path):
+def test_reasons_are_kept_apart_from_the_served_lists_and_follow_each_refresh(store):
+    explained = [
+        {"item_id": "a", "score": 2.0, "because": ["h1", "h2"]},
+        {"item_id": "b", "score": 1.0, "because": []},
+    ]
+    store.register("v1", {"family": "ease"})
+    store.write_version("v1", [("u1", explained), ("u2", lists("v1")[2][1])], POPULAR)
+    store.activate("v1")
+    assert store.lookup("u1", 10).items == [
+        {"item_id": "a", "score": 2.0},
+        {"item_id": "b", "score": 1.0},
+    ]
+    assert store.reasons("u1", "v1") == {"a": ["h1", "h2"], "b": []}
+    assert store.reasons("u2", "v1") == {} and store.reasons("nobody", "v1") == {}
+    fresher = [{"item_id": "c", "score": 3.0, "because": ["h3"]}]
+    assert store.update_live_users("v1", [("u1", fresher)], {"u1": 1})
+    assert store.reasons("u1", "v1") == {"c": ["h3"]}
+    # Consumed items leave the list; the reasons of the rest stay.
+    store.update_live_users("v1", [("u1", [*fresher, *explained])], {"u1": 2})
+    assert store.remove_from_live_lists({"u1": {"c"}}, {"u1": 1}) == 1
+    assert [item["item_id"] for item in store.lookup("u1", 10).items] == ["a", "b"]
+    assert store.reasons("u1", "v1")["a"] == ["h1", "h2"]
+
+
+def test_a_sqlite_file_from_before_the_freshness_marks_and_reasons_gets_them(tmp_path):
     path = str(tmp_path / "reco.sqlite")
     publish(SqliteRecommendationStore(path=path), "v1")
     with contextlib.closing(sqlite3.connect(path)) as older:
         older.execute("ALTER TABLE user_recommendations DROP COLUMN history_events")
+        older.execute("ALTER TABLE user_recommendations DROP COLUMN reasons")
     store = SqliteRecommendationStore(path=path)
     store.activate("v1")
     assert store.lookup("u1", 1).items[0]["item_id"] == "v1-1-0"
+    assert store.reasons("u1", "v1") == {}
     assert store.update_live_users("v1", [("u1", [{"item_id": "fresh"}])], {"u1": 1})
     assert store.lookup("u1", 1).items[0]["item_id"] == "fresh"
 

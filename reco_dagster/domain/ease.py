@@ -80,5 +80,6 @@ def rating_scale(ratings: pd.Series) -> float:
 def ease_weights(rows: pd.DataFrame, scale: float) -> np.ndarray:
     """sqrt(strength) of interaction rows: the stronger of rating / scale (capped at 1) and
     the typed events' relative weight; untyped implicit events (no rating) weigh 1."""
-    from_rating = (rows["rating"].clip(0, scale) / scale).to_numpy(dtype=np.float64)
+    # numpy rather than Series.clip: a tenth of the cost on a session's few rows.
+    from_rating = np.clip(rows["rating"].to_numpy(dtype=np.float64), 0, scale) / scale
     return np.sqrt(strength(from_rating, rows)).astype(np.float32)

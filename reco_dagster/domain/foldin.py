@@ -55,14 +55,18 @@ def fold_in_als(
     reg_param: float,
     alpha: float,
     implicit_prefs: bool,
+    gram: np.ndarray | None = None,
 ) -> np.ndarray:
     """One user vector per (item columns, preferences) history; zeros for an empty history.
 
-    item_factors: the model's (items, rank) matrix; item_columns[u] index its rows.
+    item_factors: the model's (items, rank) matrix; item_columns[u] index its rows. `gram`
+    is `implicit_gram(item_factors)` when the caller keeps it across calls (it costs more
+    than a few users' solves).
     """
     rank = item_factors.shape[1]
-    factors = item_factors.astype(np.float64)
-    gram = factors.T @ factors if implicit_prefs else np.zeros((rank, rank))
+    factors = item_factors.astype(np.float64, copy=False)
+    if gram is None:
+        gram = implicit_gram(factors) if implicit_prefs else np.zeros((rank, rank))
     users = np.zeros((len(item_columns), rank), dtype=np.float32)
     active = [row for row, columns in enumerate(item_columns) if len(columns)]
     for start in range(0, len(active), SOLVE_BLOCK_USERS):
@@ -71,23 +75,45 @@ def fold_in_als(
         targets = np.empty((len(block), rank))
         for slot, row in enumerate(block):
             chosen = factors[item_columns[row]]
-            prefs = np.asarray(preferences[row], dtype=np.float64)
-            if implicit_prefs:
-                confidence = alpha * np.abs(prefs)
-                positive = prefs > 0
-                weights, target, count = (
-                    confidence,
-                    np.where(positive, 1.0 + confidence, 0.0),
-                    positive.sum(),
-                )
-            else:
-                weights, target, count = np.ones(len(prefs)), prefs, len(prefs)
-            normals[slot] = gram + (chosen * weights[:, None]).T @ chosen
-            normals[slot][np.diag_indices(rank)] += reg_param * count
+            normals[slot], target = normal_equations(
+                chosen, preferences[row], gram, reg_param, alpha, implicit_prefs
+            )
             targets[slot] = chosen.T @ target
         # One batched solve: a block of users' normal equations at once.
         users[block] = np.linalg.solve(normals, targets[..., None])[..., 0]
     return users
+
+
+def normal_equations(
+    chosen: np.ndarray,
+    preferences: np.ndarray,
+    gram: np.ndarray,
+    reg_param: float,
+    alpha: float,
+    implicit_prefs: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A user's normal matrix A and per-history-item target t, with the user's vector
+    x = A⁻¹ · chosenᵀ · t (chosen: the factors of the user's history items)."""
+    prefs = np.asarray(preferences, dtype=np.float64)
+    if implicit_prefs:
+        confidence = alpha * np.abs(prefs)
+        positive = prefs > 0
+        weights, target, count = (
+            confidence,
+            np.where(positive, 1.0 + confidence, 0.0),
+            positive.sum(),
+        )
+    else:
+        weights, target, count = np.ones(len(prefs)), prefs, len(prefs)
+    normal = gram + (chosen * weights[:, None]).T @ chosen
+    normal[np.diag_indices(len(normal))] += reg_param * count
+    return normal, target
+
+
+def implicit_gram(item_factors: np.ndarray) -> np.ndarray:
+    """YᵀY, the part of every implicit user's normal equations that all users share."""
+    factors = item_factors.astype(np.float64, copy=False)
+    return factors.T @ factors
 
 
 def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:

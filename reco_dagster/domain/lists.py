@@ -9,7 +9,9 @@ from typing import Any
 import pandas as pd
 
 Item = dict[str, Any]
-"""{"item_id": str, "score": float, "title": str (when the catalogue has one)}"""
+"""{"item_id": str, "score": float, "title": str (when the catalogue has one), "because":
+list[str] (the history items that explain it, when ranked with them; stores keep them
+apart)}"""
 PUBLISHED_DEPTH = 100
 """Items stored per user: the API serves any k up to this without touching the model."""
 SIMILAR_DEPTH = 100
@@ -21,12 +23,16 @@ def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
 
 
 def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
-    """Ranked rows as the store keeps them: item_id, score, and the title when known."""
+    """Ranked rows as the store keeps them: item_id, score, the title when known, and the
+    reasons when `ranked` has them (a `because` column)."""
     items: list[Item] = []
-    for item_id, score in zip(ranked["item_id"], ranked["score"], strict=True):
+    reasons = ranked["because"] if "because" in ranked else [None] * len(ranked)
+    for item_id, score, because in zip(ranked["item_id"], ranked["score"], reasons, strict=True):
         item: Item = {"item_id": item_id, "score": round(float(score), 5)}
         if item_id in titles:
             item["title"] = titles[item_id]
+        if because is not None:
+            item["because"] = list(because)
         items.append(item)
     return items
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ import pandas as pd
 from reco_dagster.domain.ranking import recommend
 
 CARD_FILE = "model.json"
+FACTORS_FILE = "factors.npz"
+ARCHIVE_FOLDER = "lake/versions/"
+"""Where every published version's item side is kept, by version id, in the file store."""
 MODEL_FORMAT = 2
 """Part of every version id: a change to how models are fitted or scored makes a retrain on
 the same data and settings a new version (2: users scored by fold-in with recency)."""
@@ -153,7 +156,7 @@ class FactorModel:
     def save(self, directory: Path) -> None:
         self.card.save(directory)
         np.savez(
-            directory / "factors.npz",
+            directory / FACTORS_FILE,
             user_ids=self.user_ids.astype(str),
             item_ids=self.item_ids.astype(str),
             user_factors=self.user_factors,
@@ -163,13 +166,20 @@ class FactorModel:
     @classmethod
     def load(cls, directory: Path, users: bool = True) -> FactorModel:
         """A saved model; without `users`, its item side only (no user factors)."""
-        card = ModelCard.load(directory)
-        with np.load(directory / "factors.npz") as saved:
+        with open(directory / FACTORS_FILE, "rb") as factors:
+            return cls.read((directory / CARD_FILE).read_bytes(), factors, users)
+
+    @classmethod
+    def read(cls, card: bytes, factors: BinaryIO, users: bool = True) -> FactorModel:
+        """A model from its saved card and factors, wherever they are stored."""
+        with np.load(factors) as saved:
             item_ids, item_factors = saved["item_ids"].astype(object), saved["item_factors"]
             if not users:
-                return cls.item_side_of(card, item_ids, item_factors)
+                return cls.item_side_of(ModelCard.from_json(card), item_ids, item_factors)
             user_ids = saved["user_ids"].astype(object)
-            return cls(card, user_ids, item_ids, saved["user_factors"], item_factors)
+            return cls(
+                ModelCard.from_json(card), user_ids, item_ids, saved["user_factors"], item_factors
+            )
 
 
 def ids_by_index(table: pd.DataFrame, entity: str) -> np.ndarray:

