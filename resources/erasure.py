@@ -66,18 +66,18 @@ def erase_forgotten_users(
     for digest in flagged:
         event_history.landing_file_erased(digest)
     taken["served_lines_removed"] = served_log.erase(forgotten.keys)
-    taken += forget_in_lake(event_history.files, forgotten)
+    taken += _forget_in_lake(event_history.files, forgotten)
     taken["notes_redacted"] = sum(
         landing_zone.redact(file.name, forgotten)
         for folder in NOTES
         for file in event_history.files.list(folder)
     ) + landing_zone.redact(FAILED_RUNS, forgotten)
     taken["tombstones_erased"] = len(store.mark_erased(forgotten.pending, started))
+    message = f"Erased {taken['tombstones_erased']} forgotten user(s)"
     again = len(forgotten.pending) - taken["tombstones_erased"]
-    log(
-        f"Erased {taken['tombstones_erased']} forgotten user(s)"
-        + (f"; {again} had events come again meanwhile: the next erasure takes them" * bool(again))
-    )
+    if again:
+        message += f"; {again} had events come again meanwhile: the next erasure takes them"
+    log(message)
     return taken
 
 
@@ -100,7 +100,7 @@ def _forget_in_landing_file(
     )
 
 
-def forget_in_lake(files: FileStore, forgotten: Forgotten) -> Counter[str]:
+def _forget_in_lake(files: FileStore, forgotten: Forgotten) -> Counter[str]:
     """Forgotten users out of what the batch job keeps in the lake: the rows of every table
     (interactions, splits, ranked lists) and the user side of every model (fitted models'
     user ids and factors; archived versions have none)."""
