@@ -1,0 +1,142 @@
+"""Exposure for new items: catalogue items the model cannot rank yet (unknown to it, or with
+too few interactions to have learned factors worth the name) get a share of the positions in
+every list, chosen by how well their categories match the user's recent history. Without it
+an item nobody has interacted with is never shown, so nobody ever interacts with it.
+
+A user's category profile is their history's weighted share in each category (the same
+fold-in weights that score the user, recency included); a new item scores the mean of the
+profile over its categories. One position in every `every` goes to the user's best new item
+not yet listed, at an offset within each block drawn per user and version (stable while the
+version serves, different between users, so new items are seen at every rank).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from reco_dagster.domain.ranking import top_k_items
+
+EXPOSURE_EVERY = 10
+"""One position in this many goes to a new item (0: none)."""
+MIN_INTERACTIONS = 5
+"""Items with fewer distinct users than this count as new."""
+TIE_BREAK = 1e-6
+"""Scale of the per-version noise that orders new items of equal affinity differently for
+different users: far below any difference in affinity between two category sets."""
+
+
+def new_items(
+    catalog_items: Collection[str],
+    model_items: Collection[str],
+    interactions: pd.DataFrame,
+    min_interactions: int = MIN_INTERACTIONS,
+) -> list[str]:
+    """Catalogue items the model does not know, or that fewer than `min_interactions`
+    distinct users have interacted with."""
+    users = interactions.groupby("item_id")["user_id"].nunique()
+    known = set(model_items)
+    return sorted(
+        item for item in catalog_items if item not in known or users.get(item, 0) < min_interactions
+    )
+
+
+def category_matrix(
+    items: Sequence[str], categories: Mapping[str, Sequence[str]], names: Sequence[str]
+) -> np.ndarray:
+    """(items, categories) with 1 where an item is in a category."""
+    column = {name: position for position, name in enumerate(names)}
+    matrix = np.zeros((len(items), len(names)), dtype=np.float32)
+    for row, item in enumerate(items):
+        for name in categories.get(item, ()):
+            matrix[row, column[name]] = 1.0
+    return matrix
+
+
+def new_item_affinity(
+    history: pd.DataFrame,
+    weights: np.ndarray,
+    candidates: Sequence[str],
+    categories: Mapping[str, Sequence[str]],
+    k: int,
+    version: str,
+) -> pd.DataFrame:
+    """Each user of `history` (user_id, item_id; `weights` per row)'s `k` best `candidates`
+    by category affinity, best first: user_id, item_id, rank, score. Users whose history has
+    no categorised item get candidates in a per-version order alone."""
+    names = sorted({name for item_categories in categories.values() for name in item_categories})
+    users, user_rows = np.unique(history["user_id"].to_numpy(dtype=object), return_inverse=True)
+    in_category = category_matrix(list(history["item_id"]), categories, names)
+    profiles = np.zeros((len(users), len(names)), dtype=np.float64)
+    np.add.at(profiles, user_rows, in_category * weights[:, None])
+    totals = np.bincount(user_rows, weights=weights, minlength=len(users))
+    profiles /= np.where(totals > 0, totals, 1.0)[:, None]
+    candidate_matrix = category_matrix(candidates, categories, names)
+    sizes = candidate_matrix.sum(axis=1, keepdims=True)
+    candidate_matrix /= np.where(sizes > 0, sizes, 1.0)
+    # A few noise dimensions: users' noise vectors point different ways, so equal affinities
+    # are ordered differently per user, and the same way while the version serves.
+    rng = np.random.default_rng(_seed(version))
+    noise = 4
+    user_side = np.hstack([profiles, TIE_BREAK * rng.standard_normal((len(users), noise))])
+    item_side = np.hstack([candidate_matrix, rng.standard_normal((len(candidates), noise))])
+    none = np.empty(0, dtype=np.int64)
+    best, scores = top_k_items(user_side, item_side, none, none, k)
+    filled = best >= 0
+    width = best.shape[1]
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(users, width)[filled.ravel()],
+            "item_id": np.asarray(candidates, dtype=object)[best[filled]],
+            "rank": np.tile(np.arange(1, width + 1, dtype=np.int16), len(users))[filled.ravel()],
+            "score": scores[filled].astype(np.float64),
+        }
+    )
+
+
+def with_new_items(
+    ranked: pd.DataFrame, affinity: pd.DataFrame, every: int, version: str
+) -> pd.DataFrame:
+    """`ranked` (user_id, item_id, rank, score) with one position in every `every` given to
+    the user's next best new item from `affinity` not listed already, marked `new_item`; the
+    other items move down and the list keeps its length. A new item's score lies between
+    its neighbours', so the list stays in score order."""
+    if every <= 0 or affinity.empty:
+        return ranked.assign(new_item=False)
+    offered = affinity.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
+    lists = []
+    for user, group in ranked.sort_values(["user_id", "rank"], kind="stable").groupby(
+        "user_id", sort=False
+    ):
+        listed = list(zip(group["item_id"], group["score"], strict=True))
+        taken = {item for item, _ in listed}
+        extra = iter([item for item in offered.get(user, []) if item not in taken])
+        offset = _seed(f"{version}/{user}") % every
+        merged: list[tuple[str, float, bool]] = []
+        rest = iter(listed)
+        for position in range(len(listed)):
+            if position % every == offset and (new := next(extra, None)) is not None:
+                merged.append((new, np.nan, True))
+            elif (item := next(rest, None)) is not None:
+                merged.append((*item, False))
+        lists.append(_placed(user, merged))
+    if not lists:
+        return ranked.assign(new_item=False)
+    return pd.concat(lists, ignore_index=True)
+
+
+def _placed(user: str, merged: list[tuple[str, float, bool]]) -> pd.DataFrame:
+    """A merged list with each new item scored between its neighbours."""
+    table = pd.DataFrame(merged, columns=["item_id", "score", "new_item"])
+    above = table["score"].ffill()
+    below = table["score"].bfill()
+    middle = ((above + below) / 2).fillna(above - 1e-6).fillna(below + 1e-6).fillna(0.0)
+    table["score"] = table["score"].fillna(middle)
+    return table.assign(user_id=user, rank=np.arange(1, len(table) + 1, dtype=np.int16))
+
+
+def _seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
