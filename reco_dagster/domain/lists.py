@@ -17,7 +17,8 @@ SIMILAR_DEPTH = 100
 
 
 def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(catalog["item_id"], catalog["title"], strict=True))
+    titled = catalog[catalog["title"].notna()]
+    return dict(zip(titled["item_id"], titled["title"], strict=True))
 
 
 def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
