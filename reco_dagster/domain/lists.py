@@ -10,8 +10,10 @@ import pandas as pd
 
 Item = dict[str, Any]
 """{"item_id": str, "score": float, "title": str (when the catalogue has one)}"""
-PUBLISHED_DEPTH = 100
-"""Items stored per user: the API serves any k up to this without touching the model."""
+PUBLISHED_DEPTH = 300
+"""Items stored per user (and in the cold-start, trending and popular lists) unless
+RECO_PUBLISHED_DEPTH says otherwise: the API serves any k up to 100 out of them, and has that
+many to pick from when a request's filters leave items out, without touching the model."""
 SIMILAR_DEPTH = 100
 """Similar items stored per item."""
 
