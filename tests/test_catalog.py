@@ -94,21 +94,22 @@ def test_filters_keep_available_items_of_any_asked_category_and_leave_out_exclus
     assert pick(items, masks, index.item_filter(["no such category"]), 10) == []
 
 
-def test_a_list_left_short_is_filled_under_the_same_filter_without_repeats():
+def test_what_filters_leave_out_is_filled_under_the_same_filter_without_repeats():
     index = CatalogIndex(
         "r1", [*ENTRIES, {"item_id": "e", "categories": ["hats"], "available": True}]
     )
-    mine, trending = listed("a", "c"), listed("b", "c", "x", "e", "a")
-    picked, filled = pick_with_fill(
-        mine, index.masks_of(mine), trending, index.masks_of(trending), index.item_filter(), 3
-    )
-    assert (ids(picked), filled) == (["a", "c", "x"], 1)
-    hats = index.item_filter(["hats"], exclude={"e"})
-    picked, filled = pick_with_fill(
-        mine, index.masks_of(mine), trending, index.masks_of(trending), hats, 3
-    )
-    assert (ids(picked), filled) == (["c"], 0)
-    picked, filled = pick_with_fill(
-        mine, index.masks_of(mine), trending, index.masks_of(trending), index.item_filter(), 2
-    )
-    assert (ids(picked), filled) == (["a", "c"], 0)
+    mine, trending = listed("a", "b", "c"), listed("b", "c", "x", "e", "a")
+
+    def answer(wanted, k, items=mine):
+        picked, filled = pick_with_fill(
+            items, index.masks_of(items), trending, index.masks_of(trending), wanted, k
+        )
+        return ids(picked), filled
+
+    assert answer(index.item_filter(), 3) == (["a", "c", "x"], 1)  # b is unavailable
+    assert answer(index.item_filter(), 2) == (["a", "c"], 0)
+    assert answer(index.item_filter(["hats"]), 3) == (["c", "e"], 1)
+    assert answer(index.item_filter(["hats"], exclude={"e"}), 3) == (["c"], 0)
+    assert answer(index.item_filter(include_unavailable=True), 5) == (["a", "b", "c"], 0)
+    # A list short by itself (its user consumed the rest) is not lengthened.
+    assert answer(index.item_filter(), 5, listed("a", "c")) == (["a", "c"], 0)

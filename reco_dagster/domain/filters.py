@@ -91,12 +91,15 @@ def pick_with_fill(
     wanted: ItemFilter,
     k: int,
 ) -> tuple[list[Any], int]:
-    """`pick` from a list, continued from the fallback list under the same filter (leaving
-    out what the list gave) when it has fewer than `k` items that pass; returns the items and
-    how many came from the fallback."""
+    """`pick` from a list; where the filter leaves out items the answer would have had, the
+    fallback list under the same filter fills in (leaving out what the list gave), so the
+    answer is as long as the unfiltered one, `k` or the whole list if shorter. A list that is
+    short by itself stays so: its user may have consumed what the fallback would bring back.
+    Returns the items and how many came from the fallback."""
     picked = pick(items, masks, wanted, k)
-    if len(picked) == k:
+    short = min(k, len(items)) - len(picked)
+    if short <= 0:
         return picked, 0
     given = wanted.exclude.union(item["item_id"] for item in picked)
-    fill = pick(fallback, fallback_masks, replace(wanted, exclude=given), k - len(picked))
+    fill = pick(fallback, fallback_masks, replace(wanted, exclude=given), short)
     return picked + fill, len(fill)
