@@ -21,6 +21,7 @@ from reco_dagster.domain.catalog import catalog_entries, catalog_revision
 from reco_dagster.domain.families import FAMILIES
 from reco_dagster.domain.interactions import history_events
 from reco_dagster.domain.lists import (
+    NON_PERSONAL_DEPTH,
     SIMILAR_DEPTH,
     listed_items,
     ranked_lists,
@@ -43,7 +44,7 @@ def popular_items(interactions: pd.DataFrame, model_search: dict) -> Output[pd.D
     that run short (in the batch, and at request time when filters leave too few items):
     trending (the half-life chosen on validation) or all-time popular."""
     half_life_days = model_search["cold_start"]["half_life_days"]
-    popular = most_popular(interactions, published_depth(), half_life_days)
+    popular = most_popular(interactions, _non_personal_depth(), half_life_days)
     return Output(
         popular,
         metadata={
@@ -60,7 +61,7 @@ def non_personal_lists(interactions: pd.DataFrame, model_search: dict) -> Output
     validation (or `serving.trending_half_life_days`); popular counts distinct users of all
     time. One of them is the cold-start list."""
     half_life_days = model_search["cold_start"]["trending_half_life_days"]
-    depth = published_depth()
+    depth = _non_personal_depth()
     lists = pd.concat(
         [
             most_popular(interactions, depth, half_life_days).assign(list="trending"),
@@ -76,6 +77,11 @@ def non_personal_lists(interactions: pd.DataFrame, model_search: dict) -> Output
             "depth": depth,
         },
     )
+
+
+def _non_personal_depth() -> int:
+    # At least as deep as the personal lists, which the cold-start list continues.
+    return max(published_depth(), NON_PERSONAL_DEPTH)
 
 
 @asset(group_name="publish", kinds={"sqlite"})

@@ -271,14 +271,19 @@ CREATE TABLE IF NOT EXISTS catalog_state (
 );
 """
 
-_LOOKUP = """
+_FOR_USER = """
 WITH target(version) AS (SELECT COALESCE(?, (SELECT version FROM live WHERE id = 1)))
-SELECT target.version, personal.items IS NOT NULL, COALESCE(personal.items, popular.items)
+SELECT target.version, {columns}
 FROM target
 JOIN popular_items AS popular ON popular.version = target.version
 LEFT JOIN user_recommendations AS personal
     ON personal.version = target.version AND personal.user_id = ?
 """
+_LOOKUP = _FOR_USER.format(
+    columns="personal.items IS NOT NULL, COALESCE(personal.items, popular.items)"
+)
+# The popular list is not read: an unknown user's caller has it already.
+_PERSONAL = _FOR_USER.format(columns="personal.items")
 
 
 _INSERT_USER = (
@@ -497,11 +502,11 @@ class SqliteRecommendationStore(RecommendationStore):
     def personal_list(
         self, user_id: str, version: str | None = None
     ) -> tuple[str, list[Item] | None] | None:
-        row = self._connection().execute(_LOOKUP, (version, user_id)).fetchone()
+        row = self._connection().execute(_PERSONAL, (version, user_id)).fetchone()
         if row is None:
             return None
-        version, is_personal, items = row
-        return version, _decode_items(items) if is_personal else None
+        version, items = row
+        return version, None if items is None else _decode_items(items)
 
     def similar(self, item_id: str, k: int | None) -> tuple[str, list[Item] | None] | None:
         row = (
