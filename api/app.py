@@ -195,8 +195,8 @@ def _asked(category: list[str] | None, exclude: list[str] | None, unavailable: b
 
 
 class ResponseCache:
-    """Encoded responses by key (route, id, k) in an LRU of at most `max_bytes`, dropped
-    whenever the store reports a change.
+    """Encoded responses by key (route, id, k, filters), and the decoded lists they are made
+    from, in an LRU of at most `max_bytes`, dropped whenever the store reports a change.
 
     A request compares the store's change token when the last comparison is older than the
     store's `change_check_interval_s` (1 ms for SQLite, 0.5 s for Cosmos DB), so a cached
