@@ -184,6 +184,14 @@ class Asked(NamedTuple):
         just shown) and would only crowd the cache."""
         return not self.exclude
 
+    @property
+    def decoded_kept(self) -> bool:
+        """Whether a user's or an item's decoded list is worth keeping: for filtered requests,
+        which pick from it again with other filters. An unfiltered answer is cached itself,
+        and its decoded list (about 40 times its size at a depth of 300) would crowd out the
+        answers."""
+        return self != UNFILTERED
+
 
 UNFILTERED = Asked((), frozenset(), False)
 
@@ -487,9 +495,11 @@ def _listed(
     catalog: CatalogIndex,
     key: tuple,
     read: Callable[[], tuple[str, list[Item] | None] | None],
+    keep: bool = True,
 ) -> tuple[str, Listed | None] | None:
-    """A stored list, decoded and masked once per catalog revision (the key ends with it):
-    (version, the list or None when the version has none), None while nothing is live."""
+    """A stored list, decoded and masked once per catalog revision (the key ends with it),
+    and kept unless told otherwise: (version, the list or None when the version has none),
+    None while nothing is live."""
     cached = cache.peek((*key, catalog.revision))
     if isinstance(cached, Listed):
         return cached.version, cached
@@ -500,7 +510,8 @@ def _listed(
     if items is None:
         return version, None
     listed = Listed(version, items, catalog.masks_of(items))
-    cache.put((*key, catalog.revision), listed, generation)
+    if keep:
+        cache.put((*key, catalog.revision), listed, generation)
     return version, listed
 
 
@@ -529,18 +540,23 @@ def _render_user(
                 store.personal_list(user_id, chosen)
                 or (store.personal_list(user_id) if chosen else None)
             ),
+            keep=asked.decoded_kept,
         )
     if found is None:
         return None
     version, personal = found
-    cold = _listed(
-        cache,
-        generation,
-        catalog,
-        ("listed", "cold-start", version),
-        lambda: _popular_list(store, version),
-    )
-    cold_start = cold[1] if cold is not None and cold[1] is not None else Listed(version, [], [])
+
+    def cold_start() -> tuple[list[Item], list[int]]:
+        """The version's cold-start list, read only when an answer needs it."""
+        cold = _listed(
+            cache,
+            generation,
+            catalog,
+            ("listed", "cold-start", version),
+            lambda: _popular_list(store, version),
+        )
+        return (cold[1].items, cold[1].masks) if cold is not None and cold[1] else ([], [])
+
     wanted = asked.item_filter(catalog)
     variant_name = variant.name if variant else None
     if personal is None:
@@ -548,15 +564,13 @@ def _render_user(
         key = ("popular", version, k, asked)
         part = cache.peek(key)
         if not isinstance(part, PopularPart):
-            items = pick(cold_start.items, cold_start.masks, wanted, k)
+            items = pick(*cold_start(), wanted, k)
             part = PopularPart(msgspec.Raw(_encode(items)), [item["item_id"] for item in items])
             if asked.keep:
                 cache.put(key, part, generation)
         body = _encode(Recommendations(user_id, version, "popular", part.items, 0, variant_name))
         return _ready(body, version, part.ids, keep=False)
-    items, filled = pick_with_fill(
-        personal.items, personal.masks, cold_start.items, cold_start.masks, wanted, k
-    )
+    items, filled = pick_with_fill(personal.items, personal.masks, cold_start, wanted, k)
     # The store keeps items in RecommendedItem's shape: encoding them as they are skips
     # building a Struct per item, a fifth of a cache miss's Python time.
     body = _encode(Recommendations(user_id, version, "personal", items, filled, variant_name))
@@ -579,6 +593,7 @@ def _render_similar(
         catalog,
         ("listed", "similar", item_id),
         lambda: cache.store.similar(item_id, None),
+        keep=asked.decoded_kept,
     )
     if found is None:
         return None

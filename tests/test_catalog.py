@@ -102,7 +102,7 @@ def test_what_filters_leave_out_is_filled_under_the_same_filter_without_repeats(
 
     def answer(wanted, k, items=mine):
         picked, filled = pick_with_fill(
-            items, index.masks_of(items), trending, index.masks_of(trending), wanted, k
+            items, index.masks_of(items), lambda: (trending, index.masks_of(trending)), wanted, k
         )
         return ids(picked), filled
 

@@ -5,7 +5,7 @@ filter."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -86,20 +86,19 @@ def pick(
 def pick_with_fill(
     items: Sequence[Mapping[str, Any]],
     masks: Sequence[int],
-    fallback: Sequence[Mapping[str, Any]],
-    fallback_masks: Sequence[int],
+    fallback: Callable[[], tuple[Sequence[Mapping[str, Any]], Sequence[int]]],
     wanted: ItemFilter,
     k: int,
 ) -> tuple[list[Any], int]:
     """`pick` from a list; where the filter leaves out items the answer would have had, the
-    fallback list under the same filter fills in (leaving out what the list gave), so the
-    answer is as long as the unfiltered one, `k` or the whole list if shorter. A list that is
-    short by itself stays so: its user may have consumed what the fallback would bring back.
-    Returns the items and how many came from the fallback."""
+    fallback list (items, masks: called only then) under the same filter fills in (leaving
+    out what the list gave), so the answer is as long as the unfiltered one, `k` or the whole
+    list if shorter. A list that is short by itself stays so: its user may have consumed what
+    the fallback would bring back. Returns the items and how many came from the fallback."""
     picked = pick(items, masks, wanted, k)
     short = min(k, len(items)) - len(picked)
     if short <= 0:
         return picked, 0
     given = wanted.exclude.union(item["item_id"] for item in picked)
-    fill = pick(fallback, fallback_masks, replace(wanted, exclude=given), short)
+    fill = pick(*fallback(), replace(wanted, exclude=given), short)
     return picked + fill, len(fill)
