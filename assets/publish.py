@@ -96,7 +96,9 @@ def published_catalog(
     (the `catalog_refresh` job, which `catalog_sensor` runs when `catalog/` changes)."""
     entries = catalog_entries(item_catalog)
     revision = catalog_revision(entries)
-    outcome = store.write_catalog(entries, revision, item_catalog.attrs["read_at"])
+    # An item_catalog written before catalogs carried their read time counts as the oldest.
+    read_at = item_catalog.attrs.get("read_at", 0.0)
+    outcome = store.write_catalog(entries, revision, read_at)
     if outcome == "older":
         context.log.info(f"The store's catalog was read later than {revision}'s: kept")
     return MaterializeResult(
