@@ -387,11 +387,11 @@ def lookup_routes(
         include_unavailable: IncludeUnavailable = False,
     ) -> ASGIResponse:
         """The user's top-k unseen items; users the model does not know get the popular
-        list. The filters pick from the user's precomputed list (kept deeper than k); when
-        they leave fewer than k, the cold-start list under the same filters fills the rest
-        and `filled` says how many. Under an A/B test (RECO_AB_TEST) the user's variant
-        decides the version and the response names it. Every served list is logged for
-        online evaluation."""
+        list. The filters pick from the user's precomputed list (kept deeper than k); where
+        they leave out items the answer would have had, the cold-start list under the same
+        filters fills in and `filled` says how many. Under an A/B test (RECO_AB_TEST) the
+        user's variant decides the version and the response names it. Every served list is
+        logged for online evaluation."""
         return recommend(user_id, k, _asked(category, exclude, include_unavailable))
 
     @get(
