@@ -36,13 +36,19 @@ from api.events import events_route, require_bearer, require_short
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
 from api.sessions import session_route
+from reco_dagster.domain.filters import CatalogIndex, ItemFilter, pick, pick_with_fill
+from reco_dagster.domain.lists import Item
 from reco_dagster.domain.online import SERVED
 from resources.deployment import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
 from resources.whole_files import WholeFiles, deployment_files
 
 MAX_K = 100
+MAX_EXCLUDED = 500
+MAX_CATEGORIES = 50
 NOTHING_LIVE = "no model has been published yet: materialize the batch_retrain job"
+TRENDING, POPULAR_LIST = "trending", "popular"
+"""The live version's non-personal lists by name (GET /items/trending, GET /items/popular)."""
 
 
 class RecommendedItem(msgspec.Struct, omit_defaults=True):
@@ -59,12 +65,24 @@ class Recommendations(msgspec.Struct, omit_defaults=True):
     model_version: str
     source: Literal["personal", "popular"]
     items: list[RecommendedItem]
+    filled: Annotated[
+        int,
+        msgspec.Meta(
+            description="How many of the items (the last ones) come from the cold-start list "
+            "because the filters left out items of the user's own list"
+        ),
+    ]
     variant: str | None = None
     """The A/B variant the user is in, while an experiment runs."""
 
 
 class SimilarItems(msgspec.Struct):
     item_id: str
+    model_version: str
+    items: list[RecommendedItem]
+
+
+class ItemList(msgspec.Struct):
     model_version: str
     items: list[RecommendedItem]
 
@@ -113,34 +131,84 @@ class Rendered(NamedTuple):
     items: list[str]
     keep: bool = True
     """False for an answer built for one request (an unknown user's popular list)."""
-    forgotten: bool = False
-    """The answer to a forgotten user: the served-list log leaves it out."""
 
 
 class PopularPart(NamedTuple):
-    """A version's popular list at one k, encoded once: every unknown user's answer embeds it."""
+    """A version's popular list at one k and filter, encoded once: every unknown user's answer
+    embeds it."""
 
     items: msgspec.Raw
     ids: list[str]
 
 
-Entry = Rendered | PopularPart
+class Listed(NamedTuple):
+    """A stored list decoded once, with each item's mask in the catalog of the cache key's
+    revision: what a request's filters pick from."""
+
+    version: str
+    items: list[Item]
+    masks: list[int]
+
+
+Entry = Rendered | PopularPart | Listed
 
 # Bytes an entry holds beside its body: the response object and its headers, the key, the
 # tuples and the LRU's links; and per item id, a str object and its list slot (measured with
-# tracemalloc over 20,000 cached k=100 responses).
-ENTRY_OVERHEAD, ITEM_OVERHEAD = 1_400, 57
+# tracemalloc over 20,000 cached k=100 responses). A decoded item (Listed) holds a dict, a
+# float, its mask, its list slots and the str objects of its id and title (measured over 2,000
+# decoded lists of 300 items).
+ENTRY_OVERHEAD, ITEM_OVERHEAD, DECODED_ITEM_OVERHEAD = 1_400, 57, 320
 
 
 def _entry_size(entry: Entry) -> int:
+    if isinstance(entry, Listed):
+        return ENTRY_OVERHEAD + sum(
+            DECODED_ITEM_OVERHEAD + len(item["item_id"]) + len(item.get("title", ""))
+            for item in entry.items
+        )
     body = entry.response.body if isinstance(entry, Rendered) else entry.items
     ids = entry.items if isinstance(entry, Rendered) else entry.ids
     return ENTRY_OVERHEAD + len(body) + sum(ITEM_OVERHEAD + len(item) for item in ids)
 
 
+class Asked(NamedTuple):
+    """A request's filters: items in one of `categories` (any, when empty), none of `exclude`,
+    and unavailable ones only when asked for."""
+
+    categories: tuple[str, ...]
+    exclude: frozenset[str]
+    include_unavailable: bool
+
+    def item_filter(self, catalog: CatalogIndex) -> ItemFilter:
+        return catalog.item_filter(self.categories, self.exclude, self.include_unavailable)
+
+    @property
+    def keep(self) -> bool:
+        """Whether answers may be cached: an `exclude` list is per request (a cart, what was
+        just shown) and would only crowd the cache."""
+        return not self.exclude
+
+    @property
+    def decoded_kept(self) -> bool:
+        """Whether a user's or an item's decoded list is worth keeping: for filtered requests,
+        which pick from it again with other filters. An unfiltered answer is cached itself,
+        and its decoded list (about 40 times its size at a depth of 300) would crowd out the
+        answers."""
+        return self != UNFILTERED
+
+
+UNFILTERED = Asked((), frozenset(), False)
+
+
+def _asked(category: list[str] | None, exclude: list[str] | None, unavailable: bool) -> Asked:
+    if category is None and exclude is None and not unavailable:
+        return UNFILTERED
+    return Asked(tuple(sorted(set(category or ()))), frozenset(exclude or ()), unavailable)
+
+
 class ResponseCache:
-    """Encoded responses by key (route, id, k) in an LRU of at most `max_bytes`, dropped
-    whenever the store reports a change.
+    """Encoded responses by key (route, id, k, filters), and the decoded lists they are made
+    from, in an LRU of at most `max_bytes`, dropped whenever the store reports a change.
 
     A request compares the store's change token when the last comparison is older than the
     store's `change_check_interval_s` (1 ms for SQLite, 0.5 s for Cosmos DB), so a cached
@@ -154,6 +222,9 @@ class ResponseCache:
 
     def __init__(self, store: RecommendationStore, max_bytes: int) -> None:
         self.store, self.max_bytes = store, max_bytes
+        self.catalog = CatalogIndex(None, ())
+        """The store's item catalog, read again when the change token moved and the catalog's
+        revision with it; renders read it once and key what they cache by its revision."""
         self.token: int | None = None
         self.next_check = 0.0
         self.generation = 0
@@ -168,11 +239,20 @@ class ResponseCache:
             self.next_check = now + self.store.change_check_interval_s
             token = self.store.change_token()
             if token != self.token:
+                # Before the clear: what is rendered in the new generation uses the new one.
+                self.catalog = self._catalog_now()
                 self.clear()
                 self.token = token
                 LIVE_VERSION.clear()
                 LIVE_VERSION.labels(version=self.store.live_version() or "none").set(1)
         return self.generation
+
+    def _catalog_now(self) -> CatalogIndex:
+        """The store's catalog, read whole only when its revision moved (a cheap read)."""
+        if self.store.catalog_revision() == self.catalog.revision:
+            return self.catalog
+        found = self.store.catalog()
+        return CatalogIndex(found.revision, found.entries) if found else CatalogIndex(None, ())
 
     def get(self, key: tuple, render: Callable[[int], Rendered | None]) -> Rendered | None:
         """The cached response, or `render(generation)`'s (None: nothing is live), kept unless
@@ -225,10 +305,8 @@ class JsonResponse(ASGIResponse):
         return self._headers
 
 
-def _ready(
-    body: bytes, version: str, items: list[str], keep: bool = True, forgotten: bool = False
-) -> Rendered:
-    return Rendered(JsonResponse(body), version, items, keep, forgotten)
+def _ready(body: bytes, version: str, items: list[str], keep: bool = True) -> Rendered:
+    return Rendered(JsonResponse(body), version, items, keep)
 
 
 K = Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")]
@@ -237,6 +315,29 @@ Explain = Annotated[
     Parameter(
         description="add `because` to each personal item: up to three items of the user's "
         "history that raised its score most"
+    ),
+]
+Exclude = Annotated[
+    list[str] | None,
+    Parameter(
+        description="Item ids not to return (what is in the cart, what was just shown); "
+        "repeat the parameter: exclude=sku-1&exclude=sku-2",
+        max_items=MAX_EXCLUDED,
+    ),
+]
+Category = Annotated[
+    list[str] | None,
+    Parameter(
+        description="Only items in one of these catalog categories; repeat the parameter: "
+        "category=shoes&category=bags. A category the catalog does not name matches no item",
+        max_items=MAX_CATEGORIES,
+    ),
+]
+IncludeUnavailable = Annotated[
+    bool,
+    Parameter(
+        description="Also items the catalog marks unavailable (available=false), which are "
+        "never served otherwise"
     ),
 ]
 
@@ -248,24 +349,34 @@ def lookup_routes(
     fifth of a lookup's throughput."""
     in_thread = cache.store.reads_over_network
 
-    def recommend(user_id: str, k: int, explain: bool) -> ASGIResponse:
+    def recommend(user_id: str, k: int, asked: Asked, explain: bool) -> ASGIResponse:
         require_short("user_id", user_id)
         variant = experiment.assign(user_id) if experiment else None
         rendered = cache.get(
-            ("user", user_id, k, explain),
-            lambda generation: _render_user(cache, generation, user_id, k, variant, explain),
+            ("user", user_id, k, asked, explain),
+            lambda generation: _render_user(cache, generation, user_id, k, variant, asked, explain),
         )
         if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
-        if not rendered.forgotten:
+        # As of this replica's last look at the tombstones (and its own deletions at once).
+        if not served.forgets(user_id):
             served.record(user_id, variant.name if variant else None, rendered[1], rendered[2])
         return rendered[0]
 
-    def similar(item_id: str, k: int) -> ASGIResponse:
+    def similar(item_id: str, k: int, asked: Asked) -> ASGIResponse:
         require_short("item_id", item_id)
         rendered = cache.get(
-            ("similar", item_id, k),
-            lambda _: _render_similar(cache.store, item_id, k),
+            ("similar", item_id, k, asked),
+            lambda generation: _render_similar(cache, generation, item_id, k, asked),
+        )
+        if rendered is None:
+            raise ServiceUnavailableException(NOTHING_LIVE)
+        return rendered[0]
+
+    def non_personal(name: str, k: int, asked: Asked) -> ASGIResponse:
+        rendered = cache.get(
+            ("items", name, k, asked),
+            lambda generation: _render_items(cache, generation, name, k, asked),
         )
         if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
@@ -273,6 +384,7 @@ def lookup_routes(
 
     user_doc = ResponseSpec(Recommendations, description="the user's list")
     similar_doc = ResponseSpec(SimilarItems, description="the item's neighbours")
+    list_doc = ResponseSpec(ItemList, description="the live version's list")
 
     @get(
         "/users/{user_id:str}/recommendations",
@@ -280,24 +392,38 @@ def lookup_routes(
         media_type=MediaType.JSON,
         responses={200: user_doc},
     )
-    def user_recommendations(user_id: str, k: K = 10, explain: Explain = False) -> ASGIResponse:
+    def user_recommendations(
+        user_id: str,
+        k: K = 10,
+        exclude: Exclude = None,
+        category: Category = None,
+        include_unavailable: IncludeUnavailable = False,
+        explain: Explain = False,
+    ) -> ASGIResponse:
         """The user's top-k unseen items; users the model does not know get the popular
-        list. Under an A/B test (RECO_AB_TEST) the user's variant decides the version and the
-        response names it. Every served list is logged for online evaluation."""
-        return recommend(user_id, k, explain)
+        list. The filters pick from the user's precomputed list (kept deeper than k); where
+        they leave out items the answer would have had, the cold-start list under the same
+        filters fills in and `filled` says how many. Under an A/B test (RECO_AB_TEST) the
+        user's variant decides the version and the response names it. Every served list is
+        logged for online evaluation."""
+        return recommend(user_id, k, _asked(category, exclude, include_unavailable), explain)
 
     @get("/recommendations", media_type=MediaType.JSON, responses={200: user_doc})
     async def recommendations_by_query(
         user_id: Annotated[str, Parameter(min_length=1, description="any characters")],
         k: K = 10,
+        exclude: Exclude = None,
+        category: Category = None,
+        include_unavailable: IncludeUnavailable = False,
         explain: Explain = False,
     ) -> ASGIResponse:
         """As /users/{user_id}/recommendations, for ids a path cannot carry (with "/")."""
+        asked = _asked(category, exclude, include_unavailable)
         # Offloaded by hand: Litestar 2.25 never awaits a sync_to_thread handler that returns
         # an ASGIResponse when another method (POST, sessions) shares its path.
         if in_thread:
-            return await anyio.to_thread.run_sync(recommend, user_id, k, explain)
-        return recommend(user_id, k, explain)
+            return await anyio.to_thread.run_sync(recommend, user_id, k, asked, explain)
+        return recommend(user_id, k, asked, explain)
 
     @get(
         "/items/{item_id:str}/similar",
@@ -305,9 +431,16 @@ def lookup_routes(
         media_type=MediaType.JSON,
         responses={200: similar_doc},
     )
-    def similar_items(item_id: str, k: K = 10) -> ASGIResponse:
-        """The items most like this one (cosine of the live model's item factors)."""
-        return similar(item_id, k)
+    def similar_items(
+        item_id: str,
+        k: K = 10,
+        exclude: Exclude = None,
+        category: Category = None,
+        include_unavailable: IncludeUnavailable = False,
+    ) -> ASGIResponse:
+        """The items most like this one (cosine of the live model's item factors), under
+        the same filters as recommendations (no fill)."""
+        return similar(item_id, k, _asked(category, exclude, include_unavailable))
 
     @get(
         "/similar",
@@ -318,11 +451,78 @@ def lookup_routes(
     def similar_by_query(
         item_id: Annotated[str, Parameter(min_length=1, description="any characters")],
         k: K = 10,
+        exclude: Exclude = None,
+        category: Category = None,
+        include_unavailable: IncludeUnavailable = False,
     ) -> ASGIResponse:
         """As /items/{item_id}/similar, for ids a path cannot carry (with "/")."""
-        return similar(item_id, k)
+        return similar(item_id, k, _asked(category, exclude, include_unavailable))
 
-    return [user_recommendations, recommendations_by_query, similar_items, similar_by_query]
+    @get(
+        "/items/trending",
+        sync_to_thread=in_thread,
+        media_type=MediaType.JSON,
+        responses={200: list_doc},
+    )
+    def trending_items(
+        k: K = 10,
+        exclude: Exclude = None,
+        category: Category = None,
+        include_unavailable: IncludeUnavailable = False,
+    ) -> ASGIResponse:
+        """What many users took up lately: users counted with a half-life in days, chosen on
+        validation (or serving.trending_half_life_days), under the same filters."""
+        return non_personal(TRENDING, k, _asked(category, exclude, include_unavailable))
+
+    @get(
+        "/items/popular",
+        sync_to_thread=in_thread,
+        media_type=MediaType.JSON,
+        responses={200: list_doc},
+    )
+    def popular_items(
+        k: K = 10,
+        exclude: Exclude = None,
+        category: Category = None,
+        include_unavailable: IncludeUnavailable = False,
+    ) -> ASGIResponse:
+        """The most popular items of all time (distinct users), under the same filters."""
+        return non_personal(POPULAR_LIST, k, _asked(category, exclude, include_unavailable))
+
+    return [
+        user_recommendations,
+        recommendations_by_query,
+        similar_items,
+        similar_by_query,
+        trending_items,
+        popular_items,
+    ]
+
+
+def _listed(
+    cache: ResponseCache,
+    generation: int,
+    catalog: CatalogIndex,
+    key: tuple,
+    read: Callable[[], tuple[str, list[Item] | None] | None],
+    keep: bool = True,
+) -> tuple[str, Listed | None] | None:
+    """A stored list, decoded and masked once per catalog revision (the key ends with it),
+    and kept unless told otherwise: (version, the list or None when the version has none),
+    None while nothing is live."""
+    cached = cache.peek((*key, catalog.revision))
+    if isinstance(cached, Listed):
+        return cached.version, cached
+    found = read()
+    if found is None:
+        return None
+    version, items = found
+    if items is None:
+        return version, None
+    listed = Listed(version, items, catalog.masks_of(items))
+    if keep:
+        cache.put((*key, catalog.revision), listed, generation)
+    return version, listed
 
 
 def _render_user(
@@ -331,66 +531,112 @@ def _render_user(
     user_id: str,
     k: int,
     variant: Variant | None,
+    asked: Asked,
     explain: bool = False,
 ) -> Rendered | None:
-    store = cache.store
-    if variant is None or variant.version == LIVE:
-        found = store.lookup(user_id, k)
-    elif variant.version == POPULAR:
-        found = store.lookup(user_id, k, popular_only=True)
+    store, catalog = cache.store, cache.catalog
+    chosen = None if variant is None or variant.version == LIVE else variant.version
+    if chosen == POPULAR:
+        live = store.live_version()
+        found: tuple[str, Listed | None] | None = None if live is None else (live, None)
     else:
         # A variant's version whose lists were purged falls back to the live version; the
         # response (and the served-list log) names the version actually served.
-        found = store.lookup(user_id, k, version=variant.version) or store.lookup(user_id, k)
+        found = _listed(
+            cache,
+            generation,
+            catalog,
+            ("listed", "user", user_id, chosen),
+            lambda: (
+                store.personal_list(user_id, chosen)
+                or (store.personal_list(user_id) if chosen else None)
+            ),
+            keep=asked.decoded_kept,
+        )
     if found is None:
         return None
+    version, personal = found
+
+    def cold_start() -> tuple[list[Item], list[int]]:
+        """The version's cold-start list, read only when an answer needs it."""
+        cold = _listed(
+            cache,
+            generation,
+            catalog,
+            ("listed", "cold-start", version),
+            lambda: _popular_list(store, version),
+        )
+        return (cold[1].items, cold[1].masks) if cold is not None and cold[1] else ([], [])
+
+    wanted = asked.item_filter(catalog)
     variant_name = variant.name if variant else None
-    if found.source == "popular":
+    if personal is None:
         # Shared by every unknown user: cached per user, random ids would fill the cache.
-        key = ("popular", found.model_version, k)
+        key = ("popular", version, k, asked)
         part = cache.peek(key)
         if not isinstance(part, PopularPart):
-            items = _encode([RecommendedItem(**item) for item in found.items])
-            ids = [item["item_id"] for item in found.items]
-            part = PopularPart(msgspec.Raw(items), ids)
-            cache.put(key, part, generation)
-        body = _encode(
-            Recommendations(user_id, found.model_version, "popular", part.items, variant_name)
-        )
-        return _ready(body, found.model_version, part.ids, keep=False, forgotten=found.forgotten)
-    items = found.items
+            items = pick(*cold_start(), wanted, k)
+            part = PopularPart(msgspec.Raw(_encode(items)), [item["item_id"] for item in items])
+            if asked.keep:
+                cache.put(key, part, generation)
+        body = _encode(Recommendations(user_id, version, "popular", part.items, 0, variant_name))
+        return _ready(body, version, part.ids, keep=False)
+    items, filled = pick_with_fill(personal.items, personal.masks, cold_start, wanted, k)
     if explain:
-        reasons = store.reasons(user_id, found.model_version)
+        reasons = store.reasons(user_id, version)
         items = [{**item, "because": reasons.get(item["item_id"], [])} for item in items]
-    body = _encode(
-        Recommendations(
-            user_id=user_id,
-            model_version=found.model_version,
-            source=found.source,
-            # The store keeps items in RecommendedItem's shape: encoding them as they are
-            # skips building a Struct per item, a fifth of a cache miss's Python time.
-            items=items,
-            variant=variant_name,
-        )
+    # The store keeps items in RecommendedItem's shape: encoding them as they are skips
+    # building a Struct per item, a fifth of a cache miss's Python time.
+    body = _encode(Recommendations(user_id, version, "personal", items, filled, variant_name))
+    return _ready(body, version, [item["item_id"] for item in items], asked.keep)
+
+
+def _popular_list(store: RecommendationStore, version: str) -> tuple[str, list[Item]] | None:
+    """A version's cold-start list, whole."""
+    found = store.lookup("", None, version=version, popular_only=True)
+    return None if found is None else (version, found.items)
+
+
+def _render_similar(
+    cache: ResponseCache, generation: int, item_id: str, k: int, asked: Asked
+) -> Rendered | None:
+    catalog = cache.catalog
+    found = _listed(
+        cache,
+        generation,
+        catalog,
+        ("listed", "similar", item_id),
+        lambda: cache.store.similar(item_id, None),
+        keep=asked.decoded_kept,
     )
-    return _ready(body, found.model_version, [item["item_id"] for item in found.items])
-
-
-def _render_similar(store: RecommendationStore, item_id: str, k: int) -> Rendered | None:
-    found = store.similar(item_id, k)
     if found is None:
         return None
-    version, items = found
-    if items is None:
+    version, listed = found
+    if listed is None:
         raise NotFoundException(f"item {item_id!r} is not in live model version {version}")
-    body = _encode(
-        SimilarItems(
-            item_id=item_id,
-            model_version=version,
-            items=[RecommendedItem(**item) for item in items],
-        )
+    items = pick(listed.items, listed.masks, asked.item_filter(catalog), k)
+    body = _encode(SimilarItems(item_id=item_id, model_version=version, items=items))
+    return _ready(body, version, [item["item_id"] for item in items], asked.keep)
+
+
+def _render_items(
+    cache: ResponseCache, generation: int, name: str, k: int, asked: Asked
+) -> Rendered | None:
+    catalog = cache.catalog
+    found = _listed(
+        cache, generation, catalog, ("listed", name), lambda: cache.store.item_list(name)
     )
-    return _ready(body, version, [item["item_id"] for item in items])
+    if found is None:
+        return None
+    version, listed = found
+    if listed is None:
+        raise NotFoundException(
+            f"live model version {version} has no {name} list (published from this release "
+            "on: run batch_retrain)"
+        )
+    items = pick(listed.items, listed.masks, asked.item_filter(catalog), k)
+    body = _encode(ItemList(model_version=version, items=items))
+    return _ready(body, version, [item["item_id"] for item in items], asked.keep)
 
 
 def registry_routes(store: RecommendationStore, cache: ResponseCache) -> list[HTTPRouteHandler]:
@@ -452,7 +698,7 @@ def create_app(
             *lookup_routes(cache, Experiment.from_environment(), served),
             *registry_routes(store, cache),
             events_route(store, files, cache.clear),
-            session_route(store, files, cache.current_generation, served),
+            session_route(store, files, cache.current_generation, lambda: cache.catalog, served),
             *deletion_routes(store, cache.clear, served.erase_soon),
             PrometheusController,
         ],

@@ -28,7 +28,7 @@ from reco_dagster.domain.events import (
     event_types_weighed_by,
 )
 from reco_dagster.domain.explain import explain_lists
-from reco_dagster.domain.lists import PUBLISHED_DEPTH
+from reco_dagster.domain.filters import CatalogIndex, pick, pick_with_fill
 from reco_dagster.domain.models import ARCHIVE_FOLDER, CARD_FILE, FACTORS_FILE, FactorModel
 from reco_dagster.domain.session import (
     SESSION_USER,
@@ -36,7 +36,7 @@ from reco_dagster.domain.session import (
     SessionScorer,
     session_history,
 )
-from resources.deployment import event_weights
+from resources.deployment import event_weights, published_depth
 from resources.store import Item, RecommendationStore
 from resources.whole_files import WholeFiles
 
@@ -60,6 +60,12 @@ class Session(msgspec.Struct, forbid_unknown_fields=True):
     user_id: ItemId | None = None
     """Who the visitor is, when known: the served list is logged for online evaluation."""
     k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    category: Annotated[list[str], msgspec.Meta(max_length=50)] = []
+    """Only items in one of these catalog categories (as GET's `category`)."""
+    exclude: Annotated[list[str], msgspec.Meta(max_length=500)] = []
+    """Item ids not to return (the session's own items never are)."""
+    include_unavailable: bool = False
+    """Also items the catalog marks unavailable, never served otherwise."""
     explain: bool = False
     """Add `because` to each item: up to three of the session's items that raised its score
     most, the largest first."""
@@ -77,6 +83,9 @@ class SessionRecommendations(msgspec.Struct, omit_defaults=True):
     source: Literal["session", "popular"]
     """`popular` when the session names no item the model knows."""
     items: list[SessionItemScore]
+    filled: int
+    """How many of the items (the last ones) came from the popular list, where the filters
+    left out items the answer would have had."""
     user_id: str | None = None
 
 
@@ -87,6 +96,7 @@ class LiveScorer:
     def __init__(
         self, store: RecommendationStore, files: WholeFiles, generation: Callable[[], int]
     ) -> None:
+        # Generations are the API response cache's: they move with every change to the store.
         self.store, self.files, self.generation = store, files, generation
         self.live: tuple[int, str | None] = (-1, None)
         self.scorers: LRUCache[str, tuple[SessionScorer, list[Item]]] = LRUCache(2)
@@ -114,15 +124,22 @@ class LiveScorer:
                 f"live version {version} is not in the model archive ({folder})"
             )
         model = FactorModel.read(card, io.BytesIO(factors), users=False)
-        found = self.store.lookup("", PUBLISHED_DEPTH, version=version, popular_only=True)
+        found = self.store.lookup("", None, version=version, popular_only=True)
         popular = found.items if found else []
         return SessionScorer(model, [item["item_id"] for item in popular]), popular
 
 
 def session_route(
-    store: RecommendationStore, files: WholeFiles, generation: Callable[[], int], served: ServedLog
+    store: RecommendationStore,
+    files: WholeFiles,
+    generation: Callable[[], int],
+    catalog: Callable[[], CatalogIndex],
+    served: ServedLog,
 ) -> HTTPRouteHandler:
+    """`generation` moves with every change to the store (and refreshes what `catalog`
+    gives, the store's item catalog)."""
     max_items = int(os.environ.get("RECO_SESSION_MAX_ITEMS", "500"))
+    depth = published_depth()
     weights = event_weights()
     types = event_types_weighed_by(weights)
     live = LiveScorer(store, files, generation)
@@ -145,23 +162,41 @@ def session_route(
                 "no model has been published yet: materialize the batch_retrain job"
             )
         scorer, popular = loaded
+        index = catalog()
+        # The session's own items are never offered back, by the fill either.
+        seen = {event.item_id for event in events}
+        wanted = index.item_filter(
+            data.category, seen.union(data.exclude), data.include_unavailable
+        )
         history = session_history(events, weights)
-        ranked = scorer.recommend(history, data.k)
+        # As deep as a user's published list, so the filters pick from as many items.
+        ranked = scorer.recommend(history, depth)
         if ranked is None:
-            items = [SessionItemScore(**item) for item in popular[: data.k]]
+            picked = pick(popular, index.masks_of(popular), wanted, data.k)
+            items, filled = [SessionItemScore(**item) for item in picked], 0
             source: Literal["session", "popular"] = "popular"
         else:
-            items = [SessionItemScore(item_id, score) for item_id, score in ranked]
+            scored = [{"item_id": item_id, "score": score} for item_id, score in ranked]
+            chosen, filled = pick_with_fill(
+                scored,
+                index.masks_of(scored),
+                lambda: (popular, index.masks_of(popular)),
+                wanted,
+                data.k,
+            )
+            items = [SessionItemScore(item["item_id"], item["score"]) for item in chosen]
             source = "session"
             if data.explain:
-                listed = pd.DataFrame({"user_id": SESSION_USER, "item_id": [i for i, _ in ranked]})
+                listed = pd.DataFrame(
+                    {"user_id": SESSION_USER, "item_id": [item.item_id for item in items]}
+                )
                 for item, because in zip(
                     items, explain_lists(scorer.model, history, listed), strict=True
                 ):
                     item.because = because
         if data.user_id is not None and not served.forgets(data.user_id):
             served.record(data.user_id, None, scorer.version, [item.item_id for item in items])
-        return SessionRecommendations(scorer.version, source, items, data.user_id)
+        return SessionRecommendations(scorer.version, source, items, filled, data.user_id)
 
     return session_recommendations
 

@@ -82,15 +82,18 @@ def interactions(
 
 @asset(group_name="prepare", kinds={"pandas"})
 def item_catalog(context: AssetExecutionContext, landing_zone: LandingZone) -> Output[pd.DataFrame]:
-    """Item titles for display, from `$RECO_DATA_DIR/catalog/` (optional)."""
+    """The items of `$RECO_DATA_DIR/catalog/` (optional): title, categories, availability and
+    any other attributes per item, files applied in name order (a later file's values win)."""
     catalog, problems = landing_zone.item_catalog()
     for problem in problems:
-        context.log.warning(f"Catalog file skipped: {problem}")
+        context.log.warning(f"Catalog: {problem}")
     return Output(
         catalog,
         metadata={
             "dagster/row_count": len(catalog),
-            "files_skipped": len(problems),
+            "unavailable": int((~catalog["available"]).sum()),
+            "categories": len({c for categories in catalog["categories"] for c in categories}),
+            "problems": len(problems),
             "preview": MetadataValue.md(catalog.head(5).to_markdown(index=False)),
         },
     )

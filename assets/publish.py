@@ -1,5 +1,6 @@
-"""Stage 5: the cold-start list, every family's ranked lists, and the publish to the store:
-written beside the live version, then made live in one switch when the family is served."""
+"""Stage 5: the cold-start, trending and popular lists, every family's ranked lists, and the
+publish to the store: written beside the live version, then made live in one switch when the
+family is served; and the item catalog, which reaches the store on its own (no retrain)."""
 
 import time
 
@@ -16,11 +17,12 @@ from dagster import (
 )
 from dagster_pyspark import LazyPySparkResource
 
+from reco_dagster.domain.catalog import catalog_entries, catalog_revision
 from reco_dagster.domain.explain import explain_lists
 from reco_dagster.domain.families import FAMILIES
 from reco_dagster.domain.interactions import history_events
 from reco_dagster.domain.lists import (
-    PUBLISHED_DEPTH,
+    NON_PERSONAL_DEPTH,
     SIMILAR_DEPTH,
     listed_items,
     ranked_lists,
@@ -29,6 +31,7 @@ from reco_dagster.domain.lists import (
 from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
+from resources.deployment import published_depth
 from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
 from resources.model_archive import ModelArchive
@@ -39,15 +42,73 @@ from resources.store import RecommendationStore
 @asset(group_name="publish", kinds={"pandas"})
 def popular_items(interactions: pd.DataFrame, model_search: dict) -> Output[pd.DataFrame]:
     """The cold-start list, served to users the model does not know yet and continuing lists
-    that run short: trending (the half-life chosen on validation) or all-time popular."""
+    that run short (in the batch, and at request time when filters leave too few items):
+    trending (the half-life chosen on validation) or all-time popular."""
     half_life_days = model_search["cold_start"]["half_life_days"]
-    popular = most_popular(interactions, PUBLISHED_DEPTH, half_life_days)
+    popular = most_popular(interactions, _non_personal_depth(), half_life_days)
     return Output(
         popular,
         metadata={
             "dagster/row_count": len(popular),
             "kind": f"trending, half-life {half_life_days:g} d" if half_life_days else "all-time",
         },
+    )
+
+
+@asset(group_name="publish", kinds={"pandas"})
+def non_personal_lists(interactions: pd.DataFrame, model_search: dict) -> Output[pd.DataFrame]:
+    """The lists GET /items/trending and GET /items/popular serve (`list`, item_id, score):
+    trending counts each user 0.5 ** (age / half-life), a positive half-life chosen on
+    validation (or `serving.trending_half_life_days`); popular counts distinct users of all
+    time. One of them is the cold-start list."""
+    half_life_days = model_search["cold_start"]["trending_half_life_days"]
+    depth = _non_personal_depth()
+    lists = pd.concat(
+        [
+            most_popular(interactions, depth, half_life_days).assign(list="trending"),
+            most_popular(interactions, depth).assign(list="popular"),
+        ],
+        ignore_index=True,
+    )
+    return Output(
+        lists,
+        metadata={
+            "dagster/row_count": len(lists),
+            "trending_half_life_days": half_life_days,
+            "depth": depth,
+        },
+    )
+
+
+def _non_personal_depth() -> int:
+    # At least as deep as the personal lists, which the cold-start list continues.
+    return max(published_depth(), NON_PERSONAL_DEPTH)
+
+
+@asset(group_name="publish", kinds={"sqlite"})
+def published_catalog(
+    context: AssetExecutionContext,
+    store: ResourceParam[RecommendationStore],
+    item_catalog: pd.DataFrame,
+) -> MaterializeResult:
+    """The catalog where the API reads it: each item's categories and availability (and
+    title, attributes). It replaces the store's unless that one was read from `catalog/`
+    later; the API applies it to what it serves within its change check, without a retrain
+    (the `catalog_refresh` job, which `catalog_sensor` runs when `catalog/` changes)."""
+    entries = catalog_entries(item_catalog)
+    revision = catalog_revision(entries)
+    # An item_catalog written before catalogs carried their read time counts as the oldest.
+    read_at = item_catalog.attrs.get("read_at", 0.0)
+    outcome = store.write_catalog(entries, revision, read_at)
+    if outcome == "older":
+        context.log.info(f"The store's catalog was read later than {revision}'s: kept")
+    return MaterializeResult(
+        metadata={
+            "revision": revision,
+            "outcome": outcome,
+            "items": len(entries),
+            "unavailable": sum(not entry["available"] for entry in entries),
+        }
     )
 
 
@@ -73,9 +134,10 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         from."""
         started = time.perf_counter()
         users = interactions["user_id"].nunique()
+        depth = published_depth()
         with model.scorer(interactions, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
-            ranked = scorer.recommend(seen=interactions, k=PUBLISHED_DEPTH)
-        ranked = fill_short_lists(ranked, popular_items, interactions, PUBLISHED_DEPTH)
+            ranked = scorer.recommend(seen=interactions, k=depth)
+        ranked = fill_short_lists(ranked, popular_items, interactions, depth)
         explaining = time.perf_counter()
         ranked["because"] = explain_lists(model.item_side(), interactions, ranked)
         explain_s = time.perf_counter() - explaining
@@ -160,6 +222,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         ranked: pd.DataFrame,
         similar: pd.DataFrame,
         popular_items: pd.DataFrame,
+        non_personal_lists: pd.DataFrame,
         item_catalog: pd.DataFrame,
     ) -> MaterializeResult:
         """Registers the version and writes its lists beside the live ones; `live_model`
@@ -185,12 +248,17 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             history_events=dict(
                 zip(users["user_id"], users["history_events"].tolist(), strict=True)
             ),
+            item_lists={
+                name: listed_items(ranked_items, titles)
+                for name, ranked_items in non_personal_lists.groupby("list", sort=False)
+            },
         )
         return MaterializeResult(
             metadata={
                 "model_version": version,
                 "outcome": "written",
                 "users_published": written.users,
+                "depth": published_depth(),
                 "documents_written": written.documents,
                 "write_s": round(written.seconds, 3),
                 "documents_per_s": round(written.documents_per_s),

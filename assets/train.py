@@ -110,7 +110,8 @@ def model_search(
             "validation_ndcg_by_family": MetadataValue.md(
                 bar_chart([(found.family, found.best.metrics[OBJECTIVE]) for found in searches])
             ),
-            "trending_half_life_days": chosen["cold_start"]["half_life_days"],
+            "cold_start_half_life_days": chosen["cold_start"]["half_life_days"],
+            "trending_half_life_days": chosen["cold_start"]["trending_half_life_days"],
         },
     )
 
@@ -118,18 +119,23 @@ def model_search(
 def _choose_trending(
     serving: Serving, fit_part: pd.DataFrame, validation: pd.DataFrame
 ) -> dict[str, Any]:
-    """The cold-start half-life: configured, or the one whose list best predicts validation."""
-    grid = (
-        TRENDING_GRID_DAYS
-        if serving.trending_half_life_days is None
-        else (serving.trending_half_life_days,)
-    )
+    """The cold-start half-life: configured, or the one whose list best predicts validation
+    (0: the all-time list); and the trending list's (GET /items/trending), which weighs by
+    recency whatever the cold start chose: the configured one when positive, else the best
+    positive one of the grid."""
+    configured = serving.trending_half_life_days
+    grid = TRENDING_GRID_DAYS if configured is None else (configured,)
+    recent = (configured,) if configured else tuple(h for h in TRENDING_GRID_DAYS if h > 0)
     scored = {
         half_life: popularity_baseline(fit_part, validation, half_life)["ndcg_at_10"]
-        for half_life in grid
+        for half_life in {*grid, *recent}
     }
-    best = max(scored, key=scored.__getitem__)
-    return {"half_life_days": best, "validation_ndcg_at_10": scored[best]}
+    best = max(grid, key=scored.__getitem__)
+    return {
+        "half_life_days": best,
+        "validation_ndcg_at_10": scored[best],
+        "trending_half_life_days": max(recent, key=scored.__getitem__),
+    }
 
 
 def _settings_metadata(settings: dict, family: str) -> dict:

@@ -5,11 +5,16 @@
 Needs `wrk` (Debian package). With MovieLens 100K live in the embedded store (a fresh data
 dir runs batch_retrain first), wrk -t2 asks for random users' top-10: throughput at 200
 connections, p99 latency at 20; the bare route (bench/bare_app.py, same server) is measured
-the same way in the same run. Phase 2 keeps four clients asking while a new version (the
-live lists reversed) is written and switched live, and counts failed requests, responses not
-entirely from the version they name, and old-version answers to requests started after the
-switch and the cache's bound (the store's change_check_interval_s); it then makes the
-original version live again (the extra version stays in the registry of a --data-dir).
+the same way in the same run. Then, on the same API process, random users' top-10 in a
+random one of the catalog's categories (`category=`, answers cached per user, k and category
+after their first request) and with a random item excluded (`exclude=`, never cached: every
+request filters the user's cached decoded list); each one's cost per request is given as a
+multiple of the unfiltered one's (target for the category: at most 2). Phase 2 keeps four
+clients asking while a new version (the live lists reversed) is written and switched live,
+and counts failed requests, responses not entirely from the version they name, and
+old-version answers to requests started after the switch and the cache's bound (the store's
+change_check_interval_s); it then makes the original version live again (the extra version
+stays in the registry of a --data-dir).
 
 Phase 3 asks for 1,000,000 distinct unknown users' top-100 (each one a store lookup and the
 shared popular list) and reports the API's peak resident memory (target: 500 MB) beside the
@@ -39,6 +44,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 
@@ -49,6 +55,15 @@ LUA = """
 local users = {%s}
 request = function()
   return wrk.format("GET", "/users/" .. users[math.random(#users)] .. "/recommendations")
+end
+"""
+
+FILTERED_LUA = """
+local users = {%s}
+local filters = {%s}
+request = function()
+  return wrk.format("GET", "/users/" .. users[math.random(#users)] ..
+    "/recommendations?" .. filters[math.random(#filters)])
 end
 """
 
@@ -111,6 +126,8 @@ def main() -> None:
     script = Path(tempfile.mkdtemp()) / "users.lua"
     script.write_text(LUA % ", ".join(f'"{user}"' for user in users))
 
+    filters = _filter_scripts(data_dir, users, script.parent)
+
     figures: dict[str, float] = {}
     for name, app in (("bare", "bench.bare_app:app"), ("api", "api.app:app")):
         port = free_port()
@@ -120,6 +137,13 @@ def main() -> None:
             busy = _wrk(url, 200, args.duration, script)
             calm = _wrk(url, 20, args.duration, script)
             peak_mb = _peak_rss_mb(server.pid)
+            if name == "api":
+                for kind, filtered_script in filters.items():
+                    _wrk(url, 50, 3, filtered_script)  # warm-up
+                    filtered = _wrk(url, 200, args.duration, filtered_script)
+                    figures[f"api_{kind}_rps_200c"] = filtered["rps"]
+                    figures[f"api_{kind}_errors_200c"] = filtered["errors"]
+                    figures[f"{kind}_to_unfiltered_cost"] = round(busy["rps"] / filtered["rps"], 3)
         figures[f"{name}_rps_200c"] = busy["rps"]
         figures[f"{name}_errors_200c"] = busy["errors"]
         figures[f"{name}_p50_ms_20c"] = calm["p50_ms"]
@@ -142,6 +166,30 @@ def main() -> None:
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
     print(json.dumps(figures))
+
+
+def _filter_scripts(data_dir: Path, users: list[str], folder: Path) -> dict[str, Path]:
+    """wrk scripts asking for random users' lists in a random category of the store's catalog,
+    and without a random catalog item."""
+    from resources.store import SqliteRecommendationStore
+
+    catalog = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite")).catalog()
+    if catalog is None:
+        raise SystemExit(f"{data_dir} has no catalog in its store: run batch_retrain again")
+    categories = sorted({c for entry in catalog.entries for c in entry["categories"]})
+    item_ids = [entry["item_id"] for entry in catalog.entries]
+    queries = {
+        "category_filtered": [urlencode({"category": category}) for category in categories],
+        "excluding": [urlencode({"exclude": item}) for item in item_ids],
+    }
+    scripts = {}
+    for kind, asked in queries.items():
+        scripts[kind] = folder / f"{kind}.lua"
+        scripts[kind].write_text(
+            FILTERED_LUA
+            % (", ".join(f'"{user}"' for user in users), ", ".join(f'"{q}"' for q in asked))
+        )
+    return scripts
 
 
 def _switch_under_load(

@@ -1,5 +1,6 @@
 """Schedules and sensors: micro-batches for new files, retrains on a timetable and when the
-data has moved, and a record of every failed run."""
+data has moved, the catalog's publish when its files change, and a record of every failed
+run."""
 
 import json
 import os
@@ -34,9 +35,11 @@ from resources.store import RecommendationStore
 
 BATCH_RETRAIN = "batch_retrain"
 FORGET_USERS = "forget_users"
+CATALOG_REFRESH = "catalog_refresh"
 # Dagster's sensor daemon evaluates sensors at most every 5 s whatever is asked; asking for
 # 1 s makes this sensor run on every daemon pass.
 LANDING_POLL_S = 1
+CATALOG_POLL_S = 5
 
 
 def new_landing_files(
@@ -112,6 +115,33 @@ def landing_zone_sensor(context: SensorEvaluationContext, landing_zone: LandingZ
             cursor=cursor,
         )
     return SensorResult(run_requests=requests, cursor=cursor)
+
+
+@sensor(
+    job_name=CATALOG_REFRESH,
+    minimum_interval_seconds=CATALOG_POLL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def catalog_sensor(context: SensorEvaluationContext, landing_zone: LandingZone):
+    """Publishes the item catalog (`catalog_refresh`) whenever the files in catalog/ change
+    (one added, rewritten or removed) and every one of them is `settle_s` old: categories and
+    availability reach the API without a retrain."""
+    files = landing_zone.catalog_files()
+    state = json.loads(context.cursor) if context.cursor else {}
+    if not files and not state:
+        return SkipReason("catalog/ holds no files")
+    settling = [file.name for file in files if _age_s(file) < landing_zone.settle_s]
+    if settling:
+        return SkipReason(f"{settling[0]} is still being written")
+    listing = sha256("\n".join(_identity(file) for file in files).encode()).hexdigest()[:16]
+    if listing == state.get("listing"):
+        return SkipReason("catalog/ is as it was at the last publish")
+    # Counted, so a listing that comes back (a file added, then removed) publishes again.
+    requests = state.get("requests", 0) + 1
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f"catalog-{requests}-{listing}")],
+        cursor=json.dumps({"listing": listing, "requests": requests}),
+    )
 
 
 def retrain_reason(

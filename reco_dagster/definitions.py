@@ -15,7 +15,9 @@ from dagster_pyspark import LazyPySparkResource
 from assets import evaluate, ingest, live, prepare, publish, train
 from reco_dagster.automation import (
     BATCH_RETRAIN,
+    CATALOG_REFRESH,
     FORGET_USERS,
+    catalog_sensor,
     erasure_pending,
     nightly_retrain,
     record_failed_runs,
@@ -60,6 +62,18 @@ forget_users = define_asset_job(
     ),
 )
 
+# In this location, beside the assets it materializes (the streaming location loads none):
+# a catalog change is not in a hurry the way new events are.
+catalog_refresh = define_asset_job(
+    CATALOG_REFRESH,
+    selection=AssetSelection.assets(prepare.item_catalog, publish.published_catalog),
+    tags={"reco/run": "catalog"},
+    description=(
+        "Read catalog/ and publish the item catalog to the store: categories and availability "
+        "reach the API without a retrain."
+    ),
+)
+
 
 def build_resources() -> dict[str, object]:
     """The resources of the deployment RECO_DEPLOYMENT names (embedded by default)."""
@@ -80,9 +94,9 @@ def build_resources() -> dict[str, object]:
 
 defs = Definitions(
     assets=batch_assets,
-    jobs=[batch_retrain, forget_users],
+    jobs=[batch_retrain, forget_users, catalog_refresh],
     schedules=[nightly_retrain],
-    sensors=[retrain_on_new_data, erasure_pending, record_failed_runs],
+    sensors=[retrain_on_new_data, erasure_pending, catalog_sensor, record_failed_runs],
     resources=build_resources(),
     # Each Spark step in its own process would start its own JVM (~30 s each): keep one run
     # in one process, so one SparkSession serves every step.

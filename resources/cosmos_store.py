@@ -13,6 +13,11 @@ Documents, in four containers of one database:
   never served, and running it again completes it.
 - `forgotten_users`, partitioned by `/id`: one tombstone per forgotten user, its id the
   user's `user_key` (a hash; the user id itself only while the erasure is pending).
+- `catalog`, partitioned by `/generation`: the item catalog in chunks, each write's in a
+  partition of its own, and in `models` the catalog's state (`~catalog`: its revision, the
+  generation of its chunks and when its files were read), which readers follow: a write's
+  chunks go first, then the state switches to them (conditionally, and only over a catalog
+  read earlier), then the chunks two switches back are deleted.
 
 Cosmos DB has no transaction across documents, so concurrent writers (a publish, the switch,
 a purge, an admin's rollback, micro-batches) coordinate by conditional writes: a document is
@@ -43,6 +48,7 @@ complete" under any interleaving:
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -67,6 +73,9 @@ from pydantic import PrivateAttr
 
 from reco_dagster.domain.forgetting import user_key
 from resources.store import (
+    Catalog,
+    CatalogEntry,
+    CatalogWrite,
     ForgetReceipt,
     Item,
     Lookup,
@@ -78,10 +87,13 @@ from resources.store import (
     split_reasons,
 )
 
-USERS, SIMILAR, MODELS = "user_recommendations", "similar_items", "models"
+USERS, SIMILAR, MODELS, CATALOG = "user_recommendations", "similar_items", "models", "catalog"
 FORGOTTEN = "forgotten_users"
 LIVE_POINTER = "~live"
 """The pointer's id; model versions never start with "~" (see `register`)."""
+CATALOG_STATE = "~catalog"
+CATALOG_CHUNK_BYTES = 256 * 1024
+"""About this much JSON per catalog document (Cosmos DB takes at most 2 MB)."""
 
 # Lists states in a registry record: what a reader or `activate` may rely on.
 NO_LISTS, WRITING, COMPLETE, PURGING, PURGED = "none", "writing", "complete", "purging", "purged"
@@ -135,7 +147,13 @@ class CosmosRecommendationStore(RecommendationStore):
             read_timeout=self.request_timeout_s,
         )
         database = self._retrying(lambda: client.create_database_if_not_exists(self.database))
-        keys = {USERS: "/user_id", SIMILAR: "/item_id", MODELS: "/id", FORGOTTEN: "/id"}
+        keys = {
+            USERS: "/user_id",
+            SIMILAR: "/item_id",
+            MODELS: "/id",
+            FORGOTTEN: "/id",
+            CATALOG: "/generation",
+        }
         return {
             name: self._retrying(
                 lambda name=name, path=path: database.create_container_if_not_exists(
@@ -326,6 +344,7 @@ class CosmosRecommendationStore(RecommendationStore):
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
         history_events: Mapping[str, int] | None = None,
+        item_lists: Mapping[str, list[Item]] | None = None,
     ) -> WriteReport:
         attempt, earlier_attempt = uuid.uuid4().hex, False
 
@@ -370,6 +389,7 @@ class CosmosRecommendationStore(RecommendationStore):
                 "lists": COMPLETE,
                 "status": "candidate",
                 "popular": popular,
+                "item_lists": dict(item_lists or {}),
                 "users": len(users),
             }
 
@@ -480,16 +500,11 @@ class CosmosRecommendationStore(RecommendationStore):
         return _revision(self._pointer())
 
     def lookup(
-        self, user_id: str, k: int, version: str | None = None, popular_only: bool = False
+        self, user_id: str, k: int | None, version: str | None = None, popular_only: bool = False
     ) -> Lookup | None:
+        version = self._readable(version)
         if version is None:
-            version = self.live_version()
-            if version is None:
-                return None
-        else:
-            record = self._record(version)
-            if record is None or record["lists"] != COMPLETE:
-                return None
+            return None
         personal = None if popular_only else self._read(USERS, version, user_id)
         if personal is not None:
             return Lookup(version, "personal", personal["items"][:k])
@@ -505,12 +520,119 @@ class CosmosRecommendationStore(RecommendationStore):
         found = self._read(USERS, version, user_id)
         return found.get("reasons", {}) if found else {}
 
-    def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
+    def personal_list(
+        self, user_id: str, version: str | None = None
+    ) -> tuple[str, list[Item] | None] | None:
+        version = self._readable(version)
+        if version is None:
+            return None
+        personal = self._read(USERS, version, user_id)
+        return version, personal["items"] if personal else None
+
+    def _readable(self, version: str | None) -> str | None:
+        """The live version (None: nothing is live), or `version` if its lists are complete."""
+        if version is None:
+            return self.live_version()
+        record = self._record(version)
+        return version if record is not None and record["lists"] == COMPLETE else None
+
+    def similar(self, item_id: str, k: int | None) -> tuple[str, list[Item] | None] | None:
         version = self.live_version()
         if version is None:
             return None
         found = self._read(SIMILAR, version, item_id)
         return version, found["items"][:k] if found else None
+
+    def item_list(self, name: str) -> tuple[str, list[Item] | None] | None:
+        version = self.live_version()
+        if version is None:
+            return None
+        record = self._record(version) or {}
+        return version, record.get("item_lists", {}).get(name)
+
+    def write_catalog(
+        self, entries: list[CatalogEntry], revision: str, read_at: float
+    ) -> CatalogWrite:
+        # Each write's chunks are a partition of their own: no two writers share documents.
+        generation, chunks = f"{revision}-{uuid.uuid4().hex[:12]}", _chunks(entries)
+        outcome: CatalogWrite = "older"
+        replaced: dict | None = None
+        chunks_written = False
+
+        def switch(stored: dict | None) -> dict | None:
+            nonlocal outcome, replaced, chunks_written
+            if stored is not None and stored["read_at"] > read_at:
+                outcome = "older"
+                return None
+            if stored is not None and stored["revision"] == revision:
+                outcome = "unchanged"
+                return stored | {"read_at": read_at}
+            if not chunks_written:
+                # First the chunks: the state names them only once every one is in.
+                self._bulk(
+                    self._upserts(
+                        CATALOG,
+                        (
+                            {"id": str(n), "generation": generation, "entries": chunk}
+                            for n, chunk in enumerate(chunks)
+                        ),
+                    )
+                )
+                chunks_written = True
+            outcome, replaced = "written", stored
+            return {
+                "id": CATALOG_STATE,
+                "kind": "catalog",
+                "revision": revision,
+                "read_at": read_at,
+                "generation": generation,
+                "chunks": len(chunks),
+                "previous": stored["generation"] if stored else None,
+            }
+
+        self._rewrite_model(CATALOG_STATE, switch)
+        if outcome != "written":
+            if chunks_written:  # lost to a catalog read later: nobody follows these
+                self._drop_catalog_generation(generation)
+            return outcome
+        if replaced is not None and replaced["previous"] is not None:
+            # Two switches back: a reader still on it finds chunks missing and reads again.
+            self._drop_catalog_generation(replaced["previous"])
+        if (live := self.live_version()) is not None:
+            # Readers compare the pointer's revision: move it, as for any change they serve.
+            self._bump_revision(live)
+        return outcome
+
+    def _drop_catalog_generation(self, generation: str) -> None:
+        proxy = self._container(CATALOG)
+        found = self._query(
+            CATALOG, "SELECT c.id, c._etag FROM c WHERE c.generation = @g", g=generation
+        )
+        self._bulk(
+            [
+                lambda hook, row=row: _delete(proxy, row["id"], generation, row["_etag"], hook)
+                for row in found
+            ]
+        )
+
+    def catalog_revision(self) -> str | None:
+        state = self._read(MODELS, CATALOG_STATE, CATALOG_STATE)
+        return state["revision"] if state else None
+
+    def catalog(self) -> Catalog | None:
+        while True:
+            state = self._read(MODELS, CATALOG_STATE, CATALOG_STATE)
+            if state is None:
+                return None
+            # The query names the partition key: it reads that one partition.
+            chunks = self._query(
+                CATALOG, "SELECT * FROM c WHERE c.generation = @g", g=state["generation"]
+            )
+            # Fewer chunks: two newer catalogs replaced this one while it was read.
+            if len(chunks) == state["chunks"]:
+                chunks.sort(key=lambda chunk: int(chunk["id"]))
+                entries = [entry for chunk in chunks for entry in chunk["entries"]]
+                return Catalog(state["revision"], state["read_at"], entries)
 
     def versions(self) -> list[ModelVersion]:
         live = self.live_version()
@@ -664,6 +786,20 @@ def _delete(proxy: ContainerProxy, item: str, partition: str, etag: str, hook: C
             match_condition=MatchConditions.IfNotModified,
             response_hook=hook,
         )
+
+
+def _chunks(entries: list[CatalogEntry]) -> list[list[CatalogEntry]]:
+    """The catalog's entries in documents of about CATALOG_CHUNK_BYTES of JSON each."""
+    chunks: list[list[CatalogEntry]] = [[]]
+    size = 0
+    for entry in entries:
+        entry_size = len(json.dumps(entry))
+        if chunks[-1] and size + entry_size > CATALOG_CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += entry_size
+    return chunks
 
 
 def _live(pointer: dict | None) -> str | None:

@@ -63,6 +63,19 @@ def event_weights() -> dict[str, float]:
     return checked_event_weights(json.loads(given) if given else DEFAULT_EVENT_WEIGHTS)
 
 
+def published_depth() -> int:
+    """How many items each published list keeps, `RECO_PUBLISHED_DEPTH` (default
+    `PUBLISHED_DEPTH`): a request's filters pick k items out of them, and a list they leave
+    short is filled from the trending list. Both code locations read it, so batch lists and
+    micro-batch refreshes are as deep."""
+    from reco_dagster.domain.lists import PUBLISHED_DEPTH
+
+    depth = int(os.environ.get("RECO_PUBLISHED_DEPTH", PUBLISHED_DEPTH))
+    if depth < 1:
+        raise ValueError(f"RECO_PUBLISHED_DEPTH={depth}: lists need at least one item")
+    return depth
+
+
 def cosmos_settings(secret: Secret) -> dict[str, str | None]:
     """The Cosmos DB database `RECO_COSMOS_DATABASE` (default reco) at `RECO_COSMOS_ENDPOINT`,
     signed in with `RECO_COSMOS_KEY` when set, else with DefaultAzureCredential."""

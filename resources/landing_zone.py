@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 import pandas as pd
 from dagster import ConfigurableResource
 
+from reco_dagster.domain.catalog import catalog_table
 from reco_dagster.domain.events import (
     UnreadableFileError,
     is_event_file,
@@ -92,7 +93,7 @@ class LandingScan:
 
 class LandingZone(ConfigurableResource):
     """Folders in a file store: landing/ (the files users drop, any depth), catalog/ (item
-    titles), quarantine/ (bad rows, unreadable files, refusals, files given up) and the
+    metadata), quarantine/ (bad rows, unreadable files, refusals, files given up) and the
     micro-batch's attempts at landing files (lake/attempts/, lake/given-up/).
 
     Nothing in landing/ is ever modified or deleted but by the erasure of forgotten users
@@ -341,22 +342,32 @@ class LandingZone(ConfigurableResource):
         self.files.write(CATALOG + name, data)
         return self.files.location(CATALOG + name)
 
+    def catalog_files(self) -> list[FileInfo]:
+        """The files of `catalog/` (any depth), in name order, the order they apply in; as in
+        landing/, names starting with "_" or "." (files still being written) are left out."""
+        return [
+            file
+            for file in self.files.list(CATALOG)
+            if is_event_file(file.name) and not _hidden(file.name.removeprefix(CATALOG))
+        ]
+
     def item_catalog(self) -> tuple[pd.DataFrame, list[str]]:
-        """Item titles from `catalog/` files (item_id, title); unreadable files are listed."""
-        frames, problems = [], []
-        for file in self.files.list(CATALOG):
-            if not is_event_file(file.name):
-                continue
+        """The item catalog (`catalog_table`: item_id, title, categories, available,
+        attributes) from `catalog/` files; unreadable files and ignored values are listed.
+        `attrs["read_at"]` is when the files were listed (Unix seconds): the store keeps a
+        catalog only over one read earlier."""
+        read_at = time.time()
+        files, problems = [], []
+        for file in self.catalog_files():
             try:
-                rows = read_table_file(file.name, self.files.read(file.name), ("item_id", "title"))
+                rows = read_table_file(file.name, self.files.read(file.name), ("item_id",))
             except UnreadableFileError as error:
                 problems.append(f"{file.name}: {error}")
                 continue
-            frames.append(rows.frame[["item_id", "title"]].astype("string"))
-        if not frames:
-            return pd.DataFrame({"item_id": [], "title": []}, dtype="string"), problems
-        catalog = pd.concat(frames).dropna().drop_duplicates("item_id", keep="last")
-        return catalog.reset_index(drop=True), problems
+            files.append((file.name, rows.frame))
+        catalog, ignored = catalog_table(files)
+        catalog.attrs["read_at"] = read_at
+        return catalog, problems + ignored
 
 
 def _name_key(name: str) -> str:

@@ -15,9 +15,10 @@ from threadpoolctl import threadpool_limits
 from reco_dagster.domain.explain import explain_lists
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions, history_events
-from reco_dagster.domain.lists import PUBLISHED_DEPTH, ranked_lists, titles_by_item
+from reco_dagster.domain.lists import ranked_lists, titles_by_item
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import fill_short_lists
+from resources.deployment import published_depth
 from resources.event_history import EventHistory
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
@@ -140,7 +141,7 @@ def _first_time_users(history: pd.DataFrame, new_events: pd.DataFrame) -> int:
 
 def _cold_start(store: RecommendationStore, version: str) -> pd.DataFrame:
     """The version's cold-start list, which continues lists that run short."""
-    found = store.lookup("", PUBLISHED_DEPTH, version=version, popular_only=True)
+    found = store.lookup("", None, version=version, popular_only=True)
     return pd.DataFrame(found.items if found else [], columns=["item_id", "score"])
 
 
@@ -154,9 +155,10 @@ def _rerank(
     # makes every vector non-zero, so the vector cannot tell).
     known_by_user = history["item_id"].isin(model.item_ids).groupby(history["user_id"]).any()
     personal = known_by_user.reindex(refolded.user_ids, fill_value=False).to_numpy()
-    ranked = refolded.recommend(seen=history, k=PUBLISHED_DEPTH)
+    depth = published_depth()
+    ranked = refolded.recommend(seen=history, k=depth)
     ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
-    ranked = fill_short_lists(ranked, cold_start, history, PUBLISHED_DEPTH)
+    ranked = fill_short_lists(ranked, cold_start, history, depth)
     ranked["because"] = explain_lists(model, history, ranked)
     known_items = new_events["item_id"].isin(model.item_ids)
     return ranked, {

@@ -145,4 +145,5 @@ class Serving(ConfigurableResource):
     """Versions besides the live one whose lists stay in the store (rollback, A/B)."""
     trending_half_life_days: float | None = None
     """The cold-start list counts each user's interaction 0.5 ** (age / half-life); 0: the
-    all-time list; None: the half-life that predicts the validation split best."""
+    all-time list; None: the half-life that predicts the validation split best. The trending
+    list (GET /items/trending) takes a positive one too, else the best positive one."""

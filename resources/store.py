@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 from pydantic import BaseModel, PrivateAttr
 
+from reco_dagster.domain.catalog import CatalogEntry
 from reco_dagster.domain.forgetting import Forgotten, user_key
 from reco_dagster.domain.lists import Item
 
@@ -85,6 +86,21 @@ class ForgetReceipt:
     lists_deleted: int
     versions: list[str]
     """The versions the user had a list in."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The catalog the store keeps (one, beside every version's lists)."""
+
+    revision: str
+    read_at: float
+    """When the files it was made of were listed (Unix seconds)."""
+    entries: list[CatalogEntry]
+
+
+CatalogWrite = Literal["written", "unchanged", "older"]
+"""What `write_catalog` did: replaced the catalog; found the same revision (only its read
+time raised); or kept the stored one, read later."""
 
 
 @dataclass(frozen=True)
@@ -146,11 +162,14 @@ class RecommendationStore(BaseModel):
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
         history_events: Mapping[str, int] | None = None,
+        item_lists: Mapping[str, list[Item]] | None = None,
     ) -> WriteReport:
         """Store a registered candidate's lists (per user, popular, per item similar items),
-        not yet live; re-running replaces them. `history_events` marks each user's list with
-        the number of the user's events it was ranked from (see `update_live_users`); a list
-        without a mark gets 0, which any refresh replaces."""
+        not yet live; re-running replaces them. `popular` is the cold-start list (unknown
+        users, and the fill of lists a request's filters leave short); `item_lists` are the
+        version's other lists by name (`item_list`). `history_events` marks each user's list
+        with the number of the user's events it was ranked from (see `update_live_users`); a
+        list without a mark gets 0, which any refresh replaces."""
         raise NotImplementedError
 
     def activate(self, version: str) -> None:
@@ -196,16 +215,46 @@ class RecommendationStore(BaseModel):
         raise NotImplementedError
 
     def lookup(
-        self, user_id: str, k: int, version: str | None = None, popular_only: bool = False
+        self, user_id: str, k: int | None, version: str | None = None, popular_only: bool = False
     ) -> Lookup | None:
         """A version's list for a user (the live version unless one is named), or its popular
-        list for an unknown user or with `popular_only`; None while nothing is live or when
-        the named version has no lists in the store."""
+        list for an unknown user or with `popular_only`, k items (None: all); None while
+        nothing is live or when the named version has no lists in the store."""
         raise NotImplementedError
 
-    def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
+    def personal_list(
+        self, user_id: str, version: str | None = None
+    ) -> tuple[str, list[Item] | None] | None:
+        """(the version, the user's whole list or None for a user it has none for): `lookup`
+        without the popular list, which an unknown user's caller has already. None while
+        nothing is live or when the named version has no lists in the store."""
+        raise NotImplementedError
+
+    def similar(self, item_id: str, k: int | None) -> tuple[str, list[Item] | None] | None:
         """(live version, the item's most similar items or None for an unknown item); None
-        while nothing is live."""
+        while nothing is live. k None: all that are stored."""
+        raise NotImplementedError
+
+    def item_list(self, name: str) -> tuple[str, list[Item] | None] | None:
+        """(live version, its list of that name, or None when it has none); None while nothing
+        is live."""
+        raise NotImplementedError
+
+    def write_catalog(
+        self, entries: list[CatalogEntry], revision: str, read_at: float
+    ) -> CatalogWrite:
+        """Replace the catalog with `entries` (readers see the old one or the new one, never a
+        mix), unless the stored one was read from the catalog's files later than `read_at`: a
+        publish that read them earlier never replaces a newer catalog. A change moves the
+        change token."""
+        raise NotImplementedError
+
+    def catalog_revision(self) -> str | None:
+        """The stored catalog's revision (a cheap read): what a reader compares before reading
+        the catalog again. None while there is none."""
+        raise NotImplementedError
+
+    def catalog(self) -> Catalog | None:
         raise NotImplementedError
 
     def versions(self) -> list[ModelVersion]:
@@ -293,17 +342,37 @@ CREATE TABLE IF NOT EXISTS tombstones (
     pending_since TEXT NOT NULL,
     erased_at TEXT
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS item_lists (
+    version TEXT NOT NULL,
+    name TEXT NOT NULL,
+    items TEXT NOT NULL,
+    PRIMARY KEY (version, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS catalog (
+    item_id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS catalog_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision TEXT NOT NULL,
+    read_at REAL NOT NULL
+);
 """
 
-_LOOKUP = """
+_FOR_USER = """
 WITH target(version) AS (SELECT COALESCE(?, (SELECT version FROM live WHERE id = 1)))
-SELECT target.version, personal.items IS NOT NULL, COALESCE(personal.items, popular.items),
-    EXISTS (SELECT 1 FROM tombstones WHERE user_key = ?)
+SELECT target.version, {columns}
 FROM target
 JOIN popular_items AS popular ON popular.version = target.version
 LEFT JOIN user_recommendations AS personal
     ON personal.version = target.version AND personal.user_id = ?
 """
+_LOOKUP = _FOR_USER.format(
+    columns="personal.items IS NOT NULL, COALESCE(personal.items, popular.items), "
+    "EXISTS (SELECT 1 FROM tombstones WHERE user_key = ?)"
+)
+# The popular list is not read: an unknown user's caller has it already.
+_PERSONAL = _FOR_USER.format(columns="personal.items")
 
 
 _INSERT_USER = (
@@ -429,6 +498,7 @@ class SqliteRecommendationStore(RecommendationStore):
         popular: list[Item],
         similar: Iterable[tuple[str, list[Item]]] = (),
         history_events: Mapping[str, int] | None = None,
+        item_lists: Mapping[str, list[Item]] | None = None,
     ) -> WriteReport:
         started = time.perf_counter()
         marks = history_events or {}
@@ -438,6 +508,7 @@ class SqliteRecommendationStore(RecommendationStore):
             for user_id, items in user_lists
         ]
         neighbours = [(version, item_id, json.dumps(items)) for item_id, items in similar]
+        named = [(version, name, json.dumps(items)) for name, items in (item_lists or {}).items()]
         # `version` reads through this thread's connection, so inside the transaction.
         with _writing(self._connection()) as connection:
             record = self.version(version)
@@ -451,6 +522,8 @@ class SqliteRecommendationStore(RecommendationStore):
             connection.executemany(_INSERT_USER, rows)
             connection.execute("DELETE FROM similar_items WHERE version = ?", (version,))
             connection.executemany("INSERT INTO similar_items VALUES (?, ?, ?)", neighbours)
+            connection.execute("DELETE FROM item_lists WHERE version = ?", (version,))
+            connection.executemany("INSERT INTO item_lists VALUES (?, ?, ?)", named)
             connection.execute(
                 "INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, json.dumps(popular))
             )
@@ -458,7 +531,7 @@ class SqliteRecommendationStore(RecommendationStore):
                 "UPDATE model_versions SET status = 'candidate' WHERE version = ?", (version,)
             )
         return WriteReport(
-            documents=len(rows) + len(neighbours) + 1,
+            documents=len(rows) + len(neighbours) + len(named) + 1,
             seconds=time.perf_counter() - started,
             users=len(rows),
         )
@@ -545,7 +618,7 @@ class SqliteRecommendationStore(RecommendationStore):
         return row[0] if row else None
 
     def lookup(
-        self, user_id: str, k: int, version: str | None = None, popular_only: bool = False
+        self, user_id: str, k: int | None, version: str | None = None, popular_only: bool = False
     ) -> Lookup | None:
         row = (
             self._connection()
@@ -562,7 +635,16 @@ class SqliteRecommendationStore(RecommendationStore):
             forgotten=bool(forgotten),
         )
 
-    def similar(self, item_id: str, k: int) -> tuple[str, list[Item] | None] | None:
+    def personal_list(
+        self, user_id: str, version: str | None = None
+    ) -> tuple[str, list[Item] | None] | None:
+        row = self._connection().execute(_PERSONAL, (version, user_id)).fetchone()
+        if row is None:
+            return None
+        version, items = row
+        return version, None if items is None else _decode_items(items)
+
+    def similar(self, item_id: str, k: int | None) -> tuple[str, list[Item] | None] | None:
         row = (
             self._connection()
             .execute(
@@ -577,6 +659,61 @@ class SqliteRecommendationStore(RecommendationStore):
             return None
         version, items = row
         return version, _decode_items(items)[:k] if items else None
+
+    def item_list(self, name: str) -> tuple[str, list[Item] | None] | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT live.version, named.items FROM live LEFT JOIN item_lists AS named "
+                "ON named.version = live.version AND named.name = ? WHERE live.id = 1",
+                (name,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        version, items = row
+        return version, _decode_items(items) if items else None
+
+    def write_catalog(
+        self, entries: list[CatalogEntry], revision: str, read_at: float
+    ) -> CatalogWrite:
+        rows = [(entry["item_id"], json.dumps(entry)) for entry in entries]
+        with _writing(self._connection()) as connection:
+            stored = connection.execute(
+                "SELECT revision, read_at FROM catalog_state WHERE id = 1"
+            ).fetchone()
+            if stored is not None and stored[1] > read_at:
+                return "older"
+            connection.execute(
+                "INSERT OR REPLACE INTO catalog_state VALUES (1, ?, ?)", (revision, read_at)
+            )
+            if stored is not None and stored[0] == revision:
+                return "unchanged"
+            connection.execute("DELETE FROM catalog")
+            connection.executemany("INSERT INTO catalog VALUES (?, ?)", rows)
+        return "written"
+
+    def catalog_revision(self) -> str | None:
+        row = (
+            self._connection().execute("SELECT revision FROM catalog_state WHERE id = 1").fetchone()
+        )
+        return row[0] if row else None
+
+    def catalog(self) -> Catalog | None:
+        connection = self._connection()
+        # One read transaction: the state and the rows of the same write.
+        connection.execute("BEGIN")
+        try:
+            state = connection.execute(
+                "SELECT revision, read_at FROM catalog_state WHERE id = 1"
+            ).fetchone()
+            rows = connection.execute("SELECT entry FROM catalog").fetchall() if state else []
+        finally:
+            connection.execute("COMMIT")
+        if state is None:
+            return None
+        return Catalog(state[0], state[1], [_decode_items(entry) for (entry,) in rows])
 
     def versions(self) -> list[ModelVersion]:
         rows = self._connection().execute(
@@ -596,7 +733,12 @@ class SqliteRecommendationStore(RecommendationStore):
             kept = [v.version for v in self.versions() if v.status != "live" and v.has_lists]
             purged = kept[keep:]
             for version in purged:
-                for table in ("user_recommendations", "similar_items", "popular_items"):
+                for table in (
+                    "user_recommendations",
+                    "similar_items",
+                    "popular_items",
+                    "item_lists",
+                ):
                     connection.execute(f"DELETE FROM {table} WHERE version = ?", (version,))
         return purged
 

@@ -16,7 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from api.app import ResponseCache, _render_user
+from api.app import UNFILTERED, ResponseCache, _render_user
 from reco_dagster.domain.online import served_hit_rate, served_hit_rate_in_chunks
 from resources.cosmos_store import CosmosRecommendationStore
 from resources.files import LocalFiles
@@ -238,12 +238,12 @@ def test_a_response_rendered_before_a_change_is_not_cached_after_it(cosmos):
     store.register("v2", {"family": "als"})
     store.write_version("v2", [("196", top_100("196", "v2"))], POPULAR)
     cache = ResponseCache(store, max_bytes=2**20)
-    key = ("user", "196", 10)
+    key = ("user", "196", 10, UNFILTERED)
     rendered_old, go_on = threading.Event(), threading.Event()
     answers: dict[str, str] = {}
 
     def render_then_wait(generation: int):
-        rendered = _render_user(cache, generation, "196", 10, None)
+        rendered = _render_user(cache, generation, "196", 10, None, UNFILTERED)
         rendered_old.set()
         assert go_on.wait(30)
         return rendered
@@ -256,11 +256,13 @@ def test_a_response_rendered_before_a_change_is_not_cached_after_it(cosmos):
     assert rendered_old.wait(30)
     store.activate("v2")
     time.sleep(store.change_check_interval_s)  # the cache's documented bound
-    answers["after"] = cache.get(key, lambda g: _render_user(cache, g, "196", 10, None)).version
+    answers["after"] = cache.get(
+        key, lambda g: _render_user(cache, g, "196", 10, None, UNFILTERED)
+    ).version
     go_on.set()
     slow.join()
     assert answers == {"slow": "v1", "after": "v2"}  # each as of when it read the store
-    later = cache.get(key, lambda g: _render_user(cache, g, "196", 10, None))
+    later = cache.get(key, lambda g: _render_user(cache, g, "196", 10, None, UNFILTERED))
     assert later.version == "v2" and json.loads(later.response.body)["items"][0]["item_id"] == (
         "v2-196-0"
     )

@@ -1,15 +1,23 @@
 """What only Cosmos DB can do to a publish, done by a real cosmosdb-server: throttling, a busy
-server, and a server that stops in the middle of a publish."""
+server, and a server that stops in the middle of a publish; and the catalog and the API's
+filters on Azure."""
 
 import threading
 import time
 import uuid
 
+import httpx
 import pytest
 from azure.cosmos import ContainerProxy, CosmosClient
+from dagster import materialize
 
-from resources.cosmos_store import PURGING, USERS, CosmosRecommendationStore
-from tests.servers.azure import COSMOS_EMULATOR_KEY, Server, cosmosdb_server
+from assets.prepare import item_catalog
+from assets.publish import published_catalog
+from resources.cosmos_store import CATALOG, PURGING, USERS, CosmosRecommendationStore
+from resources.lake_io import LakeIOManager
+from resources.landing_zone import LandingZone
+from tests.conftest import blob_files, running_api
+from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY, Server, cosmosdb_server
 from tests.test_store import POPULAR, interleave, lists
 
 
@@ -165,3 +173,66 @@ def test_a_list_written_while_its_user_is_being_forgotten_does_not_survive(
     assert store.lookup("u1", 1).source == "popular"
     assert "u1" not in documents_of(cosmos, database, store.live_version())
     assert store.lookup("u2", 1).source == "personal"
+
+
+def test_the_catalog_and_the_filters_on_azure(blob_server, cosmos, tmp_path):
+    """The catalog's assets read catalog files from Blob Storage and publish them to Cosmos
+    DB; the API over Cosmos DB filters by them, and a change reaches it without a retrain."""
+    container, database = f"c{uuid.uuid4().hex[:12]}", f"d{uuid.uuid4().hex[:8]}"
+    files = blob_files(blob_server, container)
+    zone, store = LandingZone(files=files, settle_s=0), open_store(cosmos, database)
+    items = [{"item_id": f"i{n}", "score": 10.0 - n} for n in range(6)]
+    store.register("v1", {"family": "als"})
+    store.write_version(
+        "v1",
+        [("u1", items)],
+        items[::-1],
+        [("i0", items[1:])],
+        item_lists={"trending": items, "popular": items[::-1]},
+    )
+    store.activate("v1")
+    resources = {"landing_zone": zone, "store": store, "io_manager": LakeIOManager(files=files)}
+    zone.add_catalog("items.csv", b"item_id,categories\ni0,a\ni1,b\ni2,a|b\ni3,b\ni4,a\ni5,b\n")
+    assert materialize([item_catalog, published_catalog], resources=resources).success
+    env = {
+        "RECO_DEPLOYMENT": "azure",
+        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
+        "RECO_BLOB_KEY": AZURITE_KEY,
+        "RECO_BLOB_CONTAINER": container,
+        "RECO_COSMOS_ENDPOINT": cosmos.url,
+        "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
+        "RECO_COSMOS_DATABASE": database,
+    }
+    with running_api(tmp_path, **env) as url, httpx.Client(base_url=url) as client:
+
+        def ids(path: str, **params) -> list[str]:
+            response = client.get(path, params={"k": 3, **params})
+            assert response.status_code == 200, response.text
+            return [item["item_id"] for item in response.json()["items"]]
+
+        assert ids("/users/u1/recommendations", category="a") == ["i0", "i2", "i4"]
+        assert ids("/users/u1/recommendations", category="b", exclude="i1") == ["i2", "i3", "i5"]
+        assert ids("/users/stranger/recommendations", category="a") == ["i4", "i2", "i0"]
+        assert ids("/items/i0/similar", category="b") == ["i1", "i2", "i3"]
+        assert ids("/items/trending", category="b") == ["i1", "i2", "i3"]
+        assert ids("/items/popular", category="a") == ["i4", "i2", "i0"]
+
+        zone.add_catalog("stock.csv", b"item_id,available\ni2,false\n")
+        assert materialize([item_catalog, published_catalog], resources=resources).success
+        time.sleep(store.change_check_interval_s)  # the documented bound
+        assert ids("/users/u1/recommendations", category="a") == ["i0", "i4"]
+        assert ids("/items/trending", category="b") == ["i1", "i3", "i5"]
+        assert ids("/items/i0/similar", include_unavailable=True) == ["i1", "i2", "i3"]
+        assert client.get("/health").json()["model_version"] == "v1"
+
+    # Each write's chunks in a partition of their own: the current and the previous are kept.
+    zone.add_catalog("more.csv", b"item_id,available\ni3,false\n")
+    assert materialize([item_catalog, published_catalog], resources=resources).success
+    chunks = CosmosClient(cosmos.url, COSMOS_EMULATOR_KEY, enable_endpoint_discovery=False)
+    catalog = chunks.get_database_client(database).get_container_client(CATALOG)
+    generations = {row["generation"] for row in catalog.read_all_items()}
+    assert len(generations) == 2
+    assert {entry["item_id"] for entry in store.catalog().entries if not entry["available"]} == {
+        "i2",
+        "i3",
+    }

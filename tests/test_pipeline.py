@@ -3,9 +3,11 @@ the real CLI) → the SQLite store → the API over HTTP. Then new events arrive
 run ingests only them and switches the live version."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +20,7 @@ from reco_dagster.domain.als import load_als_factors
 from reco_dagster.domain.evaluation import evaluate
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.lists import NON_PERSONAL_DEPTH, PUBLISHED_DEPTH
 from reco_dagster.domain.recency import decays
 from reco_dagster.domain.synthetic import synthetic_events
 from reco_dagster.micro_batch import micro_batch
@@ -30,6 +33,7 @@ from tests.conftest import (
     DECAYED_ALS,
     REPO,
     SMALL_ALS,
+    dagster_job,
     land,
     resources,
     run_batch_retrain,
@@ -124,6 +128,14 @@ def test_the_job_publishes_a_model_that_beats_popularity(first_run):
         assert found.items[0]["title"] == f"Title {ids[0][1:]}"
         scores = [item["score"] for item in found.items]
         assert scores == sorted(scores, reverse=True)
+    # Lists as deep as the filters need; the trending and all-time lists beside them.
+    assert len(store.personal_list("u0")[1]) == PUBLISHED_DEPTH
+    trending, popular = store.item_list("trending")[1], store.item_list("popular")[1]
+    assert len(trending) == len(popular) == min(NON_PERSONAL_DEPTH, 400)
+    counts = events.groupby("item_id")["user_id"].nunique().sort_values(ascending=False)
+    assert popular[0]["score"] == counts.iloc[0] and trending != popular
+    catalog = store.catalog()
+    assert len(catalog.entries) == 400 and catalog.entries[0]["available"]
 
 
 def test_the_api_serves_the_published_lists(first_run):
@@ -139,6 +151,9 @@ def test_the_api_serves_the_published_lists(first_run):
         similar = httpx.get(f"{url}/items/i7/similar", params={"k": 5}).json()
         assert similar["model_version"] == live and len(similar["items"]) == 5
         assert "i7" not in {item["item_id"] for item in similar["items"]}
+        for name in ("trending", "popular"):
+            listed = httpx.get(f"{url}/items/{name}", params={"k": 4}).json()
+            assert listed["model_version"] == live and len(listed["items"]) == 4
 
 
 @pytest.fixture
@@ -149,6 +164,40 @@ def own_copy(first_run, tmp_path, monkeypatch) -> Path:
     shutil.copytree(first_run[1], data_dir)
     monkeypatch.setenv("RECO_DATA_DIR", str(data_dir))
     return data_dir
+
+
+def test_the_catalog_job_takes_a_sold_out_item_off_a_running_api(first_run, own_copy, tmp_path):
+    """A new catalog file says an item is sold out; the catalog_refresh job (what
+    catalog_sensor runs) publishes it, and the running API stops serving it: no retrain."""
+    data_dir = own_copy
+    store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
+    live = store.live_version()
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    env = {**os.environ, "RECO_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(dagster_home)}
+    with running_api(data_dir) as url:
+
+        def served() -> list[str]:
+            answers = [
+                httpx.get(f"{url}{path}", params={"k": 100}).json()["items"]
+                for path in ("/users/u42/recommendations", "/items/trending", "/items/i7/similar")
+            ]
+            return [item["item_id"] for items in answers for item in items]
+
+        sold_out = served()[0]
+        (data_dir / "catalog" / "stock.csv").write_text(f"item_id,available\n{sold_out},false\n")
+        job = subprocess.run(
+            dagster_job("catalog_refresh"),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert job.returncode == 0, job.stderr[-3000:]
+        time.sleep(store.change_check_interval_s)
+        assert sold_out not in served()
+        assert store.live_version() == live
 
 
 def test_a_micro_batch_gives_a_user_the_list_the_batch_gave_the_same_history(first_run, own_copy):
@@ -315,7 +364,7 @@ def test_a_second_run_ingests_only_new_files_and_switches_versions_without_ease(
     assert "Ranked 301 users' items on the spark executors" in result.stderr
     lake = data_dir / "lake"
     interactions = pd.read_parquet(lake / "interactions.parquet")
-    on_driver = load_als_factors(lake / "als_model").recommend(interactions, k=100)
+    on_driver = load_als_factors(lake / "als_model").recommend(interactions, k=PUBLISHED_DEPTH)
     published = pd.read_parquet(lake / "als_recommendations.parquet")
     pd.testing.assert_frame_equal(
         published[["user_id", "item_id", "rank"]], on_driver[["user_id", "item_id", "rank"]]

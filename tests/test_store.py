@@ -12,7 +12,7 @@ from azure.cosmos import ContainerProxy
 
 from reco_dagster.domain.forgetting import user_key
 from resources.cosmos_store import LIVE_POINTER, CosmosRecommendationStore
-from resources.store import SqliteRecommendationStore, VersionNotPublishableError
+from resources.store import Catalog, SqliteRecommendationStore, VersionNotPublishableError
 from tests.servers.azure import COSMOS_EMULATOR_KEY
 
 
@@ -191,6 +191,62 @@ def test_similar_items_follow_the_live_version(store):
     store.activate("v2")
     assert store.similar("i1", 5) == ("v2", [{"item_id": "v2-i2", "score": 0.9}])
     assert store.similar("unknown", 5) == ("v2", None)
+
+
+def test_named_lists_and_personal_lists_follow_the_live_version(store):
+    assert store.item_list("trending") is None and store.personal_list("u1") is None
+    for version in ("v1", "v2"):
+        store.register(version, {"family": "als"})
+        named = {"trending": [{"item_id": f"{version}-t", "score": 3.0}], "popular": []}
+        store.write_version(version, lists(version), POPULAR, item_lists=named)
+    store.activate("v1")
+    assert store.item_list("trending") == ("v1", [{"item_id": "v1-t", "score": 3.0}])
+    assert store.item_list("popular") == ("v1", [])
+    assert store.item_list("nope") == ("v1", None)
+    version, items = store.personal_list("u3")
+    assert version == "v1" and len(items) == 10 and items[0]["item_id"] == "v1-3-0"
+    assert store.personal_list("stranger") == ("v1", None)
+    assert store.personal_list("u3", version="v2")[1][0]["item_id"] == "v2-3-0"
+    assert store.personal_list("u3", version="v9") is None
+    store.activate("v2")
+    assert store.item_list("trending")[0] == "v2"
+    assert store.purge_old_versions(keep=0) == ["v1"]
+    assert store.personal_list("u3", version="v1") is None
+
+
+CATALOG = [
+    {"item_id": "a", "categories": ["shoes"], "available": True, "attributes": {"brand": "x"}},
+    {"item_id": "b", "title": "B", "categories": [], "available": False, "attributes": {}},
+]
+
+
+def test_the_catalog_is_replaced_only_by_one_read_later(store, open_store):
+    assert store.catalog() is None and store.catalog_revision() is None
+    assert store.write_catalog(CATALOG, "r1", read_at=10.0) == "written"
+    reader = open_store()
+    assert reader.catalog_revision() == "r1"
+    assert reader.catalog().entries == CATALOG and reader.catalog().read_at == 10.0
+    assert store.write_catalog(CATALOG[:1], "r0", read_at=5.0) == "older"
+    assert store.write_catalog(CATALOG, "r1", read_at=11.0) == "unchanged"
+    assert store.write_catalog(CATALOG[:1], "r0", read_at=10.5) == "older"
+    assert store.write_catalog(CATALOG[1:], "r2", read_at=12.0) == "written"
+    assert reader.catalog() == Catalog("r2", 12.0, CATALOG[1:])
+    many = [
+        {**CATALOG[0], "item_id": f"i{n:04}", "attributes": {"x": "y" * 400}} for n in range(2000)
+    ]
+    assert store.write_catalog(many, "r3", read_at=13.0) == "written"
+    assert store.write_catalog(CATALOG, "r4", read_at=14.0) == "written"
+    assert store.write_catalog(many, "r3", read_at=15.0) == "written"
+    assert reader.catalog().entries == many
+
+
+def test_a_catalog_write_moves_the_change_token(store, open_store):
+    publish(store, "v1")
+    store.activate("v1")
+    watcher = open_store()
+    before = watcher.change_token()
+    store.write_catalog(CATALOG, "r1", read_at=1.0)
+    assert watcher.change_token() != before
 
 
 @pytest.fixture

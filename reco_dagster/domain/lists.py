@@ -12,14 +12,22 @@ Item = dict[str, Any]
 """{"item_id": str, "score": float, "title": str (when the catalogue has one), "because":
 list[str] (the history items that explain it, when ranked with them; stores keep them
 apart)}"""
-PUBLISHED_DEPTH = 100
-"""Items stored per user: the API serves any k up to this without touching the model."""
+PUBLISHED_DEPTH = 300
+"""Items stored per user (and in the cold-start, trending and popular lists) unless
+RECO_PUBLISHED_DEPTH says otherwise: the API serves any k up to 100 out of them, and has that
+many to pick from when a request's filters leave items out, without touching the model."""
+NON_PERSONAL_DEPTH = 2_000
+"""Items kept, at least, in the cold-start, trending and popular lists (one each per version;
+all of a smaller catalogue): a filter for a category that is rare among popular items still
+finds some in their tail. Cosmos DB keeps the three in the version's registry record (2 MB at
+most): about 0.5 MB at this depth."""
 SIMILAR_DEPTH = 100
 """Similar items stored per item."""
 
 
 def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(catalog["item_id"], catalog["title"], strict=True))
+    titled = catalog[catalog["title"].notna()]
+    return dict(zip(titled["item_id"], titled["title"], strict=True))
 
 
 def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:

@@ -1,0 +1,104 @@
+"""Request-time filters over precomputed lists: each item's categories and availability as
+one integer (a bit per category, bit 0 for "may be served"), so a list is filtered by a few
+integer operations per item, and a list left short is filled from another under the same
+filter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+AVAILABLE = 1
+"""The bit of an item that may be served."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFilter:
+    required: int
+    """Bits an item must have: AVAILABLE, or none when unavailable items are asked for."""
+    any_of: int | None
+    """Category bits an item must have one of; None: no category asked for (0: categories
+    the catalog does not name, so no item passes)."""
+    exclude: frozenset[str]
+
+
+class CatalogIndex:
+    """Every catalog item's mask; an item the catalog does not list may be served and is in
+    no category."""
+
+    __slots__ = ("bits", "masks", "revision")
+
+    def __init__(self, revision: str | None, entries: Iterable[Mapping[str, Any]]) -> None:
+        self.revision = revision
+        self.bits: dict[str, int] = {}
+        self.masks: dict[str, int] = {}
+        for entry in entries:
+            mask = AVAILABLE if entry["available"] else 0
+            for category in entry["categories"]:
+                bit = self.bits.get(category)
+                if bit is None:
+                    bit = self.bits[category] = 1 << (len(self.bits) + 1)
+                mask |= bit
+            if mask != AVAILABLE:  # the default needs no entry
+                self.masks[entry["item_id"]] = mask
+
+    def masks_of(self, items: Sequence[Mapping[str, Any]]) -> list[int]:
+        get = self.masks.get
+        return [get(item["item_id"], AVAILABLE) for item in items]
+
+    def item_filter(
+        self,
+        categories: Collection[str] = (),
+        exclude: Collection[str] = (),
+        include_unavailable: bool = False,
+    ) -> ItemFilter:
+        """Items in any of `categories` (all items without any), not in `exclude`, and only
+        available ones unless `include_unavailable`."""
+        any_of = None
+        if categories:
+            any_of = 0
+            for category in categories:
+                any_of |= self.bits.get(category, 0)
+        return ItemFilter(0 if include_unavailable else AVAILABLE, any_of, frozenset(exclude))
+
+
+def pick(
+    items: Sequence[Mapping[str, Any]], masks: Sequence[int], wanted: ItemFilter, k: int
+) -> list[Any]:
+    """The first `k` items that pass the filter, in list order."""
+    picked: list[Any] = []
+    if k <= 0:
+        return picked
+    # Inlined rather than a method per item: this runs on the API's request path.
+    required, any_of, exclude = wanted.required, wanted.any_of, wanted.exclude
+    for item, mask in zip(items, masks, strict=True):
+        if mask & required != required or (any_of is not None and not mask & any_of):
+            continue
+        if item["item_id"] in exclude:
+            continue
+        picked.append(item)
+        if len(picked) == k:
+            break
+    return picked
+
+
+def pick_with_fill(
+    items: Sequence[Mapping[str, Any]],
+    masks: Sequence[int],
+    fallback: Callable[[], tuple[Sequence[Mapping[str, Any]], Sequence[int]]],
+    wanted: ItemFilter,
+    k: int,
+) -> tuple[list[Any], int]:
+    """`pick` from a list; where the filter leaves out items the answer would have had, the
+    fallback list (items, masks: called only then) under the same filter fills in (leaving
+    out what the list gave), so the answer is as long as the unfiltered one, `k` or the whole
+    list if shorter. A list that is short by itself stays so: its user may have consumed what
+    the fallback would bring back. Returns the items and how many came from the fallback."""
+    picked = pick(items, masks, wanted, k)
+    short = min(k, len(items)) - len(picked)
+    if short <= 0:
+        return picked, 0
+    given = wanted.exclude.union(item["item_id"] for item in picked)
+    fill = pick(*fallback(), replace(wanted, exclude=given), short)
+    return picked + fill, len(fill)
