@@ -131,6 +131,8 @@ class Rendered(NamedTuple):
     items: list[str]
     keep: bool = True
     """False for an answer built for one request (an unknown user's popular list)."""
+    forgotten: bool = False
+    """The answer to a forgotten user: the served-list log leaves it out."""
 
 
 class PopularPart(NamedTuple):
@@ -305,8 +307,10 @@ class JsonResponse(ASGIResponse):
         return self._headers
 
 
-def _ready(body: bytes, version: str, items: list[str], keep: bool = True) -> Rendered:
-    return Rendered(JsonResponse(body), version, items, keep)
+def _ready(
+    body: bytes, version: str, items: list[str], keep: bool = True, forgotten: bool = False
+) -> Rendered:
+    return Rendered(JsonResponse(body), version, items, keep, forgotten)
 
 
 K = Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")]
@@ -358,8 +362,7 @@ def lookup_routes(
         )
         if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
-        # As of this replica's last look at the tombstones (and its own deletions at once).
-        if not served.forgets(user_id):
+        if not rendered.forgotten:
             served.record(user_id, variant.name if variant else None, rendered[1], rendered[2])
         return rendered[0]
 
@@ -580,7 +583,9 @@ def _render_user(
             if asked.keep:
                 cache.put(key, part, generation)
         body = _encode(Recommendations(user_id, version, "popular", part.items, 0, variant_name))
-        return _ready(body, version, part.ids, keep=False)
+        # Built per request: a forgotten user has no list, and is told apart here.
+        forgotten = store.is_forgotten(user_id)
+        return _ready(body, version, part.ids, keep=False, forgotten=forgotten)
     items, filled = pick_with_fill(personal.items, personal.masks, cold_start, wanted, k)
     if explain:
         reasons = store.reasons(user_id, version)

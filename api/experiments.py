@@ -114,8 +114,6 @@ class ServedLog:
         # Held by a flush from taking records to writing them, and by an erasure: records a
         # flush holds would otherwise miss the erasure of both the buffer and the files.
         self._writing = threading.Lock()
-        self.forgotten: frozenset[str] = frozenset()
-        """The forgotten users' keys as last read: their records are not to be made."""
         self._erased: frozenset[str] = frozenset()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,11 +131,6 @@ class ServedLog:
             forgotten_keys=forgotten_keys,
             erase_interval_s=float(os.environ.get("RECO_SERVED_ERASE_INTERVAL_S", "60")),
         )
-
-    def forgets(self, user_id: str) -> bool:
-        """Whether the user was forgotten (as of the last look at the tombstones, or this
-        replica's own deletion): for callers without a lookup saying so."""
-        return bool(self.forgotten) and user_key(user_id) in self.forgotten
 
     def record(self, user_id: str, variant: str | None, version: str, items: list[str]) -> None:
         if len(self.pending) == self.capacity:
@@ -210,8 +203,6 @@ class ServedLog:
         while True:
             try:
                 keys = frozenset(await asyncio.to_thread(self.forgotten_keys))
-                # First: a record made from now on is refused, one made before is erased.
-                self.forgotten = keys
                 if keys - self._erased:
                     await asyncio.to_thread(self.erase, keys - self._erased)
                 # Lifted tombstones leave the set: a user forgotten again is erased again.

@@ -194,7 +194,7 @@ def session_route(
                     items, explain_lists(scorer.model, history, listed), strict=True
                 ):
                     item.because = because
-        if data.user_id is not None and not served.forgets(data.user_id):
+        if data.user_id is not None and not store.is_forgotten(data.user_id):
             served.record(data.user_id, None, scorer.version, [item.item_id for item in items])
         return SessionRecommendations(scorer.version, source, items, filled, data.user_id)
 

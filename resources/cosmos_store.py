@@ -512,9 +512,11 @@ class CosmosRecommendationStore(RecommendationStore):
         if record is None or "popular" not in record:
             return None
         # One more point read, for users without a list only: a forgotten user has none.
+        return Lookup(version, "popular", record["popular"][:k], self.is_forgotten(user_id))
+
+    def is_forgotten(self, user_id: str) -> bool:
         key = user_key(user_id)
-        forgotten = self._read(FORGOTTEN, key, key) is not None
-        return Lookup(version, "popular", record["popular"][:k], forgotten)
+        return self._read(FORGOTTEN, key, key) is not None
 
     def reasons(self, user_id: str, version: str) -> dict[str, list[str]]:
         found = self._read(USERS, version, user_id)

@@ -279,6 +279,10 @@ class RecommendationStore(BaseModel):
         """Every tombstone, the oldest request first."""
         raise NotImplementedError
 
+    def is_forgotten(self, user_id: str) -> bool:
+        """Whether the user has a tombstone (one read)."""
+        raise NotImplementedError
+
     def forgotten(self) -> Forgotten:
         """The tombstones, as ingestion and the erasure use them."""
         tombstones = self.tombstones()
@@ -766,6 +770,12 @@ class SqliteRecommendationStore(RecommendationStore):
             f"SELECT {_TOMBSTONE_COLUMNS} FROM tombstones WHERE user_key = ?", (key,)
         ).fetchone()
         return Tombstone(*row)
+
+    def is_forgotten(self, user_id: str) -> bool:
+        read = self._connection().execute(
+            "SELECT 1 FROM tombstones WHERE user_key = ?", (user_key(user_id),)
+        )
+        return read.fetchone() is not None
 
     def tombstones(self) -> list[Tombstone]:
         rows = self._connection().execute(

@@ -73,6 +73,31 @@ def test_a_session_the_model_cannot_score_gets_the_popular_list(data_dir):
     assert [item["item_id"] for item in answer["items"]] == ["i0"]
 
 
+def test_a_session_takes_the_filters_and_never_gets_an_unavailable_item(data_dir):
+    _, _, store, archive, version = live_world(data_dir)
+    entries = [
+        {"item_id": f"i{n}", "categories": ["even" if n % 2 == 0 else "odd"], "available": n != 4}
+        for n in range(12)
+    ]
+    store.write_catalog(entries, "r1", read_at=1.0)
+    history, _ = build_interactions(
+        pd.DataFrame({"user_id": "v", "item_id": ["i1"], "rating": None, "timestamp": [0]})
+    )
+    everything = fold_in(archive.load(version), history).recommend(seen=history, k=12)
+    with running_api(data_dir) as base_url:
+
+        def asked(**filters) -> list[str]:
+            body = {"items": ["i1"], "k": 5, **filters}
+            answer = httpx.post(f"{base_url}/recommendations", json=body).json()
+            return [item["item_id"] for item in answer["items"]]
+
+        served = [item for item in everything["item_id"] if item != "i4"]
+        assert asked() == served[:5]
+        assert asked(category=["even"]) == [i for i in served if int(i[1:]) % 2 == 0][:5]
+        assert asked(exclude=served[:2]) == served[2:7]
+        assert "i4" in asked(include_unavailable=True, category=["even"])
+
+
 MALFORMED = [
     ({"items": []}, "1 to 500 items"),
     ({"items": ["i1"], "k": 101}, "k"),
