@@ -80,6 +80,9 @@ class SimilarItems(msgspec.Struct):
     item_id: str
     model_version: str
     items: list[RecommendedItem]
+    based_on: Literal["factors", "categories"] = "factors"
+    """`categories` for an item the live model does not place (a new one): its neighbours
+    share its catalog categories (score: the Jaccard index of the two sets)."""
 
 
 class ItemList(msgspec.Struct):
@@ -133,6 +136,8 @@ class Rendered(NamedTuple):
     """False for an answer built for one request (an unknown user's popular list)."""
     forgotten: bool = False
     """The answer to a forgotten user: the served-list log leaves it out."""
+    new_items: list[str] = []  # noqa: RUF012 (a NamedTuple's default, never mutated)
+    """Those of `items` in positions given to new items, for the served-list log."""
 
 
 class PopularPart(NamedTuple):
@@ -363,7 +368,13 @@ def lookup_routes(
         if rendered is None:
             raise ServiceUnavailableException(NOTHING_LIVE)
         if not rendered.forgotten:
-            served.record(user_id, variant.name if variant else None, rendered[1], rendered[2])
+            served.record(
+                user_id,
+                variant.name if variant else None,
+                rendered.version,
+                rendered.items,
+                rendered.new_items,
+            )
         return rendered[0]
 
     def similar(item_id: str, k: int, asked: Asked) -> ASGIResponse:
@@ -593,7 +604,8 @@ def _render_user(
     # The store keeps items in RecommendedItem's shape: encoding them as they are skips
     # building a Struct per item, a fifth of a cache miss's Python time.
     body = _encode(Recommendations(user_id, version, "personal", items, filled, variant_name))
-    return _ready(body, version, [item["item_id"] for item in items], asked.keep)
+    ready = _ready(body, version, [item["item_id"] for item in items], asked.keep)
+    return ready._replace(new_items=[item["item_id"] for item in items if "new_item" in item])
 
 
 def _popular_list(store: RecommendationStore, version: str) -> tuple[str, list[Item]] | None:
@@ -617,10 +629,18 @@ def _render_similar(
     if found is None:
         return None
     version, listed = found
+    based_on: Literal["factors", "categories"] = "factors"
     if listed is None:
-        raise NotFoundException(f"item {item_id!r} is not in live model version {version}")
+        cold = _popular_list(cache.store, version)
+        alike = catalog.alike(item_id, [item["item_id"] for item in cold[1]] if cold else [])
+        if not alike:
+            raise NotFoundException(
+                f"item {item_id!r} is not in live model version {version}, and the catalog "
+                "gives it no category"
+            )
+        listed, based_on = Listed(version, alike, catalog.masks_of(alike)), "categories"
     items = pick(listed.items, listed.masks, asked.item_filter(catalog), k)
-    body = _encode(SimilarItems(item_id=item_id, model_version=version, items=items))
+    body = _encode(SimilarItems(item_id, version, items, based_on))
     return _ready(body, version, [item["item_id"] for item in items], asked.keep)
 
 

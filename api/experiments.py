@@ -85,7 +85,8 @@ log = logging.getLogger(__name__)
 class ServedLog:
     """Every served list, appended in memory and written every FLUSH_INTERVAL_S to
     `<directory>/served-<UTC hour>.jsonl` as [time, user, variant, version, item ids]
-    (`reco_dagster.domain.online.SERVED_COLUMNS`, which online evaluation reads them by).
+    and the new items among them (`reco_dagster.domain.online.SERVED_COLUMNS`, which online
+    evaluation reads them by).
 
     Memory stays bounded whatever happens to the disk: at most `capacity` records wait (the
     oldest are dropped and counted beyond that), a failed write is retried at the next flush,
@@ -132,10 +133,18 @@ class ServedLog:
             erase_interval_s=float(os.environ.get("RECO_SERVED_ERASE_INTERVAL_S", "60")),
         )
 
-    def record(self, user_id: str, variant: str | None, version: str, items: list[str]) -> None:
+    def record(
+        self,
+        user_id: str,
+        variant: str | None,
+        version: str,
+        items: list[str],
+        new_items: list[str] | None = None,
+    ) -> None:
+        """`new_items`: those of `items` in positions given to new items."""
         if len(self.pending) == self.capacity:
             TALLY.served_dropped += 1  # the deque drops its oldest record to take this one
-        self.pending.append((time.time(), user_id, variant, version, items))
+        self.pending.append((time.time(), user_id, variant, version, items, new_items or []))
 
     def flush(self) -> None:
         """Write what waits; on an I/O error keep it (as far as the capacity allows) for the

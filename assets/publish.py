@@ -19,7 +19,10 @@ from dagster_pyspark import LazyPySparkResource
 
 from reco_dagster.domain.catalog import catalog_entries, catalog_revision
 from reco_dagster.domain.explain import explain_lists
+from reco_dagster.domain.exposure import NEW_ITEMS, expose_new_items
+from reco_dagster.domain.exposure import new_items as find_new_items
 from reco_dagster.domain.families import FAMILIES
+from reco_dagster.domain.foldin import history_weights
 from reco_dagster.domain.interactions import history_events
 from reco_dagster.domain.lists import (
     NON_PERSONAL_DEPTH,
@@ -31,7 +34,7 @@ from reco_dagster.domain.lists import (
 from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
-from resources.deployment import published_depth
+from resources.deployment import new_item_exposure, published_depth
 from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
 from resources.model_archive import ModelArchive
@@ -114,10 +117,36 @@ def published_catalog(
 
 def build_publish(family: str) -> list[AssetsDefinition]:
     @asset(
-        name=f"{family}_recommendations",
+        name=f"{family}_new_items",
         group_name="publish",
         kinds={"pandas"},
         ins={"model": AssetIn(f"{family}_model")},
+    )
+    def new_items(
+        model: StoredModel, interactions: pd.DataFrame, item_catalog: pd.DataFrame
+    ) -> Output[pd.DataFrame]:
+        """The available catalogue items this version cannot rank yet (unknown to it, or with
+        fewer than RECO_NEW_ITEM_MIN_INTERACTIONS users): what its exposure positions offer,
+        in lists and in micro-batch refreshes alike (item_id, categories)."""
+        _, least = new_item_exposure()
+        available = item_catalog.loc[item_catalog["available"], "item_id"].astype(str)
+        fresh = find_new_items(available, model.item_side().item_ids, interactions, least)
+        table = item_catalog.set_index(item_catalog["item_id"].astype(str)).loc[fresh]
+        table = table.reset_index(drop=True)[["item_id", "categories"]]
+        return Output(
+            table,
+            metadata={
+                "dagster/row_count": len(table),
+                "min_interactions": least,
+                "preview": MetadataValue.md(table.head(10).to_markdown(index=False)),
+            },
+        )
+
+    @asset(
+        name=f"{family}_recommendations",
+        group_name="publish",
+        kinds={"pandas"},
+        ins={"model": AssetIn(f"{family}_model"), "new_items": AssetIn(f"{family}_new_items")},
     )
     def recommendations(
         context: AssetExecutionContext,
@@ -126,6 +155,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         model: StoredModel,
         interactions: pd.DataFrame,
         popular_items: pd.DataFrame,
+        new_items: pd.DataFrame,
     ) -> Output[pd.DataFrame]:
         """Every known user's best unseen items, scored from all of their history (for many
         users, on Spark's executors: see BatchScoring); a list that runs short goes on with
@@ -138,8 +168,20 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         with model.scorer(interactions, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
             ranked = scorer.recommend(seen=interactions, k=depth)
         ranked = fill_short_lists(ranked, popular_items, interactions, depth)
+        every, _ = new_item_exposure()
+        item_side = model.item_side()
+        ranked = expose_new_items(
+            ranked,
+            interactions,
+            history_weights(interactions, item_side.card.family, item_side.card.settings),
+            list(new_items["item_id"]),
+            dict(zip(new_items["item_id"], new_items["categories"], strict=True)),
+            every,
+            scorer.card.version,
+            depth,
+        )
         explaining = time.perf_counter()
-        ranked["because"] = explain_lists(model.item_side(), interactions, ranked)
+        ranked["because"] = explain_lists(item_side, interactions, ranked)
         explain_s = time.perf_counter() - explaining
         version = scorer.card.version
         context.log.info(f"Ranked {users} users' items on the {ranked_on(scorer)}")
@@ -155,6 +197,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
                 "ranked_on": ranked_on(scorer),
                 "scoring_s": round(time.perf_counter() - started, 3),
                 "explain_s": round(explain_s, 3),
+                "new_item_positions": int(ranked["new_item"].sum()),
             },
         )
 
@@ -213,6 +256,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             "evaluation": AssetIn(f"{family}_evaluation"),
             "ranked": AssetIn(f"{family}_recommendations"),
             "similar": AssetIn(f"{family}_similar_items"),
+            "new_items": AssetIn(f"{family}_new_items"),
         },
     )
     def published(
@@ -221,6 +265,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         evaluation: dict,
         ranked: pd.DataFrame,
         similar: pd.DataFrame,
+        new_items: pd.DataFrame,
         popular_items: pd.DataFrame,
         non_personal_lists: pd.DataFrame,
         item_catalog: pd.DataFrame,
@@ -249,8 +294,12 @@ def build_publish(family: str) -> list[AssetsDefinition]:
                 zip(users["user_id"], users["history_events"].tolist(), strict=True)
             ),
             item_lists={
-                name: listed_items(ranked_items, titles)
-                for name, ranked_items in non_personal_lists.groupby("list", sort=False)
+                **{
+                    name: listed_items(ranked_items, titles)
+                    for name, ranked_items in non_personal_lists.groupby("list", sort=False)
+                },
+                # What micro-batches expose while this version is live.
+                NEW_ITEMS: [{"item_id": item, "score": 0.0} for item in new_items["item_id"]],
             },
         )
         return MaterializeResult(
@@ -272,7 +321,7 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             }
         )
 
-    return [recommendations, similar_items, archived_model, published]
+    return [new_items, recommendations, similar_items, archived_model, published]
 
 
 def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: int = 10) -> str:

@@ -77,8 +77,9 @@ def main() -> None:
             new_item_affinity(history, weights, new, categories, K, model.version),
             args.every,
             model.version,
+            K,
         ),
-        "random": with_new_items(ranked, random_choice(), args.every, model.version),
+        "random": with_new_items(ranked, random_choice(), args.every, model.version, K),
     }
     figures: dict[str, float] = {
         "users": len(users),

@@ -76,6 +76,20 @@ def published_depth() -> int:
     return depth
 
 
+def new_item_exposure() -> tuple[int, int]:
+    """(every, min_interactions): one position in every `RECO_NEW_ITEM_EVERY` (default 10; 0
+    turns exposure off) goes to a new item, an item the model does not know or that fewer
+    than `RECO_NEW_ITEM_MIN_INTERACTIONS` (5) users have interacted with. Both code locations
+    read them, so batch lists and micro-batch refreshes expose alike."""
+    from reco_dagster.domain.exposure import EXPOSURE_EVERY, MIN_INTERACTIONS
+
+    every = int(os.environ.get("RECO_NEW_ITEM_EVERY", EXPOSURE_EVERY))
+    least = int(os.environ.get("RECO_NEW_ITEM_MIN_INTERACTIONS", MIN_INTERACTIONS))
+    if every < 0 or least < 0:
+        raise ValueError("RECO_NEW_ITEM_EVERY and RECO_NEW_ITEM_MIN_INTERACTIONS are >= 0")
+    return every, least
+
+
 def cosmos_settings(secret: Secret) -> dict[str, str | None]:
     """The Cosmos DB database `RECO_COSMOS_DATABASE` (default reco) at `RECO_COSMOS_ENDPOINT`,
     signed in with `RECO_COSMOS_KEY` when set, else with DefaultAzureCredential."""

@@ -6,19 +6,20 @@ built without them)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from reco_dagster.domain.explain import explain_lists
-from reco_dagster.domain.foldin import fold_in
+from reco_dagster.domain.exposure import NEW_ITEMS, expose_new_items
+from reco_dagster.domain.foldin import fold_in, history_weights
 from reco_dagster.domain.interactions import build_interactions, history_events
 from reco_dagster.domain.lists import ranked_lists, titles_by_item
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import fill_short_lists
-from resources.deployment import published_depth
+from resources.deployment import new_item_exposure, published_depth
 from resources.event_history import EventHistory
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
@@ -82,6 +83,7 @@ def refresh_live_users(
     marks = history_events(history)
     catalog, _ = landing_zone.item_catalog()
     titles = titles_by_item(catalog)
+    categories = dict(zip(catalog["item_id"], catalog["categories"], strict=True))
     lap("read_history")
     for _ in range(2):
         version = store.live_version()
@@ -91,7 +93,14 @@ def refresh_live_users(
         lap("load_model")
         # Many small matrices: BLAS threads only fight the API for the same cores.
         with threadpool_limits(limits=1):
-            ranked, counts = _rerank(model, history, new_events, _cold_start(store, version))
+            ranked, counts = _rerank(
+                model,
+                history,
+                new_events,
+                _cold_start(store, version),
+                _new_items(store, version),
+                categories,
+            )
         lap("fold_in_and_rank")
         user_lists = list(ranked_lists(ranked, "user_id", titles))
         if store.update_live_users(version, user_lists, marks):
@@ -145,11 +154,25 @@ def _cold_start(store: RecommendationStore, version: str) -> pd.DataFrame:
     return pd.DataFrame(found.items if found else [], columns=["item_id", "score"])
 
 
+def _new_items(store: RecommendationStore, version: str) -> list[str]:
+    """What the version's exposure positions offer (the batch job chose them)."""
+    found = store.item_list(NEW_ITEMS)
+    if found is None or found[0] != version or found[1] is None:
+        return []
+    return [item["item_id"] for item in found[1]]
+
+
 def _rerank(
-    model: FactorModel, history: pd.DataFrame, new_events: pd.DataFrame, cold_start: pd.DataFrame
+    model: FactorModel,
+    history: pd.DataFrame,
+    new_events: pd.DataFrame,
+    cold_start: pd.DataFrame,
+    new_items: list[str],
+    categories: Mapping[str, Sequence[str]],
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Fold the users of `history` (interactions) into `model` and rank their unseen items,
-    exactly as the batch job ranks a user with that history."""
+    give new items their positions and name each item's reasons, exactly as the batch job
+    ranks a user with that history."""
     refolded = fold_in(model, history)
     # A user is personal with at least one item the model knows (an ALS popularity prior
     # makes every vector non-zero, so the vector cannot tell).
@@ -159,6 +182,17 @@ def _rerank(
     ranked = refolded.recommend(seen=history, k=depth)
     ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
     ranked = fill_short_lists(ranked, cold_start, history, depth)
+    card = model.card
+    ranked = expose_new_items(
+        ranked,
+        history,
+        history_weights(history, card.family, card.settings),
+        new_items,
+        categories,
+        new_item_exposure()[0],
+        card.version,
+        depth,
+    )
     ranked["because"] = explain_lists(model, history, ranked)
     known_items = new_events["item_id"].isin(model.item_ids)
     return ranked, {

@@ -21,9 +21,9 @@ class ServedListLog(ConfigurableResource):
     files: FileStore
 
     def served_lists(self, chunk_rows: int = 20_000) -> Iterator[pd.DataFrame]:
-        """The served lists (time, user_id, variant, version, items), oldest hour first, in
-        frames of at most `chunk_rows` lists: the log can outgrow memory (a list of 100 item
-        ids is about 40 times its line's size as Python objects)."""
+        """The served lists (time, user_id, variant, version, items, new_items), oldest hour
+        first, in frames of at most `chunk_rows` lists: the log can outgrow memory (a list of
+        100 item ids is about 40 times its line's size as Python objects)."""
         decode = msgspec.json.Decoder(tuple).decode
         for file in self.files.list(SERVED):
             if not (file.name.endswith(".jsonl") and file.size):
@@ -33,7 +33,9 @@ class ServedListLog(ConfigurableResource):
                 for line in source:
                     if not line.endswith(b"\n"):
                         break  # the API is appending this line right now
-                    rows.append(decode(line))
+                    row = decode(line)
+                    # Lines logged before new items were marked: none were.
+                    rows.append(row if len(row) == len(SERVED_COLUMNS) else (*row, []))
                     if len(rows) == chunk_rows:
                         yield pd.DataFrame(rows, columns=SERVED_COLUMNS)
                         rows = []

@@ -217,6 +217,7 @@ def test_similar_items_of_the_live_version(data_dir, store):
             "item_id": "50",
             "model_version": "v1",
             "items": [{"item_id": "181", "score": 0.9, "title": "Return of the Jedi (1983)"}],
+            "based_on": "factors",
         }
         unknown = httpx.get(f"{url}/items/nope/similar")
         assert unknown.status_code == 404 and "not in live model version v1" in unknown.text

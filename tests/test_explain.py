@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from reco_dagster.domain.explain import explain_lists
+from reco_dagster.domain.exposure import NEW_ITEMS
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.models import FactorModel, ModelCard
@@ -33,8 +34,9 @@ B = np.array(
 UNWEIGHTED_EASE = {"l2": 1.0, "rating_weighted": False, "item_normalization": 0.0}
 
 
-def ease_world(data_dir):
-    """A live EASE version with the weights B, and no personal lists yet."""
+def ease_world(data_dir, new_items=()):
+    """A live EASE version with the weights B, no personal lists yet, and `new_items` for its
+    exposure positions."""
     files = LocalFiles(root=str(data_dir))
     zone, event_history = LandingZone(files=files, settle_s=0), EventHistory(files=files)
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
@@ -43,7 +45,12 @@ def ease_world(data_dir):
     model = FactorModel.item_side_of(card, np.array(ITEMS, dtype=object), B.T.copy())
     archive.save(model, None)
     store.register(card.version, {"family": "ease"})
-    store.write_version(card.version, [], [{"item_id": "i3", "score": 1.0}])
+    store.write_version(
+        card.version,
+        [],
+        [{"item_id": "i3", "score": 1.0}],
+        item_lists={NEW_ITEMS: [{"item_id": item, "score": 0.0} for item in new_items]},
+    )
     store.activate(card.version)
     return zone, event_history, store, archive
 

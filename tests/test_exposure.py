@@ -1,10 +1,16 @@
 """Exposure for new items: which items count as new, how a user's categories choose among
 them, and where they go in a list."""
 
+import json
+
+import httpx
 import numpy as np
 import pandas as pd
 
 from reco_dagster.domain.exposure import new_item_affinity, new_items, with_new_items
+from reco_dagster.domain.online import served_hit_rate
+from tests.conftest import running_api
+from tests.test_explain import ease_world, micro_batch_of
 
 CATEGORIES = {
     "old-drama": ["Drama"],
@@ -54,7 +60,7 @@ def test_one_position_in_every_ten_goes_to_a_new_item_at_a_stable_offset():
             "item_id": ["i2", "n1", "n2", "n3"] * len(users),  # i2 is listed already
         }
     )
-    placed = with_new_items(ranked, offered, every=10, version="v1")
+    placed = with_new_items(ranked, offered, every=10, version="v1", depth=30)
     assert placed.groupby("user_id").size().eq(30).all()
     news = placed[placed["new_item"]]
     assert all(
@@ -65,6 +71,65 @@ def test_one_position_in_every_ten_goes_to_a_new_item_at_a_stable_offset():
     assert offsets.nunique() > 1  # different users see new items at different ranks
     for _, mine in placed.groupby("user_id"):
         assert mine["score"].is_monotonic_decreasing
-    assert placed.equals(with_new_items(ranked, offered, every=10, version="v1"))
-    moved = with_new_items(ranked, offered, every=10, version="v2")
+    assert placed.equals(with_new_items(ranked, offered, every=10, version="v1", depth=30))
+    moved = with_new_items(ranked, offered, every=10, version="v2", depth=30)
     assert not moved[moved["new_item"]]["rank"].equals(news["rank"])
+
+
+def test_new_items_get_their_marked_positions_the_log_and_similar_items_by_category(
+    data_dir, monkeypatch
+):
+    monkeypatch.setenv("RECO_NEW_ITEM_EVERY", "2")
+    world = ease_world(data_dir, new_items=["n-drama", "n-comedy"])
+    catalog = pd.DataFrame(
+        {
+            "item_id": ["i0", "i1", "i2", "i3", "n-drama", "n-comedy"],
+            "categories": ["Drama", "Comedy", "Drama", "Drama", "Drama", "Comedy"],
+        }
+    )
+    (data_dir / "catalog").mkdir()
+    catalog.to_csv(data_dir / "catalog" / "items.csv", index=False)
+    world[2].write_catalog(
+        [
+            {"item_id": i, "categories": [c], "available": True, "attributes": "{}"}
+            for i, c in zip(catalog["item_id"], catalog["categories"], strict=True)
+        ],
+        "r1",
+        read_at=1.0,
+    )
+    micro_batch_of(data_dir, world, "first.csv", [("u", "i0", 1)])
+    with running_api(data_dir) as base_url:
+        items = httpx.get(f"{base_url}/users/u/recommendations").json()["items"]
+        marked = [position for position, item in enumerate(items) if item.get("new_item")]
+        # One position in every two, at one offset; the drama lover's drama first.
+        # The list grows by its new items (it is shorter than the published depth).
+        assert len(items) == 5 and len(marked) == 2 and marked[1] - marked[0] == 2
+        assert [items[p]["item_id"] for p in marked] == ["n-drama", "n-comedy"]
+        similar = httpx.get(f"{base_url}/items/n-drama/similar").json()
+        assert similar["based_on"] == "categories"
+        assert [item["item_id"] for item in similar["items"]] == ["i3", "i0", "i2"]
+        assert httpx.get(f"{base_url}/items/unknown/similar").status_code == 404
+    served = data_dir / "served"
+    [line] = [json.loads(line) for f in served.glob("*.jsonl") for line in f.read_text().split()]
+    assert line[5] == ["n-drama", "n-comedy"]
+
+
+def test_online_evaluation_reports_new_items_apart():
+    served = pd.DataFrame(
+        {
+            "time": [0.0, 0.0],
+            "user_id": ["a", "b"],
+            "variant": [None, None],
+            "version": ["v1", "v1"],
+            "items": [["x", "new"], ["y", "new"]],
+            "new_items": [["new"], ["new"]],
+        }
+    )
+    events = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["new", "y"], "timestamp": [5, 5]})
+    [row] = served_hit_rate(served, events, window_s=10).to_dict("records")
+    assert (row["lists_served"], row["lists_hit"], row["hit_rate"]) == (2, 2, 1.0)
+    assert (row["new_item_positions"], row["new_items_hit"], row["new_item_hit_rate"]) == (
+        2,
+        1,
+        0.5,
+    )

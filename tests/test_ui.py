@@ -119,7 +119,7 @@ def test_the_ui_shows_the_assets_launches_the_batch_job_and_shows_its_metrics(
         graph = wait_for(lambda: "als_model" in page_text() and page_text(), 60, "the graph")
         browser.save_screenshot(str(SCREENSHOTS / "1-asset-graph-train.png"))
         # The group's nodes in view and their neighbours in the other groups.
-        assert {"model_search", "als_model", "train_interactions", "als_archived_model"} <= set(
+        assert {"als_model", "ease_evaluation_model", "als_new_items", "als_archived_model"} <= set(
             graph.split()
         )
 

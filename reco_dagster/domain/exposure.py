@@ -22,6 +22,8 @@ from reco_dagster.domain.ranking import top_k_items
 
 EXPOSURE_EVERY = 10
 """One position in this many goes to a new item (0: none)."""
+NEW_ITEMS = "new"
+"""The name of a version's list of the new items its exposure positions offer."""
 MIN_INTERACTIONS = 5
 """Items with fewer distinct users than this count as new."""
 TIE_BREAK = 1e-6
@@ -97,13 +99,33 @@ def new_item_affinity(
     )
 
 
+def expose_new_items(
+    ranked: pd.DataFrame,
+    history: pd.DataFrame,
+    weights: np.ndarray,
+    candidates: Sequence[str],
+    categories: Mapping[str, Sequence[str]],
+    every: int,
+    version: str,
+    depth: int,
+) -> pd.DataFrame:
+    """`ranked` lists with their exposure positions (`with_new_items`) given to the users'
+    best `candidates` by affinity with their `history` (weighted by `weights`): what the
+    batch job and the micro-batch both do to the lists they rank."""
+    if every <= 0 or not len(candidates) or ranked.empty:
+        return ranked.assign(new_item=False)
+    slots = -(-depth // every)
+    affinity = new_item_affinity(history, weights, candidates, categories, slots, version)
+    return with_new_items(ranked, affinity, every, version, depth)
+
+
 def with_new_items(
-    ranked: pd.DataFrame, affinity: pd.DataFrame, every: int, version: str
+    ranked: pd.DataFrame, affinity: pd.DataFrame, every: int, version: str, depth: int
 ) -> pd.DataFrame:
     """`ranked` (user_id, item_id, rank, score) with one position in every `every` given to
     the user's next best new item from `affinity` not listed already, marked `new_item`; the
-    other items move down and the list keeps its length. A new item's score lies between
-    its neighbours', so the list stays in score order."""
+    other items move down, and the list grows to at most `depth` items. A new item's score
+    lies between its neighbours', so the list stays in score order."""
     if every <= 0 or affinity.empty:
         return ranked.assign(new_item=False)
     offered = affinity.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
@@ -117,11 +139,14 @@ def with_new_items(
         offset = _seed(f"{version}/{user}") % every
         merged: list[tuple[str, float, bool]] = []
         rest = iter(listed)
-        for position in range(len(listed)):
-            if position % every == offset and (new := next(extra, None)) is not None:
+        while len(merged) < depth:
+            new = next(extra, None) if len(merged) % every == offset else None
+            if new is not None:
                 merged.append((new, np.nan, True))
             elif (item := next(rest, None)) is not None:
                 merged.append((*item, False))
+            else:
+                break
         lists.append(_placed(user, merged))
     if not lists:
         return ranked.assign(new_item=False)

@@ -47,6 +47,23 @@ class CatalogIndex:
         get = self.masks.get
         return [get(item["item_id"], AVAILABLE) for item in items]
 
+    def alike(self, item_id: str, popular: Sequence[str]) -> list[dict[str, Any]]:
+        """Items sharing a category with `item_id`, by the Jaccard index of their category
+        sets (the score), ties by their order in `popular`: the neighbours of an item the
+        model cannot place, from what the catalog says about it. Empty when it has none."""
+        mine = self.masks.get(item_id, 0) & ~AVAILABLE
+        if not mine:
+            return []
+        rank = {item: position for position, item in enumerate(popular)}
+        scored = []
+        for other, mask in self.masks.items():
+            shared = (mask & mine).bit_count()
+            if shared and other != item_id:
+                union = ((mask & ~AVAILABLE) | mine).bit_count()
+                scored.append((-shared / union, rank.get(other, len(rank)), other))
+        scored.sort()
+        return [{"item_id": other, "score": round(-score, 5)} for score, _, other in scored]
+
     def item_filter(
         self,
         categories: Collection[str] = (),

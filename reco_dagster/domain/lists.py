@@ -11,7 +11,7 @@ import pandas as pd
 Item = dict[str, Any]
 """{"item_id": str, "score": float, "title": str (when the catalogue has one), "because":
 list[str] (the history items that explain it, when ranked with them; stores keep them
-apart)}"""
+apart), "new_item": true (a position given to a new item)}"""
 PUBLISHED_DEPTH = 300
 """Items stored per user (and in the cold-start, trending and popular lists) unless
 RECO_PUBLISHED_DEPTH says otherwise: the API serves any k up to 100 out of them, and has that
@@ -31,16 +31,21 @@ def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
 
 
 def listed_items(ranked: pd.DataFrame, titles: dict[str, str]) -> list[Item]:
-    """Ranked rows as the store keeps them: item_id, score, the title when known, and the
-    reasons when `ranked` has them (a `because` column)."""
+    """Ranked rows as the store keeps them: item_id, score, the title when known, the
+    reasons when `ranked` has them (a `because` column), and `new_item` on positions given to
+    new items (`domain.exposure`)."""
     items: list[Item] = []
     reasons = ranked["because"] if "because" in ranked else [None] * len(ranked)
-    for item_id, score, because in zip(ranked["item_id"], ranked["score"], reasons, strict=True):
+    new = ranked["new_item"] if "new_item" in ranked else [False] * len(ranked)
+    rows = zip(ranked["item_id"], ranked["score"], reasons, new, strict=True)
+    for item_id, score, because, is_new in rows:
         item: Item = {"item_id": item_id, "score": round(float(score), 5)}
         if item_id in titles:
             item["title"] = titles[item_id]
         if because is not None:
             item["because"] = list(because)
+        if is_new:
+            item["new_item"] = True
         items.append(item)
     return items
 
