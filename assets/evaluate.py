@@ -127,6 +127,7 @@ def online_evaluation(
         summary,
         metadata={
             "lists_served": int(summary["lists_served"].sum()),
+            "new_item_positions": int(summary["new_item_positions"].sum()),
             "by_variant_and_version": MetadataValue.md(
                 summary.to_markdown(index=False) if not summary.empty else "nothing served yet"
             ),
