@@ -26,7 +26,7 @@ from resources.model_archive import ModelArchive
 from resources.settings import spark_config
 from resources.store import SqliteRecommendationStore
 from tests.servers import free_port
-from tests.servers.azure import AZURITE_KEY, Server, azurite, cosmosdb_server
+from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY, Server, azurite, cosmosdb_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,6 +219,19 @@ def cosmos() -> Iterator[Server]:
 def blob_server() -> Iterator[Server]:
     with azurite() as server:
         yield server
+
+
+def azure_env(blob_server: Server, cosmos: Server, container: str, database: str) -> dict:
+    """The environment of the azure deployment on azurite and cosmosdb-server."""
+    return {
+        "RECO_DEPLOYMENT": "azure",
+        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
+        "RECO_BLOB_KEY": AZURITE_KEY,
+        "RECO_BLOB_CONTAINER": container,
+        "RECO_COSMOS_ENDPOINT": cosmos.url,
+        "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
+        "RECO_COSMOS_DATABASE": database,
+    }
 
 
 def blob_files(server: Server, container: str | None = None) -> BlobFiles:

@@ -12,8 +12,8 @@ import pytest
 from reco_dagster.domain.synthetic import synthetic_events
 from resources.cosmos_store import CosmosRecommendationStore
 from resources.landing_zone import LandingZone
-from tests.conftest import blob_files, run_batch_retrain, running_api
-from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY
+from tests.conftest import azure_env, blob_files, run_batch_retrain, running_api
+from tests.servers.azure import COSMOS_EMULATOR_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +27,7 @@ def test_the_batch_flow_runs_on_blob_storage_and_cosmos_db(blob_server, cosmos, 
     zone.add_catalog(
         "items.csv", b"item_id,title\n" + b"".join(b"i%d,Title %d\n" % (n, n) for n in range(400))
     )
-    azure = {
-        "RECO_DEPLOYMENT": "azure",
-        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
-        "RECO_BLOB_KEY": AZURITE_KEY,
-        "RECO_BLOB_CONTAINER": container,
-        "RECO_COSMOS_ENDPOINT": cosmos.url,
-        "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
-        "RECO_COSMOS_DATABASE": database,
-    }
+    azure = azure_env(blob_server, cosmos, container, database)
 
     result = run_batch_retrain(data_dir, tmp_path, **azure)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -16,8 +16,8 @@ from assets.publish import published_catalog
 from resources.cosmos_store import CATALOG, PURGING, USERS, CosmosRecommendationStore
 from resources.lake_io import LakeIOManager
 from resources.landing_zone import LandingZone
-from tests.conftest import blob_files, running_api
-from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY, Server, cosmosdb_server
+from tests.conftest import azure_env, blob_files, running_api
+from tests.servers.azure import COSMOS_EMULATOR_KEY, Server, cosmosdb_server
 from tests.test_store import POPULAR, interleave, lists
 
 
@@ -194,15 +194,7 @@ def test_the_catalog_and_the_filters_on_azure(blob_server, cosmos, tmp_path):
     resources = {"landing_zone": zone, "store": store, "io_manager": LakeIOManager(files=files)}
     zone.add_catalog("items.csv", b"item_id,categories\ni0,a\ni1,b\ni2,a|b\ni3,b\ni4,a\ni5,b\n")
     assert materialize([item_catalog, published_catalog], resources=resources).success
-    env = {
-        "RECO_DEPLOYMENT": "azure",
-        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
-        "RECO_BLOB_KEY": AZURITE_KEY,
-        "RECO_BLOB_CONTAINER": container,
-        "RECO_COSMOS_ENDPOINT": cosmos.url,
-        "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
-        "RECO_COSMOS_DATABASE": database,
-    }
+    env = azure_env(blob_server, cosmos, container, database)
     with running_api(tmp_path, **env) as url, httpx.Client(base_url=url) as client:
 
         def ids(path: str, **params) -> list[str]:

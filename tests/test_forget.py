@@ -30,6 +30,7 @@ from resources.served_log import ServedListLog
 from resources.store import SqliteRecommendationStore
 from tests.conftest import (
     REPO,
+    azure_env,
     blob_files,
     dagster_job,
     land,
@@ -37,7 +38,7 @@ from tests.conftest import (
     run_batch_retrain,
     running_api,
 )
-from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY
+from tests.servers.azure import COSMOS_EMULATOR_KEY
 from tests.test_ingest import ingest
 from tests.test_micro_batch import run
 
@@ -389,15 +390,7 @@ def test_the_batch_flow_forgets_a_user_everywhere_on_blob_storage_and_cosmos_db(
     synthetic = with_a_forgotten_user(synthetic_events(300, 400, 40, seed=3))
     zone.land("2026/11/history.parquet", synthetic.to_parquet())
     zone.land("bad.csv", events(GONE, "u8", rating=99).to_csv(index=False).encode())
-    azure = {
-        "RECO_DEPLOYMENT": "azure",
-        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
-        "RECO_BLOB_KEY": AZURITE_KEY,
-        "RECO_BLOB_CONTAINER": container,
-        "RECO_COSMOS_ENDPOINT": cosmos.url,
-        "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
-        "RECO_COSMOS_DATABASE": database,
-    }
+    azure = azure_env(blob_server, cosmos, container, database)
     result = run_batch_retrain(tmp_path / "data", tmp_path, **azure)
     assert result.returncode == 0, result.stderr[-3000:]
     store = CosmosRecommendationStore(

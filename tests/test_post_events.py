@@ -19,8 +19,8 @@ from reco_dagster.micro_batch import micro_batch
 from resources.files import LocalFiles
 from resources.ingestion import EventWeights
 from resources.landing_zone import LandingZone
-from tests.conftest import api_process, blob_files, live_world, resources, running_api
-from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY
+from tests.conftest import api_process, azure_env, blob_files, live_world, resources, running_api
+from tests.servers.azure import AZURITE_KEY
 from tests.test_cosmos import open_store
 from tests.test_ingest import ingest
 
@@ -189,16 +189,7 @@ def test_on_azure_events_land_as_blobs_and_leave_lists_on_cosmos(blob_server, co
     items = [{"item_id": f"i{n}", "score": 10.0 - n} for n in range(5)]
     store.write_version("v1", [("u1", items)], items, history_events={"u1": 3})
     store.activate("v1")
-    env = {
-        "RECO_INGEST_TOKEN": TOKEN,
-        "RECO_DEPLOYMENT": "azure",
-        "RECO_BLOB_ACCOUNT_URL": blob_server.url,
-        "RECO_BLOB_KEY": AZURITE_KEY,
-        "RECO_BLOB_CONTAINER": container,
-        "RECO_COSMOS_ENDPOINT": cosmos.url,
-        "RECO_COSMOS_KEY": COSMOS_EMULATOR_KEY,
-        "RECO_COSMOS_DATABASE": database,
-    }
+    env = {**azure_env(blob_server, cosmos, container, database), "RECO_INGEST_TOKEN": TOKEN}
     with (
         api_process(tmp_path, **env) as (one, server),
         running_api(tmp_path, **env) as other,
