@@ -67,7 +67,12 @@ def explain_lists(
                 implicit,
             )
             terms = (latent[targets] @ np.linalg.solve(normal, chosen.T)) * target[None, :]
-        best = np.argsort(-terms, axis=1, kind="stable")[:, :n]
+        if terms.shape[1] > n:  # the n largest first, then only those n sorted
+            top = np.argpartition(-terms, n - 1, axis=1)[:, :n]
+            order = np.argsort(-np.take_along_axis(terms, top, axis=1), axis=1, kind="stable")
+            best = np.take_along_axis(top, order, axis=1)
+        else:
+            best = np.argsort(-terms, axis=1, kind="stable")
         for row, order, term in zip(scored, best, terms, strict=True):
             reasons[row] = [str(model.item_ids[items[h]]) for h in order if term[h] > 0]
     return reasons

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -126,14 +127,19 @@ def with_new_items(
     the user's next best new item from `affinity` not listed already, marked `new_item`; the
     other items move down, and the list grows to at most `depth` items. A new item's score
     lies between its neighbours', so the list stays in score order."""
-    if every <= 0 or affinity.empty:
+    if every <= 0 or affinity.empty or ranked.empty:
         return ranked.assign(new_item=False)
     offered = affinity.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
-    lists = []
-    for user, group in ranked.sort_values(["user_id", "rank"], kind="stable").groupby(
-        "user_id", sort=False
-    ):
-        listed = list(zip(group["item_id"], group["score"], strict=True))
+    ordered = ranked.sort_values(["user_id", "rank"], kind="stable")
+    bounds = np.flatnonzero(
+        np.r_[True, ordered["user_id"].to_numpy()[1:] != ordered["user_id"].to_numpy()[:-1], True]
+    )
+    user_ids, item_ids = ordered["user_id"].to_numpy(), ordered["item_id"].to_numpy()
+    scores = ordered["score"].to_numpy(dtype=np.float64)
+    rows: list[tuple[str, str, float, bool]] = []
+    for start, stop in pairwise(bounds):
+        user = user_ids[start]
+        listed = list(zip(item_ids[start:stop], scores[start:stop], strict=True))
         taken = {item for item, _ in listed}
         extra = iter([item for item in offered.get(user, []) if item not in taken])
         offset = _seed(f"{version}/{user}") % every
@@ -147,20 +153,15 @@ def with_new_items(
                 merged.append((*item, False))
             else:
                 break
-        lists.append(_placed(user, merged))
-    if not lists:
-        return ranked.assign(new_item=False)
-    return pd.concat(lists, ignore_index=True)
-
-
-def _placed(user: str, merged: list[tuple[str, float, bool]]) -> pd.DataFrame:
-    """A merged list with each new item scored between its neighbours."""
-    table = pd.DataFrame(merged, columns=["item_id", "score", "new_item"])
-    above = table["score"].ffill()
-    below = table["score"].bfill()
+        rows.extend((user, *entry) for entry in merged)
+    table = pd.DataFrame(rows, columns=["user_id", "item_id", "score", "new_item"])
+    table["rank"] = table.groupby("user_id", sort=False).cumcount().add(1).astype(np.int16)
+    # Each new item scored between its neighbours in its user's list.
+    above = table.groupby("user_id", sort=False)["score"].ffill()
+    below = table.groupby("user_id", sort=False)["score"].bfill()
     middle = ((above + below) / 2).fillna(above - 1e-6).fillna(below + 1e-6).fillna(0.0)
     table["score"] = table["score"].fillna(middle)
-    return table.assign(user_id=user, rank=np.arange(1, len(table) + 1, dtype=np.int16))
+    return table
 
 
 def _seed(text: str) -> int:
