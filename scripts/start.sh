@@ -13,7 +13,9 @@ mkdir -p "$run_dir"
 bash scripts/stop.sh >/dev/null 2>&1 || true
 
 python -m reco_dagster.datasets movielens-100k --if-empty
-dagster job execute -m reco_dagster.definitions -j batch_retrain
+echo "start: materializing batch_retrain (every event: the Dagster UI, Runs)"
+dagster job execute -m reco_dagster.definitions -j batch_retrain -c scripts/start-run.yaml
+echo "start: batch_retrain done"
 
 # Each server in its own session, so that stop.sh can end it with its children by PID.
 setsid dagster dev -w workspace.yaml -h 127.0.0.1 -p "$ui_port" \
