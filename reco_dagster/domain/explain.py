@@ -14,7 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reco_dagster.domain.foldin import history_weights, implicit_gram, normal_equations
+from reco_dagster.domain.foldin import (
+    counted_history,
+    implicit_gram,
+    is_implicit,
+    normal_equations,
+)
 from reco_dagster.domain.models import FactorModel
 
 REASONS = 3
@@ -28,12 +33,8 @@ def explain_lists(
     (interactions, weighted as fold-in weighs them) that raised its score most, the largest
     first; none for an item or a user the model cannot score."""
     card = model.card
-    is_ease = card.family == "ease"
-    implicit = is_ease or bool(card.settings["implicit_prefs"])
-    if not implicit:
-        history = history[history["rating"].notna()]  # as the explicit fit drops them
-    columns = pd.Index(model.item_ids).get_indexer(history["item_id"])
-    weights = history_weights(history, card.family, card.settings)
+    is_ease, implicit = card.family == "ease", is_implicit(model)
+    history, columns, weights = counted_history(model, history)
     known = columns >= 0
     history_users = history["user_id"].to_numpy(dtype=object)[known]
     history_columns, weights = columns[known], weights[known]

@@ -116,6 +116,26 @@ def implicit_gram(item_factors: np.ndarray) -> np.ndarray:
     return factors.T @ factors
 
 
+def is_implicit(model: FactorModel) -> bool:
+    """Whether the model scores preferences (EASE, implicit ALS) rather than ratings."""
+    return model.card.family == "ease" or bool(model.card.settings["implicit_prefs"])
+
+
+def counted_history(
+    model: FactorModel, history: pd.DataFrame, columns: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The rows of `history` a fold-in into `model` counts (an explicit model drops unrated
+    ones, as its fit does), each row's item column in the model (-1: an item it does not
+    know; `columns` when the caller looked them up already) and its weight."""
+    if not is_implicit(model):
+        if columns is not None:
+            columns = columns[history["rating"].notna().to_numpy()]
+        history = history[history["rating"].notna()]
+    if columns is None:
+        columns = pd.Index(model.item_ids).get_indexer(history["item_id"])
+    return history, columns, history_weights(history, model.card.family, model.card.settings)
+
+
 def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
     """A model of just the users in `history` (interactions: user_id, item_id, rating,
     timestamp, and the typed events' weight where there are any), their
@@ -124,11 +144,8 @@ def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
     Interactions with items the model does not know cannot move a vector and are skipped.
     """
     card = model.card
-    if card.family == "als" and not card.settings["implicit_prefs"]:
-        history = history[history["rating"].notna()]  # as the explicit fit drops them
+    history, columns, weights = counted_history(model, history)
     users, user_rows = np.unique(history["user_id"].to_numpy(dtype=object), return_inverse=True)
-    columns = pd.Index(model.item_ids).get_indexer(history["item_id"])
-    weights = history_weights(history, card.family, card.settings)
     known = columns >= 0
     user_rows, columns, weights = user_rows[known], columns[known], weights[known]
     if card.family == "ease":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reco_dagster.domain.foldin import fold_in_als, history_weights, implicit_gram
+from reco_dagster.domain.foldin import counted_history, fold_in_als, implicit_gram, is_implicit
 from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.ranking import fill_short_lists, top_k_items
 
@@ -64,9 +64,8 @@ class SessionScorer:
         self.model = model
         self.cold_start = pd.DataFrame({"item_id": list(cold_start)})
         self.columns = {item: column for column, item in enumerate(model.item_ids)}
-        settings = model.card.settings
         self.is_ease = model.card.family == "ease"
-        self.implicit = self.is_ease or bool(settings["implicit_prefs"])
+        self.implicit = is_implicit(model)
         # Stored as top_k_items multiplies by it, so no call copies the whole matrix.
         self.item_factors = np.ascontiguousarray(model.item_factors.T, dtype=np.float32).T
         if not self.is_ease:
@@ -83,14 +82,13 @@ class SessionScorer:
         names no item the model knows (the caller serves the popular list, as to an unknown
         user)."""
         card = self.model.card
-        if not self.implicit:
-            history = history[history["rating"].notna()]  # as the explicit fit drops them
-        columns = np.array([self.columns.get(item, -1) for item in history["item_id"]], int)
+        # Looked up in a dict: an index over the catalogue costs more than the whole scoring.
+        looked_up = np.array([self.columns.get(item, -1) for item in history["item_id"]], int)
+        history, columns, weights = counted_history(self.model, history, looked_up)
         known = columns >= 0
         if not known.any():
             return None
-        weights = history_weights(history, card.family, card.settings)[known]
-        columns = columns[known]
+        weights, columns = weights[known], columns[known]
         if self.is_ease:
             # X_w · B restricted to the history's rows of B: the other terms are zeros.
             vector = weights[None, :].astype(np.float32)
