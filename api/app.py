@@ -36,6 +36,7 @@ from api.events import events_route, require_bearer, require_short
 from api.experiments import LIVE, POPULAR, Experiment, ServedLog, Variant
 from api.metrics import LIVE_VERSION, TALLY, request_metrics
 from api.sessions import session_route
+from api.shapes import MAX_CATEGORIES, MAX_EXCLUDED, MAX_K, NOTHING_LIVE, RecommendedItem
 from reco_dagster.domain.filters import CatalogIndex, ItemFilter, pick, pick_with_fill
 from reco_dagster.domain.lists import Item
 from reco_dagster.domain.online import SERVED
@@ -43,21 +44,8 @@ from resources.deployment import data_dir, recommendation_store
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
 from resources.whole_files import WholeFiles, deployment_files
 
-MAX_K = 100
-MAX_EXCLUDED = 500
-MAX_CATEGORIES = 50
-NOTHING_LIVE = "no model has been published yet: materialize the batch_retrain job"
 TRENDING, POPULAR_LIST = "trending", "popular"
 """The live version's non-personal lists by name (GET /items/trending, GET /items/popular)."""
-
-
-class RecommendedItem(msgspec.Struct, omit_defaults=True):
-    item_id: str
-    score: float
-    title: str | None = None
-    because: list[str] | None = None
-    """With explain=true: up to three items of the user's history that raised this item's
-    score most, the largest first."""
 
 
 class Recommendations(msgspec.Struct, omit_defaults=True):
@@ -313,9 +301,14 @@ class JsonResponse(ASGIResponse):
 
 
 def _ready(
-    body: bytes, version: str, items: list[str], keep: bool = True, forgotten: bool = False
+    body: bytes,
+    version: str,
+    items: list[str],
+    keep: bool = True,
+    forgotten: bool = False,
+    new_items: list[str] | None = None,
 ) -> Rendered:
-    return Rendered(JsonResponse(body), version, items, keep, forgotten)
+    return Rendered(JsonResponse(body), version, items, keep, forgotten, new_items or [])
 
 
 K = Annotated[int, Parameter(ge=1, le=MAX_K, description="how many items")]
@@ -573,14 +566,7 @@ def _render_user(
 
     def cold_start() -> tuple[list[Item], list[int]]:
         """The version's cold-start list, read only when an answer needs it."""
-        cold = _listed(
-            cache,
-            generation,
-            catalog,
-            ("listed", "cold-start", version),
-            lambda: _popular_list(store, version),
-        )
-        return (cold[1].items, cold[1].masks) if cold is not None and cold[1] else ([], [])
+        return _cold_start(cache, generation, version)
 
     wanted = asked.item_filter(catalog)
     variant_name = variant.name if variant else None
@@ -604,8 +590,23 @@ def _render_user(
     # The store keeps items in RecommendedItem's shape: encoding them as they are skips
     # building a Struct per item, a fifth of a cache miss's Python time.
     body = _encode(Recommendations(user_id, version, "personal", items, filled, variant_name))
-    ready = _ready(body, version, [item["item_id"] for item in items], asked.keep)
-    return ready._replace(new_items=[item["item_id"] for item in items if "new_item" in item])
+    new_items = [item["item_id"] for item in items if "new_item" in item]
+    return _ready(body, version, [item["item_id"] for item in items], asked.keep, False, new_items)
+
+
+def _cold_start(
+    cache: ResponseCache, generation: int, version: str
+) -> tuple[list[Item], list[int]]:
+    """The version's cold-start list and its items' masks, decoded once per catalog
+    revision; empty when the version has none."""
+    cold = _listed(
+        cache,
+        generation,
+        cache.catalog,
+        ("listed", "cold-start", version),
+        lambda: _popular_list(cache.store, version),
+    )
+    return (cold[1].items, cold[1].masks) if cold is not None and cold[1] else ([], [])
 
 
 def _popular_list(store: RecommendationStore, version: str) -> tuple[str, list[Item]] | None:
@@ -631,8 +632,8 @@ def _render_similar(
     version, listed = found
     based_on: Literal["factors", "categories"] = "factors"
     if listed is None:
-        cold = _popular_list(cache.store, version)
-        alike = catalog.alike(item_id, [item["item_id"] for item in cold[1]] if cold else [])
+        popular = [item["item_id"] for item in _cold_start(cache, generation, version)[0]]
+        alike = catalog.alike(item_id, popular)
         if not alike:
             raise NotFoundException(
                 f"item {item_id!r} is not in live model version {version}, and the catalog "

@@ -21,6 +21,7 @@ from litestar.exceptions import ServiceUnavailableException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 
 from api.experiments import ServedLog
+from api.shapes import MAX_CATEGORIES, MAX_EXCLUDED, MAX_K, NOTHING_LIVE, RecommendedItem
 from reco_dagster.domain.events import (
     MAX_ID_LENGTH,
     RATING_EVENT,
@@ -59,10 +60,10 @@ class Session(msgspec.Struct, forbid_unknown_fields=True):
     rating and a time."""
     user_id: ItemId | None = None
     """Who the visitor is, when known: the served list is logged for online evaluation."""
-    k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
-    category: Annotated[list[str], msgspec.Meta(max_length=50)] = []
+    k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] = 10
+    category: Annotated[list[str], msgspec.Meta(max_length=MAX_CATEGORIES)] = []
     """Only items in one of these catalog categories (as GET's `category`)."""
-    exclude: Annotated[list[str], msgspec.Meta(max_length=500)] = []
+    exclude: Annotated[list[str], msgspec.Meta(max_length=MAX_EXCLUDED)] = []
     """Item ids not to return (the session's own items never are)."""
     include_unavailable: bool = False
     """Also items the catalog marks unavailable, never served otherwise."""
@@ -71,18 +72,11 @@ class Session(msgspec.Struct, forbid_unknown_fields=True):
     most, the largest first."""
 
 
-class SessionItemScore(msgspec.Struct, omit_defaults=True):
-    item_id: str
-    score: float
-    title: str | None = None
-    because: list[str] | None = None
-
-
 class SessionRecommendations(msgspec.Struct, omit_defaults=True):
     model_version: str
     source: Literal["session", "popular"]
     """`popular` when the session names no item the model knows."""
-    items: list[SessionItemScore]
+    items: list[RecommendedItem]
     filled: int
     """How many of the items (the last ones) came from the popular list, where the filters
     left out items the answer would have had."""
@@ -158,9 +152,7 @@ def session_route(
         events = _session_events(data.items, max_items, types)
         loaded = live.current()
         if loaded is None:
-            raise ServiceUnavailableException(
-                "no model has been published yet: materialize the batch_retrain job"
-            )
+            raise ServiceUnavailableException(NOTHING_LIVE)
         scorer, popular = loaded
         index = catalog()
         # The session's own items are never offered back, by the fill either.
@@ -173,7 +165,7 @@ def session_route(
         ranked = scorer.recommend(history, depth)
         if ranked is None:
             picked = pick(popular, index.masks_of(popular), wanted, data.k)
-            items, filled = [SessionItemScore(**item) for item in picked], 0
+            items, filled = [RecommendedItem(**item) for item in picked], 0
             source: Literal["session", "popular"] = "popular"
         else:
             scored = [{"item_id": item_id, "score": score} for item_id, score in ranked]
@@ -184,7 +176,7 @@ def session_route(
                 wanted,
                 data.k,
             )
-            items = [SessionItemScore(item["item_id"], item["score"]) for item in chosen]
+            items = [RecommendedItem(item["item_id"], item["score"]) for item in chosen]
             source = "session"
             if data.explain:
                 listed = pd.DataFrame(

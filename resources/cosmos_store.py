@@ -467,12 +467,9 @@ class CosmosRecommendationStore(RecommendationStore):
             def without_them(stored: dict | None) -> dict | None:
                 if stored is None:
                     return None
-                return {
-                    "id": version,
-                    "user_id": user,
+                return stored | {
                     "items": [item for item in stored["items"] if item["item_id"] not in gone],
                     "history_events": _history_events(stored) + new_events[user],
-                    **({"reasons": stored["reasons"]} if "reasons" in stored else {}),
                 }
 
             if self._rewrite(USERS, version, user, without_them, hook) is not None:

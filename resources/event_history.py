@@ -290,7 +290,7 @@ class EventHistory(ConfigurableResource):
             written_at.isoformat(),
             self.files.location(snapshot + "events.parquet"),
             events.num_rows,
-            len(set(events["user_id"].to_pylist())),
+            pc.count_distinct(events["user_id"]).as_py(),
             len(names),
         )
 

@@ -7,7 +7,6 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-import pandas as pd
 from dagster import Config, ConfigurableResource, MetadataValue
 from pydantic import Field, field_validator
 
@@ -70,16 +69,12 @@ class IngestReport:
     deferred_files: list[str] = field(default_factory=list)
     unsupported_files: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
-    new_events: list[pd.DataFrame] = field(default_factory=list)
     contents: dict[str, str] = field(default_factory=dict)
     """Content hash of each landing file taken (ingested now or before, or quarantined), by
     name: the files not left for a later run."""
     forgotten_rows: int = 0
     """Rows of forgotten users left out: never in the history, never quarantined."""
-
-    @property
-    def rows_ingested(self) -> int:
-        return sum(len(events) for events in self.new_events)
+    rows_ingested: int = 0
 
     def metadata(self, landing_zone: LandingZone) -> dict:
         return {
@@ -181,7 +176,7 @@ def ingest_landed_files(
             report.forgotten_rows += left_out
             found |= forgotten_users
             report.ingested_files.append(file.name)
-            report.new_events.append(validated.events)
+            report.rows_ingested += len(validated.events)
             if not validated.rejected.empty:
                 file_reasons = Counter(validated.rejected["reason"])
                 report.reasons.update(file_reasons)

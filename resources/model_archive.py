@@ -31,12 +31,8 @@ class ModelArchive(ConfigurableResource):
     def data_snapshot_at(self, version: str) -> str | None:
         """When the data a version was trained on was taken; None when the archive does not
         say (versions archived before it did)."""
-        try:
-            return json.loads(self.files.read(f"{ARCHIVE_FOLDER}{version}/{SNAPSHOT_FILE}"))[
-                "written_at"
-            ]
-        except FileNotFoundError:
-            return None
+        saved = self.files.read_json(f"{ARCHIVE_FOLDER}{version}/{SNAPSHOT_FILE}")
+        return saved["written_at"] if saved else None
 
     def location(self, version: str) -> str:
         return self.files.location(f"{ARCHIVE_FOLDER}{version}/")
