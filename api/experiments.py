@@ -189,7 +189,8 @@ class ServedLog:
         """Return taken records to the front of the buffer, the newest of them as far as its
         room allows; how many went back."""
         room = max(self.capacity - len(self.pending), 0)
-        kept = records[len(records) - room :] if room else []
+        # The newest `room` of them (all, when they fit): a negative start would drop some.
+        kept = records[max(len(records) - room, 0) :] if room else []
         self.pending.extendleft(reversed(kept))
         return len(kept)
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from dagster import materialize
 
-from api.experiments import Experiment
+from api.experiments import Experiment, ServedLog
 from assets.evaluate import online_evaluation
 from reco_dagster.domain.online import served_hit_rate
 from resources.event_history import EventHistory
@@ -144,3 +144,13 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
     summary = result.output_for_node("online_evaluation").set_index("variant")
     assert summary.loc["control", "hit_rate"] == 1.0  # they were shown i1 and took it
     assert summary.loc["treatment", "hit_rate"] == 0.0
+
+
+def test_a_failed_flush_puts_back_every_record_that_fits(tmp_path):
+    blocker = tmp_path / "served"
+    blocker.write_text("a file where the log's folder should be\n")
+    log = ServedLog(blocker, capacity=50)
+    for n in range(30):
+        log.record(f"u{n}", None, "v1", ["i1"])
+    log.flush()  # cannot create the folder: the records wait for the next flush
+    assert [record[1] for record in log.pending] == [f"u{n}" for n in range(30)]
