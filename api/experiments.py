@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,13 +138,13 @@ class ServedLog:
         user_id: str,
         variant: str | None,
         version: str,
-        items: list[str],
-        new_items: list[str] | None = None,
+        items: Sequence[str],
+        new_items: Sequence[str] = (),
     ) -> None:
         """`new_items`: those of `items` in positions given to new items."""
         if len(self.pending) == self.capacity:
             TALLY.served_dropped += 1  # the deque drops its oldest record to take this one
-        self.pending.append((time.time(), user_id, variant, version, items, new_items or []))
+        self.pending.append((time.time(), user_id, variant, version, items, new_items))
 
     def flush(self) -> None:
         """Write what waits; on an I/O error keep it (as far as the capacity allows) for the

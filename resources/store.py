@@ -377,6 +377,12 @@ _LOOKUP = _FOR_USER.format(
 )
 # The popular list is not read: an unknown user's caller has it already.
 _PERSONAL = _FOR_USER.format(columns="personal.items")
+# The live version's: it has lists (activation requires them), so the join that checks a
+# chosen version's is left out; a third of a cache miss's query time.
+_LIVE_PERSONAL = (
+    "SELECT live.version, personal.items FROM live LEFT JOIN user_recommendations AS personal "
+    "ON personal.version = live.version AND personal.user_id = ? WHERE live.id = 1"
+)
 
 
 _INSERT_USER = (
@@ -471,7 +477,9 @@ class SqliteRecommendationStore(RecommendationStore):
     _local: threading.local = PrivateAttr(default_factory=threading.local)
 
     def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
+        # Read on every request: `self._local` would go through pydantic's __getattr__.
+        local = self.__pydantic_private__["_local"]  # type: ignore[index]
+        connection = getattr(local, "connection", None)
         if connection is None:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -479,7 +487,7 @@ class SqliteRecommendationStore(RecommendationStore):
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
             _add_user_columns(connection)
-            self._local.connection = connection
+            local.connection = connection
         return connection
 
     def register(
@@ -642,7 +650,10 @@ class SqliteRecommendationStore(RecommendationStore):
     def personal_list(
         self, user_id: str, version: str | None = None
     ) -> tuple[str, list[Item] | None] | None:
-        row = self._connection().execute(_PERSONAL, (version, user_id)).fetchone()
+        if version is None:
+            row = self._connection().execute(_LIVE_PERSONAL, (user_id,)).fetchone()
+        else:
+            row = self._connection().execute(_PERSONAL, (version, user_id)).fetchone()
         if row is None:
             return None
         version, items = row

@@ -2,6 +2,7 @@
 and its response cache never serves what a change replaced (issue #14): real servers over
 HTTP, real SQLite and Cosmos DB stores, a real unwritable log folder and a real slowloris."""
 
+import gc
 import json
 import re
 import socket
@@ -16,7 +17,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from api.app import UNFILTERED, ResponseCache, _render_user
+from litestar.testing import TestClient
+
+from api.app import UNFILTERED, ResponseCache, _render_user, create_app
+from api.metrics import TALLY
 from reco_dagster.domain.online import served_hit_rate, served_hit_rate_in_chunks
 from resources.cosmos_store import CosmosRecommendationStore
 from resources.files import LocalFiles
@@ -86,6 +90,30 @@ def test_the_cache_stays_within_its_bytes_and_unknown_users_share_the_popular_li
         metric(again, "reco_api_cache_misses_total")
         == metric(scraped, "reco_api_cache_misses_total") + 1
     )
+
+
+def test_cached_answers_are_not_walked_by_the_garbage_collector(data_dir, store):
+    """A full collection walks every object the collector tracks: a cache of hundreds of
+    thousands of answers must hold none, or the API stalls under a million users' churn."""
+    publish(store, "v1", ["u1", "u2"])
+    with TestClient(create_app(store)) as client:
+        for path in (
+            "/users/u1/recommendations",
+            "/users/u2/recommendations?k=5&category=none&include_unavailable=true",
+            "/users/stranger/recommendations",
+            "/items/50/similar",
+        ):
+            assert client.get(path).status_code == 200
+        gc.collect()
+        cached = list(TALLY.cache.items())
+    kinds = {type(entry).__name__ for _, entry in cached}
+    assert {"Rendered", "PopularPart"} <= kinds
+    tracked = [
+        (key, type(entry).__name__)
+        for key, entry in cached
+        if type(entry).__name__ != "Listed" and (gc.is_tracked(key) or gc.is_tracked(entry))
+    ]
+    assert tracked == []
 
 
 def test_ids_with_any_character_are_served_by_query_and_head_works_like_get(data_dir, store):
@@ -263,7 +291,7 @@ def test_a_response_rendered_before_a_change_is_not_cached_after_it(cosmos):
     slow.join()
     assert answers == {"slow": "v1", "after": "v2"}  # each as of when it read the store
     later = cache.get(key, lambda g: _render_user(cache, g, "196", 10, None, UNFILTERED))
-    assert later.version == "v2" and json.loads(later.response.body)["items"][0]["item_id"] == (
+    assert later.version == "v2" and json.loads(later.body)["items"][0]["item_id"] == (
         "v2-196-0"
     )
 

@@ -21,13 +21,15 @@ class ItemFilter:
     """Category bits an item must have one of; None: no category asked for (0: categories
     the catalog does not name, so no item passes)."""
     exclude: frozenset[str]
+    passes_everything: bool = False
+    """No item of the catalog is left out: a list's first k are the answer."""
 
 
 class CatalogIndex:
     """Every catalog item's mask; an item the catalog does not list may be served and is in
     no category."""
 
-    __slots__ = ("bits", "masks", "revision")
+    __slots__ = ("bits", "hides_some", "masks", "revision")
 
     def __init__(self, revision: str | None, entries: Iterable[Mapping[str, Any]]) -> None:
         self.revision = revision
@@ -42,8 +44,12 @@ class CatalogIndex:
                 mask |= bit
             if mask != AVAILABLE:  # the default needs no entry
                 self.masks[entry["item_id"]] = mask
+        self.hides_some = any(not mask & AVAILABLE for mask in self.masks.values())
+        """Whether some item is unavailable, so that an unfiltered answer leaves it out."""
 
     def masks_of(self, items: Sequence[Mapping[str, Any]]) -> list[int]:
+        if not self.masks:
+            return [AVAILABLE] * len(items)
         get = self.masks.get
         return [get(item["item_id"], AVAILABLE) for item in items]
 
@@ -77,13 +83,20 @@ class CatalogIndex:
             any_of = 0
             for category in categories:
                 any_of |= self.bits.get(category, 0)
-        return ItemFilter(0 if include_unavailable else AVAILABLE, any_of, frozenset(exclude))
+        passes_everything = (
+            any_of is None and not exclude and (include_unavailable or not self.hides_some)
+        )
+        return ItemFilter(
+            0 if include_unavailable else AVAILABLE, any_of, frozenset(exclude), passes_everything
+        )
 
 
 def pick(
     items: Sequence[Mapping[str, Any]], masks: Sequence[int], wanted: ItemFilter, k: int
 ) -> list[Any]:
     """The first `k` items that pass the filter, in list order."""
+    if wanted.passes_everything:
+        return list(items[: max(k, 0)])
     picked: list[Any] = []
     if k <= 0:
         return picked
