@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pandas as pd
 import pytest
-
 from litestar.testing import TestClient
 
 from api.app import UNFILTERED, ResponseCache, _render_user, create_app
@@ -291,9 +290,7 @@ def test_a_response_rendered_before_a_change_is_not_cached_after_it(cosmos):
     slow.join()
     assert answers == {"slow": "v1", "after": "v2"}  # each as of when it read the store
     later = cache.get(key, lambda g: _render_user(cache, g, "196", 10, None, UNFILTERED))
-    assert later.version == "v2" and json.loads(later.body)["items"][0]["item_id"] == (
-        "v2-196-0"
-    )
+    assert later.version == "v2" and json.loads(later.body)["items"][0]["item_id"] == ("v2-196-0")
 
 
 def test_network_store_calls_do_not_block_the_event_loop(cosmos, blob_server, data_dir):
