@@ -1,15 +1,18 @@
-"""Scale benchmark: the batch flow on generated event logs of 1M and 20M events.
+"""Scale benchmark: the batch flow on generated event logs of 1M to 50M events.
 
-    .venv/bin/python bench/scale.py [--events 1000000 20000000]
+    .venv/bin/python bench/scale.py [--events 1000000 5000000 20000000 50000000]
 
-For each size, in a fresh data dir and a fresh process: generate the events
+For each size, in a fresh data dir: generate the events in a process of their own
 (`synthetic_event_log`: power-law user activity and item popularity, taste clusters,
-timestamps; users and items grow with the size, to MovieLens 20M's 138,000 x 27,000 at 20M),
-land them as parquet files of 1M events, run `batch_retrain` (in-process executor, as
-deployed), then one micro-batch of 1,000 new events from 200 users (20 of them new). Prints
-each stage's wall time, the peak memory of the whole process tree (Python and Spark's JVM,
-sampled every 0.2 s) and the micro-batch's time with its stages (ingest, reading the users'
-history, loading the model, fold-in and ranking, writing). The last line is one JSON object.
+timestamps; users and items grow with the size, to MovieLens 20M's 138,000 x 27,000 at 20M)
+and land them as parquet files of 1M events; then, in a fresh process, run `batch_retrain`
+(in-process executor, as deployed) and one micro-batch of 1,000 new events from 200 users
+(20 of them new). Prints each stage's wall time, the peak memory of each part of the process
+tree, sampled every 0.2 s: the driver (the Python process the job runs in, where #18's
+target applies), Spark's JVM (in local mode it hosts the executors too; its heap is set by
+spark.driver.memory) and the Python workers Spark starts for pandas UDFs; then the
+micro-batch's time with its stages (ingest, reading the users' history, loading the model,
+fold-in and ranking, writing). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -42,10 +45,14 @@ def shape(n_events: int) -> tuple[int, int]:
 
 
 class PeakMemory:
-    """The highest resident memory of this process and all its children, sampled."""
+    """The highest resident memory of this process (the driver), of Spark's JVM and of the
+    other Python processes below it (Spark's workers), each sampled apart."""
+
+    ROLES = ("driver", "jvm", "python_workers")
 
     def __init__(self, interval_s: float = 0.2) -> None:
-        self.peak_bytes, self.interval_s = 0, interval_s
+        self.peak_bytes = dict.fromkeys(self.ROLES, 0)
+        self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -60,13 +67,22 @@ class PeakMemory:
     def _sample(self) -> None:
         me = psutil.Process()
         while not self._stop.wait(self.interval_s):
-            total = 0
+            now = dict.fromkeys(self.ROLES, 0)
             for process in [me, *me.children(recursive=True)]:
                 try:
-                    total += process.memory_info().rss
+                    rss = process.memory_info().rss
+                    role = (
+                        "driver"
+                        if process.pid == me.pid
+                        else "jvm"
+                        if "java" in process.name()
+                        else "python_workers"
+                    )
                 except psutil.Error:
                     continue
-            self.peak_bytes = max(self.peak_bytes, total)
+                now[role] += rss
+            for role, rss in now.items():
+                self.peak_bytes[role] = max(self.peak_bytes[role], rss)
 
 
 def run_one_size(n_events: int) -> dict[str, float | int]:
@@ -77,19 +93,19 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
     from dagster import DagsterEventType, DagsterInstance
 
     from bench.batch_pipeline import stage_seconds
-    from reco_dagster.domain.synthetic import synthetic_event_log
 
-    n_users, n_items = shape(n_events)
     started = time.perf_counter()
-    events = synthetic_event_log(n_events, n_users, n_items, seed=7)
-    landing = data_dir / "landing"
-    landing.mkdir(parents=True)
-    for part, start in enumerate(range(0, n_events, FILE_EVENTS)):
-        events.iloc[start : start + FILE_EVENTS].to_parquet(landing / f"events-{part:03}.parquet")
-    known_users = events["user_id"].drop_duplicates().sample(180, random_state=1).tolist()
-    items = events["item_id"].drop_duplicates().sample(500, random_state=1).tolist()
-    del events
+    # Generated elsewhere: the driver's memory is the job's alone.
+    landed = subprocess.run(
+        [sys.executable, __file__, "--land", str(n_events), str(data_dir / "landing")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    known_users, items = json.loads(landed.stdout.strip().splitlines()[-1])
     generate_s = time.perf_counter() - started
+    n_users, n_items = shape(n_events)
+    landing = data_dir / "landing"
 
     definitions = importlib.import_module("reco_dagster.definitions")
     with DagsterInstance.ephemeral() as instance, PeakMemory() as memory:
@@ -131,7 +147,7 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         "generate_and_land_s": round(generate_s, 1),
         "total_s": round(total_s, 1),
         **{name: round(seconds, 1) for name, seconds in stages.items()},
-        "peak_rss_gb": round(memory.peak_bytes / 1e9, 2),
+        **{f"{role}_peak_rss_gb": round(peak / 1e9, 2) for role, peak in memory.peak_bytes.items()},
         "als_ranked_on": ranked_on,
         "micro_batch_fold_in_s": round(micro_stages["step_score_new_events"], 3),
         "micro_batch_run_s": round(micro_run_s, 2),
@@ -146,6 +162,19 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         ),
         "training_interactions": evaluation["training_rows"],
     }
+
+
+def land(n_events: int, landing: Path) -> tuple[list[str], list[str]]:
+    """Generate and land the events as parquet files of FILE_EVENTS; returns 180 known users
+    and 500 items for the micro-batch to use."""
+    from reco_dagster.domain.synthetic import synthetic_event_log
+
+    events = synthetic_event_log(n_events, *shape(n_events), seed=7)
+    landing.mkdir(parents=True)
+    for part, start in enumerate(range(0, n_events, FILE_EVENTS)):
+        events.iloc[start : start + FILE_EVENTS].to_parquet(landing / f"events-{part:03}.parquet")
+    known_users = events["user_id"].drop_duplicates().sample(180, random_state=1).tolist()
+    return known_users, events["item_id"].drop_duplicates().sample(500, random_state=1).tolist()
 
 
 def _land_micro_batch(path: Path, known_users: list[str], items: list[str]) -> None:
@@ -166,9 +195,15 @@ def _land_micro_batch(path: Path, known_users: list[str], items: list[str]) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 20_000_000])
+    parser.add_argument(
+        "--events", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000, 50_000_000]
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--land", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.land:
+        print(json.dumps(land(int(args.land[0]), Path(args.land[1]))))
+        return
     if args.one:
         print(json.dumps(run_one_size(args.one)))
         return
