@@ -193,6 +193,15 @@ def test_a_walk_skips_folders_and_an_entry_is_looked_at_alone(files):
     assert not files.exists("landing/a.csv")
 
 
+def test_names_are_kept_as_they_are(files):
+    names = ["a b.csv", "a#1.csv", "q?x=1.csv", "p%20c.csv", "ü/é.csv", "a?b#c.csv", "tab\t.csv"]
+    for name in names:
+        files.write(f"landing/{name}", name.encode())
+    assert [file.name for file in files.list("landing/")] == sorted(f"landing/{n}" for n in names)
+    for file in files.entries("landing/", skip=lambda folder: False):
+        assert files.read_if_unchanged(file) == file.name.removeprefix("landing/").encode()
+
+
 def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_since(
     zone, event_history
 ):
