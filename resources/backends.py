@@ -4,41 +4,43 @@ module loads neither Spark nor the model settings."""
 
 from __future__ import annotations
 
-import os
-
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 
-from resources.deployment import Secret, cosmos_settings, data_dir, deployment, sqlite_store_path
+from resources.deployment import (
+    Secret,
+    blob_settings,
+    cosmos_settings,
+    data_dir,
+    deployment,
+    sqlite_store_path,
+)
 from resources.files import FileStore, LocalFiles
 from resources.store import RecommendationStore, SqliteRecommendationStore
 
 
-def file_store(secret: Secret = EnvVar) -> FileStore:
-    """Where the landing zone and the lake are: `RECO_DATA_DIR`, or for azure the container
-    `RECO_BLOB_CONTAINER` (default reco) of the account at `RECO_BLOB_ACCOUNT_URL`, signed in
-    with `RECO_BLOB_KEY` when set, else with DefaultAzureCredential (managed identity)."""
+class BlobStore(ConfigurableResource):
+    """The file store in Azure Blob Storage for resources that hold one (annotated
+    `ResourceDependency[FileStore]`): they get a `BlobFiles`, made when a run starts; `key`
+    None signs in with DefaultAzureCredential (managed identity)."""
+
+    account_url: str
+    container: str = "reco"
+    key: str | None = None
+
+    def create_resource(self, context: InitResourceContext) -> FileStore:
+        # adlfs and Azure's SDK only where they are used: they add 0.2 s to every process's start.
+        from resources.blob_files import BlobFiles
+
+        return BlobFiles(self.account_url, self.container, self.key)
+
+
+def file_store() -> LocalFiles | BlobStore:
+    """Where the landing zone and the lake are, for Dagster's resources (plain processes have
+    `resources.deployment.deployment_files`): the folder `RECO_DATA_DIR`, or for azure the
+    container `blob_settings` names, its secrets read through `EnvVar` when a run starts."""
     if deployment() == "embedded":
-        return LocalFiles(root=str(data_dir()))
-    # Azure's SDKs only where they are used: they add 0.3 s to every process's start.
-    from dagster_azure.blob import (
-        AzureBlobStorageDefaultCredential,
-        AzureBlobStorageKeyCredential,
-        AzureBlobStorageResource,
-    )
-
-    from resources.blob_files import BlobFiles
-
-    credential = (
-        AzureBlobStorageKeyCredential(key=secret("RECO_BLOB_KEY"))
-        if os.environ.get("RECO_BLOB_KEY")
-        else AzureBlobStorageDefaultCredential()
-    )
-    return BlobFiles(
-        storage=AzureBlobStorageResource(
-            account_url=secret("RECO_BLOB_ACCOUNT_URL"), credential=credential
-        ),
-        container=os.environ.get("RECO_BLOB_CONTAINER", "reco"),
-    )
+        return LocalFiles(str(data_dir()))
+    return BlobStore(**blob_settings(EnvVar))
 
 
 class SqliteStore(ConfigurableResource):

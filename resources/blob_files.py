@@ -1,103 +1,121 @@
-"""The file store on Azure Blob Storage: a module of its own, so that processes on the
-embedded deployment (each micro-batch's, the API's) do not load Azure's SDK."""
+"""The file store on Azure Blob Storage (ADLS Gen2 too) through adlfs: a module of its own, so
+that processes on the embedded deployment (each micro-batch's, the API's) load neither adlfs
+nor Azure's SDK."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import suppress
+from typing import BinaryIO
+from urllib.parse import urlsplit
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobPrefix, BlobProperties, ContainerClient
-from dagster_azure.blob import AzureBlobStorageResource
-from pydantic import PrivateAttr
+from adlfs import AzureBlobFileSystem
+from adlfs.spec import AzureBlobFile
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+from fsspec.asyn import sync, sync_wrapper
 
 from resources.files import FileInfo, FileStore, SkipFolder
 
+READ_BLOCK = 64 * 2**10
+"""What a read of an opened blob fetches past what it asks for (fsspec's read-ahead): about a
+row group of the user-sorted history (`USERS_ROW_GROUP` events, some 60 KB), so that a
+user's events take one request and a few users' a small part of the file."""
+
 
 class BlobFiles(FileStore):
-    """Blobs in an Azure Blob Storage container (created if missing), under `prefix`."""
+    """Blobs in a container (created if missing) of the storage account at `account_url`,
+    signed in with the account `key`, or without one with DefaultAzureCredential."""
 
-    storage: AzureBlobStorageResource
-    container: str = "reco"
-    prefix: str = ""
+    def __init__(self, account_url: str, container: str = "reco", key: str | None = None) -> None:
+        url = urlsplit(account_url)
+        # The account is the host's first label (ACCOUNT.blob.core.windows.net), or on a
+        # path-style endpoint the first folder (azurite's http://127.0.0.1:10000/devstoreaccount1).
+        account = url.path.strip("/").split("/")[0] or str(url.hostname).split(".")[0]
+        sign_in = (
+            # A connection string keeps the endpoint's scheme (azurite serves http).
+            {
+                "connection_string": (
+                    f"AccountName={account};AccountKey={key};BlobEndpoint={account_url}"
+                )
+            }
+            if key
+            # adlfs signs in with DefaultAzureCredential (over https).
+            else {"account_name": account, "account_host": url.netloc, "anon": False}
+        )
+        # No listings cache: every look is a fresh one (the landing sensor compares it with its
+        # previous look).
+        fs = _BlobFileSystem(**sign_in, use_listings_cache=False)
+        # Not adlfs's makedir: it fails when another process creates the container between its
+        # look and its create (replicas starting together).
+        with suppress(ResourceExistsError):
+            sync(fs.loop, fs.service_client.create_container, container)
+        super().__init__(fs, container)
+        self.url = f"{account_url.rstrip('/')}/{container}"
 
-    _client: ContainerClient | None = PrivateAttr(default=None)
+    def _under(self, top: str, prefix: str, skip: SkipFolder | None) -> Iterable[dict]:
+        if skip is not None:
+            return super()._under(top, prefix, skip)
+        # One flat listing: far fewer calls than a folder-by-folder walk of a deep tree.
+        return self.fs.find(top, detail=True).values()
 
-    def _container(self) -> ContainerClient:
-        if self._client is None:
-            with self.storage.get_client() as service:
-                client = ContainerClient(service.url, self.container, credential=service.credential)
-            with suppress(ResourceExistsError):
-                client.create_container()
-            self._client = client
-        return self._client
-
-    def list(self, prefix: str) -> list[FileInfo]:
-        blobs = self._container().list_blobs(name_starts_with=self.prefix + prefix)
-        return sorted((self._info(blob) for blob in blobs), key=lambda file: file.name)
-
-    def entries(self, prefix: str, skip: SkipFolder | None = None) -> list[FileInfo]:
-        if skip is None:
-            # One flat listing: far fewer calls than a folder-by-folder walk of a deep tree.
-            return self.list(prefix)
-        found: list[FileInfo] = []
-        folders = [self.prefix + prefix]
-        while folders:
-            for item in self._container().walk_blobs(name_starts_with=folders.pop()):
-                if isinstance(item, BlobPrefix):
-                    if not skip(item.name.removeprefix(self.prefix)):
-                        folders.append(item.name)
-                else:
-                    found.append(self._info(item))
-        return sorted(found, key=lambda file: file.name)
-
-    def _info(self, blob: BlobProperties) -> FileInfo:
+    def _entry(self, name: str, found: dict) -> FileInfo:
         return FileInfo(
-            blob.name.removeprefix(self.prefix),
-            blob.size,
-            int(blob.last_modified.timestamp() * 1e9),
-            # Listings give the etag bare, downloads in quotes.
-            etag=blob.etag.strip('"'),
+            name,
+            found["size"],
+            int(found["last_modified"].timestamp() * 1e9),
+            # adlfs gives etags in quotes, as HTTP does.
+            etag=found["etag"].strip('"'),
         )
 
-    def info(self, name: str) -> FileInfo | None:
-        try:
-            return self._info(
-                self._container().get_blob_client(self.prefix + name).get_blob_properties()
-            )
-        except ResourceNotFoundError:
-            return None
-
-    def read(self, name: str) -> bytes:
-        try:
-            return self._container().download_blob(self.prefix + name).readall()
-        except ResourceNotFoundError as error:
-            raise FileNotFoundError(f"no blob {self.location(name)}") from error
-
     def read_if_unchanged(self, file: FileInfo) -> bytes | None:
-        try:
-            download = self._container().download_blob(self.prefix + file.name)
-        except ResourceNotFoundError as error:
-            raise FileNotFoundError(f"no blob {self.location(file.name)}") from error
-        # A blob is committed whole; a newer version than the listed one waits for the next look.
-        if self._info(download.properties).version != file.version:
-            return None
-        return download.readall()
+        with self.open(file.name) as blob:
+            # A blob is committed whole; a newer version than the listed one waits for the next
+            # look, and so does one written between this look and the read.
+            if self._entry(file.name, blob.details).version != file.version:
+                return None
+            try:
+                return blob.read()
+            except ResourceModifiedError:
+                return None
 
-    def exists(self, name: str) -> bool:
-        return self._container().get_blob_client(self.prefix + name).exists()
+    def open(self, name: str) -> BinaryIO:
+        return _PinnedBlobFile(
+            self.fs, self._path(name), block_size=READ_BLOCK, cache_type="readahead"
+        )
 
     def write(self, name: str, data: bytes) -> None:
-        # A blob upload commits whole or not at all: readers never see half a file.
-        self._container().upload_blob(self.prefix + name, data, overwrite=True)
-
-    def delete(self, name: str) -> None:
-        with suppress(ResourceNotFoundError):
-            self._container().delete_blob(self.prefix + name)
-
-    def delete_folder(self, prefix: str) -> None:
-        container = self._container()
-        for blob in container.list_blobs(name_starts_with=self.prefix + prefix):
-            container.delete_blob(blob.name)
+        # A blob upload commits whole or not at all, and answers once the service stored it.
+        self.fs.pipe_file(self._path(name), data)
 
     def location(self, name: str) -> str:
-        return f"{self._container().url}/{self.prefix}{name}"
+        return f"{self.url}/{name}"
+
+
+class _BlobFileSystem(AzureBlobFileSystem):
+    """adlfs's file system, taking a path ("container/name") as it is: adlfs reads it as a URL,
+    which drops tabs and newlines from a blob's name and moves what follows a "?" in it."""
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return path.lstrip("/")
+
+
+class _PinnedBlobFile(AzureBlobFile):
+    """A blob read in ranges, each at the version the blob had when it was opened (`If-Match`
+    its etag), as a whole download is: one rewritten meanwhile (the erasure rewrites files in
+    place) fails the read instead of mixing two versions' bytes, as adlfs's own ranges
+    would."""
+
+    async def _async_fetch_range(self, start: int, end: int | None = None, **_: object) -> bytes:
+        end = self.size if end is None else min(end, self.size)
+        download = await self.container_client.download_blob(
+            self.blob,
+            offset=start,
+            length=end - start,
+            etag=self.details["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
+        return await download.readall()
+
+    _fetch_range = sync_wrapper(_async_fetch_range)

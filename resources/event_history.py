@@ -1,8 +1,6 @@
 """The ingested event history: the ingest ledger, the validated events of every ingested
 landing file, and the copy sorted by user that the batch job trains on."""
 
-from __future__ import annotations
-
 import io
 import json
 from bisect import bisect_left, bisect_right
@@ -15,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, ResourceDependency
 
 from reco_dagster.domain.forgetting import Forgotten
 from resources.files import FileStore
@@ -62,7 +60,7 @@ class EventHistory(ConfigurableResource):
     renamed) is recognised; the ledger entry is written last and marks the file as done.
     """
 
-    files: FileStore
+    files: ResourceDependency[FileStore]
 
     def ingested(self) -> dict[str, dict]:
         """Ledger entries by content hash: the whole ledger, one read per file ever landed."""

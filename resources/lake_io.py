@@ -1,8 +1,6 @@
 """The lake IO manager: every asset's output under `lake/` in the deployment's file store, so
 any asset can be re-materialized on its own."""
 
-from __future__ import annotations
-
 import io
 import json
 from collections.abc import Iterator
@@ -12,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
 from dagster_pyspark import LazyPySparkResource
 
 from reco_dagster.domain.als import (
@@ -81,7 +79,7 @@ class LakeIOManager(ConfigurableIOManager):
     """DataFrames as parquet, dicts as JSON, ALS models in Spark's model format and other
     factor models as numpy arrays; every model loads as a StoredModel (read when used)."""
 
-    files: FileStore
+    files: ResourceDependency[FileStore]
 
     def _name(self, context: InputContext | OutputContext) -> str:
         return LAKE + "/".join(context.asset_key.path)

@@ -1,8 +1,6 @@
 """The landing zone: the files users drop, the item catalog, quarantine, and the micro-batch's
 attempts at landing files."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import re
@@ -14,7 +12,7 @@ from datetime import date, timedelta
 from pathlib import PurePosixPath
 
 import pandas as pd
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, ResourceDependency
 
 from reco_dagster.domain.catalog import catalog_table
 from reco_dagster.domain.events import (
@@ -101,7 +99,7 @@ class LandingZone(ConfigurableResource):
     (`EventHistory`).
     """
 
-    files: FileStore
+    files: ResourceDependency[FileStore]
     settle_s: float = 1.0
     """Ingest waits until a new file is this old, then takes it only if it is unchanged since
     it was listed: a file still being written waits for a later run."""

@@ -4,7 +4,7 @@ newer and rejected)."""
 
 import json
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, ResourceDependency
 
 from reco_dagster.domain.models import ARCHIVE_FOLDER, CARD_FILE, FactorModel
 from resources.files import FileStore
@@ -13,7 +13,7 @@ SNAPSHOT_FILE = "data_snapshot.json"
 
 
 class ModelArchive(ConfigurableResource):
-    files: FileStore
+    files: ResourceDependency[FileStore]
 
     def save(self, model: FactorModel, data_snapshot_at: str | None) -> bool:
         """Write a version's item side once, with when the data it was trained on was taken

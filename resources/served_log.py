@@ -1,13 +1,11 @@
 """The API's log of served lists, read for online evaluation."""
 
-from __future__ import annotations
-
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import msgspec
 import pandas as pd
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, ResourceDependency
 
 from api.experiments import erase_served_lines, served_lines_without
 from reco_dagster.domain.online import SERVED, SERVED_COLUMNS
@@ -18,7 +16,7 @@ class ServedListLog(ConfigurableResource):
     """The folder served/ in a file store, where the API logs every list it serves
     (`api.experiments.ServedLog`: a JSON-lines file an hour), read by online_evaluation."""
 
-    files: FileStore
+    files: ResourceDependency[FileStore]
 
     def served_lists(self, chunk_rows: int = 20_000) -> Iterator[pd.DataFrame]:
         """The served lists (time, user_id, variant, version, items, new_items), oldest hour

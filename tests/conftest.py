@@ -12,7 +12,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from dagster_azure.blob import AzureBlobStorageKeyCredential, AzureBlobStorageResource
 
 from reco_dagster.domain.lists import listed_items
 from reco_dagster.domain.models import FactorModel, ModelCard
@@ -236,12 +235,7 @@ def azure_env(blob_server: Server, cosmos: Server, container: str, database: str
 
 def blob_files(server: Server, container: str | None = None) -> BlobFiles:
     """A new container (or a named one) on an azurite server."""
-    return BlobFiles(
-        storage=AzureBlobStorageResource(
-            account_url=server.url, credential=AzureBlobStorageKeyCredential(key=AZURITE_KEY)
-        ),
-        container=container or f"t{uuid.uuid4().hex}",
-    )
+    return BlobFiles(server.url, container or f"t{uuid.uuid4().hex}", AZURITE_KEY)
 
 
 @pytest.fixture(params=["local", "blob"])

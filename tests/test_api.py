@@ -272,6 +272,7 @@ def test_the_api_is_a_lookup_service_without_dagster_or_spark(data_dir, store, t
         check=True,
     ).stdout
     assert "'dagster" not in loaded and "'pyspark" not in loaded
+    assert "'adlfs" not in loaded, "Blob Storage's file system only where it is configured"
     store.register("v1", {"family": "als"})
     store.write_version("v1", personal("v1"), POPULAR)
     store.activate("v1")

@@ -6,17 +6,22 @@ import io
 import json
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
+from fsspec.caching import BaseCache
 
 from assets.ingest import raw_events
 from reco_dagster.domain.events import ValidationRules
+from resources.blob_files import BlobFiles
 from resources.event_history import (
     BY_USER,
     BY_USER_MANIFEST,
@@ -26,10 +31,11 @@ from resources.event_history import (
 )
 from resources.files import LocalFiles
 from resources.ingestion import EventWeights, ingest_landed_files
-from resources.landing_zone import LandingZone
+from resources.landing_zone import LandingFile, LandingZone
 from resources.store import RecommendationStore
 from tests.capture_files import capture_file
 from tests.conftest import nobody_forgotten
+from tests.servers.azure import AZURITE_KEY
 
 
 @pytest.fixture
@@ -193,6 +199,15 @@ def test_a_walk_skips_folders_and_an_entry_is_looked_at_alone(files):
     assert not files.exists("landing/a.csv")
 
 
+def test_names_are_kept_as_they_are(files):
+    names = ["a b.csv", "a#1.csv", "q?x=1.csv", "p%20c.csv", "ü/é.csv", "a?b#c.csv", "tab\t.csv"]
+    for name in names:
+        files.write(f"landing/{name}", name.encode())
+    assert [file.name for file in files.list("landing/")] == sorted(f"landing/{n}" for n in names)
+    for file in files.entries("landing/", skip=lambda folder: False):
+        assert files.read_if_unchanged(file) == file.name.removeprefix("landing/").encode()
+
+
 def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_since(
     zone, event_history
 ):
@@ -227,6 +242,45 @@ def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_sinc
         metadata = pq.ParquetFile(source).metadata
     assert metadata.num_row_groups == 4
     assert len(_row_groups_holding(metadata, ["u7", "u8"])) == 1, "only the group holding them"
+
+
+class CountedBlobFiles(BlobFiles):
+    """Blob files that keep the read cache of each file they open (fsspec's, which counts the
+    bytes the file fetched, and outlives the file)."""
+
+    def __init__(self, account_url: str, container: str, key: str) -> None:
+        super().__init__(account_url, container, key)
+        self.caches: list[BaseCache] = []
+
+    def open(self, name: str) -> BinaryIO:
+        opened = super().open(name)
+        self.caches.append(opened.cache)
+        return opened
+
+
+def test_a_few_users_history_on_blob_storage_reads_a_small_part_of_the_sorted_file(blob_server):
+    files = CountedBlobFiles(blob_server.url, f"t{uuid.uuid4().hex}", AZURITE_KEY)
+    event_history = EventHistory(files=files)
+    rng = np.random.default_rng(0)
+    events = pd.DataFrame(
+        {
+            "user_id": [f"u{n}" for n in rng.integers(0, 200_000, 1_000_000)],
+            "item_id": [f"i{n}" for n in rng.integers(0, 20_000, 1_000_000)],
+            "rating": np.nan,
+            "timestamp": 1_600_000_000 + np.arange(1_000_000),
+            "event_type": None,
+        }
+    )
+    event_history.record_events(LandingFile("big.csv", b"big", 0), events, 0, 0)
+    event_history.compact_history()
+
+    wanted = ["u7", "u100000", "u199999"]
+    history = event_history.user_history(wanted)
+    expected = events[events["user_id"].isin(wanted)]
+    assert sorted(history["item_id"]) == sorted(expected["item_id"]) and len(expected) > 10
+    [snapshot] = files.caches
+    fetched = snapshot.total_requested_bytes
+    assert fetched < snapshot.size / 20, f"{fetched} bytes fetched of {snapshot.size}"
 
 
 def local(zone: LandingZone) -> Path:

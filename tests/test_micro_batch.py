@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from math import inf
@@ -14,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, SkipReason, build_sensor_context
-from pydantic import PrivateAttr
 
 from reco_dagster.automation import (
     landing_zone_sensor,
@@ -224,7 +224,7 @@ class WrittenBetweenLooks(LocalFiles):
     """A landing zone whose writer adds a line to growing.csv after each listing, until told
     to stop: between the sensor's first and second look at a fresh file."""
 
-    _writing: bool = PrivateAttr(default=True)
+    _writing = True
 
     def stop_writing(self) -> None:
         self._writing = False
@@ -281,14 +281,15 @@ def test_the_sensor_leaves_out_dated_folders_past_the_lookback_and_the_batch_tak
 
 
 class CountingFiles(LocalFiles):
-    """Local files that count the folders a walk opens."""
+    """Local files that count the folders a walk lists."""
 
-    _folders_opened: list[str] = PrivateAttr(default_factory=list)
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self._folders_opened: list[str] = []
 
-    def _walk(self, folder, skip, found):
-        if folder.is_dir():
-            self._folders_opened.append(str(folder))
-        super()._walk(folder, skip, found)
+    def _listing(self, folder: str) -> Iterable[dict]:
+        self._folders_opened.append(folder)
+        return super()._listing(folder)
 
 
 def test_the_sensor_walks_no_more_folders_for_more_old_partitions(data_dir):
