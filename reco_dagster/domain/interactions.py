@@ -42,7 +42,9 @@ def build_interactions(
     top = max(weights.values(), default=1.0)
     relative = {kind: weight / top for kind, weight in weights.items()}
     ordered = unique.assign(weight=unique["event_type"].map(relative).astype("float64"))
-    ordered = ordered.sort_values("timestamp", kind="stable")
+    # The latest rating wins; at the same second, the higher one (so the table's order, which
+    # Spark does not keep, does not decide).
+    ordered = ordered.sort_values(["timestamp", "rating"], kind="stable", na_position="first")
     grouped = ordered.groupby(["user_id", "item_id"], sort=False)
     table = grouped.agg(
         rating=("rating", "last"),

@@ -51,7 +51,8 @@ def top_k_items(
 
 
 def popular_items(interactions: pd.DataFrame, k: int, half_life_days: float = 0.0) -> pd.DataFrame:
-    """The cold-start list: items by number of distinct users, ties by latest activity.
+    """The cold-start list: items by number of distinct users, ties by latest activity, then
+    by item id.
 
     With a half-life, "trending": each user counts 0.5 ** (age / half_life_days), the age
     measured back from the latest interaction in the table, so what many users took up lately
@@ -68,9 +69,13 @@ def popular_items(interactions: pd.DataFrame, k: int, half_life_days: float = 0.
         .groupby("item_id")
         .agg(users=("weight", "sum"), latest=("timestamp", "max"))
     )
-    top = counts.sort_values(["users", "latest"], ascending=False).head(k)
+    top = (
+        counts.reset_index()
+        .sort_values(["users", "latest", "item_id"], ascending=[False, False, True], kind="stable")
+        .head(k)
+    )
     return pd.DataFrame(
-        {"item_id": top.index.to_numpy(), "score": top["users"].to_numpy(dtype="float64")}
+        {"item_id": top["item_id"].to_numpy(), "score": top["users"].to_numpy(dtype="float64")}
     )
 
 

@@ -35,8 +35,17 @@ def split_interactions(
 def stratified_random_split(
     interactions: pd.DataFrame, ratio: float = 0.75, seed: int = 42
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    shuffle_key = np.random.default_rng(seed).random(len(interactions))
-    return _split_by_order(interactions, shuffle_key, ratio)
+    keys = stratified_keys(interactions["user_id"], interactions["item_id"], seed)
+    return _split_by_order(interactions, keys, ratio)
+
+
+def stratified_keys(user_ids: pd.Series, item_ids: pd.Series, seed: int) -> np.ndarray:
+    """The stratified split's shuffle: a seeded pseudo-random key per (user, item), the same
+    whatever the table's order, its partitioning or the engine (Spark computes it with this
+    function too)."""
+    pairs = pd.DataFrame({"user_id": user_ids.to_numpy(), "item_id": item_ids.to_numpy()})
+    hashed = pd.util.hash_pandas_object(pairs, index=False, hash_key=f"{seed:016d}"[-16:])
+    return hashed.to_numpy().view(np.int64)
 
 
 def chronological_split(
@@ -53,7 +62,7 @@ def temporal_split(
     """Everything up to the time by which `ratio` of all interactions had happened trains;
     later interactions test, if their user and item are in the training part (a model can
     only be asked about users and items it has seen)."""
-    _check_ratio(ratio)
+    check_ratio(ratio)
     cut_off = np.quantile(interactions["timestamp"].to_numpy(), ratio, method="lower")
     in_train = interactions["timestamp"] <= cut_off
     train = interactions[in_train]
@@ -62,7 +71,7 @@ def temporal_split(
     return train.reset_index(drop=True), later[known].reset_index(drop=True)
 
 
-def _check_ratio(ratio: float) -> None:
+def check_ratio(ratio: float) -> None:
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"split ratio must be between 0 and 1, got {ratio}")
 
@@ -70,7 +79,7 @@ def _check_ratio(ratio: float) -> None:
 def _split_by_order(
     interactions: pd.DataFrame, order_key: np.ndarray, ratio: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    _check_ratio(ratio)
+    check_ratio(ratio)
     keyed = interactions.assign(_key=order_key)
     ordered = keyed.sort_values(["user_id", "_key", "item_id"], kind="stable")
     position = ordered.groupby("user_id").cumcount()

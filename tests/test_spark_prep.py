@@ -1,0 +1,93 @@
+"""The preparation stage gives the same tables on Spark as in pandas (issue #18): the same
+interactions, the same three splits, the same cold-start lists, on a real local Spark
+session, for generated data and hand-made corner cases (ties in time, unrated and typed
+events, exact duplicates, one-event users, unicode ids)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reco_dagster.domain.interactions import INTERACTION_COLUMNS, build_interactions
+from reco_dagster.domain.ranking import popular_items
+from reco_dagster.domain.spark_prep import (
+    exact_lower_quantile,
+    spark_interactions,
+    spark_popular_items,
+    spark_split,
+)
+from reco_dagster.domain.splits import SPLIT_METHODS, split_interactions
+from reco_dagster.domain.synthetic import synthetic_event_log
+
+WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}
+
+
+@pytest.fixture(scope="module")
+def events() -> pd.DataFrame:
+    """Generated events with typed and unrated ones, ties in time, exact duplicates and the
+    corner cases by hand."""
+    rng = np.random.default_rng(3)
+    log = synthetic_event_log(6_000, 150, 300, seed=5)
+    log["event_type"] = rng.choice([None, "view", "cart", "purchase", "unknown"], len(log))
+    log.loc[rng.random(len(log)) < 0.3, "rating"] = np.nan
+    log["timestamp"] = log["timestamp"] // 86_400  # days: many ties in time
+    corner = pd.DataFrame(
+        {
+            "user_id": ["ünï", "ünï", "ünï", "solo", '"quoted"', '"quoted"', "tie", "tie"],
+            "item_id": ["é", "é", "b", "x", "a,b", "a,b", "t", "t"],
+            "rating": [4.0, 4.0, np.nan, 2.0, 1.0, 5.0, 3.0, 1.0],
+            "timestamp": [10, 10, 11, 5, 7, 7, 9, 9],
+            "event_type": [None, None, "view", None, None, None, None, None],
+        }
+    )
+    return pd.concat([log, log.head(50), corner], ignore_index=True)
+
+
+def on_spark(spark, frame: pd.DataFrame):
+    return spark.createDataFrame(frame.astype({"timestamp": "int64"}))
+
+
+def rows(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return frame[columns].sort_values(["user_id", "item_id"], ignore_index=True)
+
+
+def test_interactions_are_the_same_on_spark(spark, events):
+    expected, expected_duplicates = build_interactions(events, WEIGHTS)
+    table, duplicates = spark_interactions(on_spark(spark, events), WEIGHTS)
+    got = table.toPandas()
+    assert duplicates == expected_duplicates >= 51
+    columns = list(INTERACTION_COLUMNS)
+    pd.testing.assert_frame_equal(
+        rows(got, columns), rows(expected, columns), check_dtype=False, check_exact=False
+    )
+    # The latest rating; the higher one at the same second.
+    tie = got[got["user_id"] == "tie"].iloc[0]
+    assert tie["rating"] == 3.0 and tie["events"] == 2
+
+
+@pytest.mark.parametrize("method", SPLIT_METHODS)
+def test_each_split_is_the_same_on_spark(spark, events, method):
+    interactions, _ = build_interactions(events, WEIGHTS)
+    train, test = split_interactions(interactions, method, 0.75, seed=11)
+    spark_train, spark_test = spark_split(on_spark(spark, interactions), method, 0.75, seed=11)
+    key = ["user_id", "item_id"]
+    assert len(test) > 0
+    for expected, got in ((train, spark_train), (test, spark_test)):
+        pd.testing.assert_frame_equal(rows(got.toPandas(), key), rows(expected, key))
+
+
+@pytest.mark.parametrize("half_life_days", [0.0, 30.0])
+def test_the_cold_start_lists_are_the_same_on_spark(spark, events, half_life_days):
+    interactions, _ = build_interactions(events, WEIGHTS)
+    expected = popular_items(interactions, 40, half_life_days)
+    got = spark_popular_items(on_spark(spark, interactions), 40, half_life_days).toPandas()
+    assert got["item_id"].tolist() == expected["item_id"].tolist()
+    np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-9)
+
+
+def test_the_temporal_cut_off_is_numpys_lower_quantile_exactly(spark):
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 500, 20_000)  # many duplicates
+    table = spark.createDataFrame(pd.DataFrame({"t": values}))
+    for q in (0.0, 0.1, 0.5, 0.75, 0.999, 1.0):
+        expected = np.quantile(values, q, method="lower")
+        assert exact_lower_quantile(table, "t", q, band=0.0005) == expected, q
