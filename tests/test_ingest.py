@@ -223,7 +223,7 @@ def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_sinc
     assert len(history) == 5 + 5 + 1 + 1
 
     manifest = json.loads(zone.files.read(BY_USER_MANIFEST))
-    with zone.files.open(manifest["snapshot"]) as source:
+    with zone.files.open(manifest["parts"][0]) as source:
         metadata = pq.ParquetFile(source).metadata
     assert metadata.num_row_groups == 4
     assert len(_row_groups_holding(metadata, ["u7", "u8"])) == 1, "only the group holding them"
