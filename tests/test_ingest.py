@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
+from dagster_pyspark import LazyPySparkResource
 
 from assets.ingest import raw_events
 from reco_dagster.domain.events import ValidationRules
@@ -27,6 +28,7 @@ from resources.event_history import (
 from resources.files import LocalFiles
 from resources.ingestion import EventWeights, ingest_landed_files
 from resources.landing_zone import LandingZone
+from resources.settings import DataEngine, spark_config
 from resources.store import RecommendationStore
 from tests.capture_files import capture_file
 from tests.conftest import nobody_forgotten
@@ -44,12 +46,15 @@ def event_history(files):
 
 
 def ingest(zone: LandingZone, store: RecommendationStore | None = None) -> dict:
-    """raw_events' metadata after materializing it (`store`: where its tombstones are)."""
+    """raw_events' metadata after materializing it on the driver (`store`: where its
+    tombstones are)."""
     resources = {
         "landing_zone": zone,
         "event_history": EventHistory(files=zone.files),
         "event_weights": EventWeights(),
         "store": store or nobody_forgotten(),
+        "data_engine": DataEngine(spark_from_events=10**9),
+        "pyspark": LazyPySparkResource(spark_config=spark_config()),
     }
     result = materialize([raw_events], resources=resources)
     assert result.success
