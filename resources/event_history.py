@@ -33,9 +33,11 @@ USERS_ROW_GROUP = 4096
 PART_BYTES = 16 * 1024**2
 """Event-file bytes per part of a user-sorted history written on Spark: an executor holds its
 part whole while writing it (about 1.5M events)."""
-BYTES_PER_EVENT = 16
+BYTES_PER_EVENT = 10
 """A new landing file's events are estimated from its size at the history's bytes per event;
-before anything was ingested, at this many (parquet takes about 11, CSV about 20)."""
+before anything was ingested, at this many: about parquet's (bench/scale.py's events take
+9.5 bytes each as parquet, 27 as CSV), so that a first run overestimates rather than keeps
+too many events on the driver."""
 
 Resource = TypeVar("Resource", bound=ConfigurableResource)
 

@@ -246,7 +246,7 @@ def test_the_assets_choose_the_engine_by_size_and_report_it(spark, tmp_path):
         return chosen
 
     # raw_events estimates the new file's events from its size; history_by_user counts.
-    assert engines(3) == {"raw_events": ("spark", 3), "history_by_user": ("pandas", 2)}
+    assert engines(3) == {"raw_events": ("spark", 4), "history_by_user": ("pandas", 2)}
     zone.land("b.csv", b"user_id,item_id,timestamp\nu3,i3,3\nu4,i4,4\n")
     assert engines(0) == {"raw_events": ("spark", 4), "history_by_user": ("spark", 4)}
     assert len(EventHistory(files=zone.files).snapshot_events()) == 4
