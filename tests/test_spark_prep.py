@@ -190,6 +190,7 @@ def test_ingest_on_spark_gives_the_drivers_history_quarantine_and_ledger(spark, 
     assert spark_report == report
     assert report.repeated_files == ["z-copy-of-corners.csv"]
     assert report.deferred_files == ["unterminated.csv: its last line has no newline yet"]
+    assert (len(report.ingested_files), report.rows_ingested) == (9, 35)
     assert len(report.quarantined_files) == 3 and report.forgotten_rows == 3
     assert {
         "rating is not a finite number",
