@@ -2,12 +2,14 @@
 history, bad rows quarantined with reasons."""
 
 from dagster import AssetExecutionContext, MaterializeResult, ResourceParam, asset
+from dagster_pyspark import LazyPySparkResource
 
 from resources.erasure import erase_forgotten_users
 from resources.event_history import EventHistory
 from resources.ingestion import EventWeights, IngestConfig, ingest_landed_files
 from resources.landing_zone import LandingZone
 from resources.served_log import ServedListLog
+from resources.settings import DataEngine
 from resources.store import RecommendationStore
 
 
@@ -30,7 +32,7 @@ def erasure(
     return MaterializeResult(metadata={name: int(count) for name, count in sorted(taken.items())})
 
 
-@asset(group_name="ingest", kinds={"pandas"}, deps=[erasure])
+@asset(group_name="ingest", kinds={"pandas", "spark"}, deps=[erasure])
 def raw_events(
     context: AssetExecutionContext,
     config: IngestConfig,
@@ -38,12 +40,20 @@ def raw_events(
     event_history: EventHistory,
     event_weights: EventWeights,
     store: ResourceParam[RecommendationStore],
+    data_engine: DataEngine,
+    pyspark: LazyPySparkResource,
 ) -> MaterializeResult:
     """Ingests every landing file not seen before: good rows join the event history, bad rows
     go to quarantine with a reason each, unreadable files are quarantined whole; forgotten
-    users' rows are left out (`forgotten_user_rows`)."""
+    users' rows are left out (`forgotten_user_rows`). Files are read on the driver, or on
+    Spark's executors when the history grows large (`data_engine`)."""
     rules = config.rules(event_weights.event_types())
-    report = ingest_landed_files(landing_zone, event_history, store, rules, context.log.warning)
+    scan = landing_zone.scan()
+    events = event_history.estimated_events(scan.files)
+    spark = data_engine.spark_to_prepare(events, pyspark)
+    report = ingest_landed_files(
+        landing_zone, event_history, store, rules, context.log.warning, scan, spark
+    )
     # This retrain's lists hold these events: no micro-batch needs to write them.
     event_history.record_lists([report.contents[name] for name in report.ingested_files], None)
     context.log.info(
@@ -52,5 +62,9 @@ def raw_events(
         "file(s) quarantined"
     )
     return MaterializeResult(
-        metadata={**report.metadata(landing_zone), "files_in_history": event_history.ledger_size()}
+        metadata={
+            **report.metadata(landing_zone),
+            "files_in_history": event_history.ledger_size(),
+            **data_engine.metadata(events, spark),
+        }
     )

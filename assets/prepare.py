@@ -12,29 +12,36 @@ from dagster import (
     asset,
     multi_asset,
 )
+from dagster_pyspark import LazyPySparkResource
 
 from assets.ingest import raw_events
 from reco_dagster.domain.interactions import build_interactions
 from resources.event_history import EventHistory
 from resources.ingestion import EventWeights
 from resources.landing_zone import LANDING, LandingZone
-from resources.settings import EvaluationProtocol
+from resources.settings import DataEngine, EvaluationProtocol
 from resources.store import RecommendationStore
 
 
-@asset(group_name="prepare", deps=[raw_events], kinds={"parquet"})
-def history_by_user(event_history: EventHistory) -> MaterializeResult:
+@asset(group_name="prepare", deps=[raw_events], kinds={"parquet", "spark"})
+def history_by_user(
+    event_history: EventHistory, data_engine: DataEngine, pyspark: LazyPySparkResource
+) -> MaterializeResult:
     """The event history sorted by user, in small row groups: the batch job's data snapshot,
     and where a micro-batch reads a few users' whole histories without scanning everyone's.
     Files ingested after it are what the models of this run have not seen: a switch folds
-    their users in (`live_model`)."""
-    snapshot = event_history.compact_history()
+    their users in (`live_model`). Sorted on the driver, or on Spark's executors when the
+    history is large (`data_engine`)."""
+    events = event_history.estimated_events([])
+    spark = data_engine.spark_to_prepare(events, pyspark)
+    snapshot = event_history.compact_history(spark)
     return MaterializeResult(
         metadata={
             "dagster/row_count": snapshot.events,
             "users": snapshot.users,
             "event_files": snapshot.event_files,
             "path": MetadataValue.path(snapshot.location),
+            **data_engine.metadata(events, spark),
         }
     )
 

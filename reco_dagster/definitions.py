@@ -30,6 +30,7 @@ from resources.served_log import ServedListLog
 from resources.settings import (
     AlsSettings,
     BatchScoring,
+    DataEngine,
     EaseSettings,
     EvaluationProtocol,
     QualityGate,
@@ -83,6 +84,7 @@ def build_resources() -> dict[str, object]:
         "served_log": ServedListLog(files=files),
         "io_manager": LakeIOManager(files=files),
         "pyspark": LazyPySparkResource(spark_config=spark_config()),
+        "data_engine": DataEngine(),
         "batch_scoring": BatchScoring(),
         "als": AlsSettings(),
         "ease": EaseSettings(),

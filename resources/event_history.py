@@ -3,12 +3,15 @@ landing file, and the copy sorted by user that the batch job trains on."""
 
 import io
 import json
+import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from typing import Any, Generic, TypeVar
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +19,7 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableResource, ResourceDependency
 
 from reco_dagster.domain.forgetting import Forgotten
-from resources.files import FileStore
+from resources.files import FileInfo, FileStore
 from resources.landing_zone import LandingFile, Refusal
 
 EVENTS = "lake/events/"
@@ -25,6 +28,16 @@ BY_USER = "lake/history-by-user/"
 BY_USER_MANIFEST = BY_USER + "manifest.json"
 USERS_ROW_GROUP = 4096
 """Rows per row group of the user-sorted history: a few users' events are a few small reads."""
+PART_BYTES = 16 * 1024**2
+"""Event-file bytes per part of a user-sorted history written on Spark: an executor holds its
+part whole while writing it (about 1.5M events)."""
+BYTES_PER_EVENT = 10
+"""A new landing file's events are estimated from its size at the history's bytes per event;
+before anything was ingested, at this many: about parquet's (bench/scale.py's events take
+9.5 bytes each as parquet, 27 as CSV), so that a first run overestimates rather than keeps
+too many events on the driver."""
+
+Resource = TypeVar("Resource", bound=ConfigurableResource)
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -77,23 +90,38 @@ class EventHistory(ConfigurableResource):
         """How many files the ledger holds (a listing, no reads)."""
         return len(self.files.list(LEDGER))
 
-    def record_events(
-        self, file: LandingFile, events: pd.DataFrame, rejected_rows: int, forgotten_rows: int
-    ) -> None:
-        """A file's good rows into the history, then mark the file ingested; `forgotten_rows`
-        of forgotten users were left out (the landing file still holds them: the erasure
-        looks for files whose entry counts any)."""
+    def estimated_events(self, landed: Iterable[FileInfo]) -> int:
+        """How many events the history holds once these landing files are ingested: the
+        ledger's count, plus the files it does not name (by name and size) at the history's
+        bytes per event so far (`BYTES_PER_EVENT` before anything was ingested)."""
+        entries = list(self.ingested().values())
+        ingested = [entry for entry in entries if entry["status"] == "ingested"]
+        held = sum(entry["rows"] for entry in ingested)
+        taken = {(entry["file"], entry["size"]) for entry in entries}
+        new_bytes = sum(file.size for file in landed if (file.name, file.size) not in taken)
+        per_event = sum(entry["size"] for entry in ingested) / held if held else BYTES_PER_EVENT
+        return held + round(new_bytes / per_event)
+
+    def write_events(self, file: LandingFile, events: pd.DataFrame) -> None:
+        """A file's good rows into the history (`record_ingested` then marks it done)."""
         table = pa.Table.from_pandas(
             events.assign(source_file=file.name), schema=EVENT_SCHEMA, preserve_index=False
         )
         self._write_events(file.sha256, table)
+
+    def record_ingested(
+        self, digest: str, name: str, size: int, rows: int, rejected: int, forgotten_rows: int
+    ) -> None:
+        """Mark a file whose good rows are in the history ingested; `forgotten_rows` of
+        forgotten users were left out (the landing file still holds them: the erasure looks
+        for files whose entry counts any)."""
         self._write_ledger(
-            file.sha256,
-            file.name,
-            len(file.data),
+            digest,
+            name,
+            size,
             status="ingested",
-            rows=len(events),
-            rejected=rejected_rows,
+            rows=rows,
+            rejected=rejected,
             **({"forgotten_rows": forgotten_rows} if forgotten_rows else {}),
         )
 
@@ -149,16 +177,13 @@ class EventHistory(ConfigurableResource):
         the previous one), still sorted; returns the events taken out."""
         removed = 0
         for file in self.files.list(BY_USER):
-            if not file.name.endswith("/events.parquet"):
+            if not file.name.endswith(".parquet"):
                 continue
             with self.files.open(file.name) as source:
                 events = pq.read_table(source, schema=EVENT_SCHEMA)
             doomed = forgotten.mask(events["user_id"].to_pandas().astype("string")).to_numpy()
             if doomed.any():
-                buffer = io.BytesIO()
-                kept = events.filter(pa.array(~doomed))
-                pq.write_table(kept, buffer, row_group_size=USERS_ROW_GROUP)
-                self.files.write(file.name, buffer.getvalue())
+                self._write_part(file.name, events.filter(pa.array(~doomed)))
                 removed += int(doomed.sum())
         return removed
 
@@ -167,12 +192,12 @@ class EventHistory(ConfigurableResource):
         if entry is not None:
             self.files.write(f"{LEDGER}{digest}.json", json.dumps(change(entry)).encode())
 
-    def record_quarantined(self, file: LandingFile, reason: str) -> None:
+    def record_quarantined(self, digest: str, name: str, size: int, reason: str) -> None:
         """Mark a file that could not be read at all done: quarantined, with the reason."""
         self._write_ledger(
-            file.sha256,
-            file.name,
-            len(file.data),
+            digest,
+            name,
+            size,
             status="quarantined",
             rows=0,
             rejected=0,
@@ -255,22 +280,27 @@ class EventHistory(ConfigurableResource):
     def _event_files(digests: list[str]) -> list[str]:
         return [f"{EVENTS}{digest}.parquet" for digest in digests]
 
-    def compact_history(self) -> HistorySnapshot:
+    def compact_history(self, spark: Any | None = None) -> HistorySnapshot:
         """Write every ingested event sorted by user in small row groups (the previous copy
         kept for readers still on it), so that `user_history` reads a few users' events
-        without scanning everyone's; the batch job's data snapshot (`snapshot_events`)."""
+        without scanning everyone's; the batch job's data snapshot (`snapshot_events`). On the
+        driver as one file, or with a SparkSession `spark` on its executors as parts, each
+        holding a range of users (`_sorted_on_spark`). Either way each user's events keep
+        their order: by file, then by row."""
         # Taken before the listing: a file whose ledger entry is older is in the snapshot (its
         # events were written before its entry).
         written_at = datetime.now(UTC)
-        names = [file.name for file in self.files.list(EVENTS)]
-        events = self._event_table(names)
-        snapshot = f"{BY_USER}{written_at:%Y%m%dT%H%M%S%f}/"
-        buffer = io.BytesIO()
-        # A stable sort: each user's events keep their order.
-        pq.write_table(events.sort_by("user_id"), buffer, row_group_size=USERS_ROW_GROUP)
-        self.files.write(snapshot + "events.parquet", buffer.getvalue())
+        listed = self.files.list(EVENTS)
+        names = [file.name for file in listed]
+        folder = f"{BY_USER}{written_at:%Y%m%dT%H%M%S%f}/"
+        if spark is None:
+            # A stable sort: each user's events keep their order.
+            events = self._event_table(names).sort_by("user_id")
+            parts = [self._write_part(folder + "events.parquet", events)]
+        else:
+            parts = self._sorted_on_spark(spark, listed, folder)
         manifest = {
-            "snapshot": snapshot + "events.parquet",
+            "parts": [part["part"] for part in parts],
             "event_files": names,
             "written_at": written_at.isoformat(),
         }
@@ -286,33 +316,98 @@ class EventHistory(ConfigurableResource):
             self.files.delete_folder(f"{BY_USER}{stale}/")
         return HistorySnapshot(
             written_at.isoformat(),
-            self.files.location(snapshot + "events.parquet"),
-            events.num_rows,
-            pc.count_distinct(events["user_id"]).as_py(),
+            self.files.location(folder),
+            sum(part["events"] for part in parts),
+            # A user's events are all in one part.
+            sum(part["users"] for part in parts),
             len(names),
         )
 
+    def _sorted_on_spark(self, spark: Any, listed: list[FileInfo], folder: str) -> list[dict]:
+        """The event files read on Spark's executors through the file store, range-partitioned
+        by user, each partition sorted by user, file and row and written by its executor as
+        one part; only each part's name and counts reach the driver."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        if not listed:
+            return []
+        numbered = EVENT_SCHEMA.append(pa.field("file", pa.int32())).append(
+            pa.field("row", pa.int64())
+        )
+        shipped = Portable.of(self)
+
+        def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            history = shipped.build()
+            for batch in batches:
+                for file in batch.to_pylist():
+                    events = history._read_events(file["name"])
+                    rows = events.num_rows
+                    yield from (
+                        events.append_column(
+                            "file", pa.array(np.full(rows, file["index"], np.int32))
+                        )
+                        .append_column("row", pa.array(np.arange(rows)))
+                        .to_batches()
+                    )
+
+        def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            batches = [batch for batch in batches if batch.num_rows]
+            if batches:
+                history = shipped.build()
+                name = f"{folder}part-{TaskContext.get().partitionId():05d}.parquet"
+                events = pa.Table.from_batches(batches).cast(EVENT_SCHEMA)
+                yield pa.RecordBatch.from_pylist([history._write_part(name, events)])
+
+        names = list(enumerate(file.name for file in listed))
+        files = spark.createDataFrame(
+            spark.sparkContext.parallelize(names, len(names)), "index int, name string"
+        )
+        parts = max(
+            spark.sparkContext.defaultParallelism,
+            math.ceil(sum(file.size for file in listed) / PART_BYTES),
+        )
+        by_user = (
+            files.mapInArrow(read, from_arrow_schema(numbered))
+            .repartitionByRange(parts, "user_id")
+            .sortWithinPartitions("user_id", "file", "row")
+            .drop("file", "row")
+        )
+        written = by_user.mapInArrow(write, "part string, events long, users long").collect()
+        return sorted((row.asDict() for row in written), key=lambda part: part["part"])
+
+    def _write_part(self, name: str, events: pa.Table) -> dict:
+        """Events sorted by user as one parquet file of small row groups; its name and counts."""
+        buffer = io.BytesIO()
+        pq.write_table(events, buffer, row_group_size=USERS_ROW_GROUP)
+        self.files.write(name, buffer.getvalue())
+        users = pc.count_distinct(events["user_id"]).as_py()
+        return {"part": name, "events": events.num_rows, "users": users}
+
     def snapshot_events(self) -> pd.DataFrame:
-        """The events of the latest user-sorted history (`compact_history`)."""
-        manifest = self._snapshot_manifest()
-        if manifest["snapshot"] is None:
-            return EVENT_SCHEMA.empty_table().to_pandas()
-        with self.files.open(manifest["snapshot"]) as source:
-            return pq.read_table(source, schema=EVENT_SCHEMA).to_pandas()
+        """The events of the latest user-sorted history (`compact_history`), in user order."""
+        tables = []
+        for part in _parts(self._snapshot_manifest()):
+            with self.files.open(part) as source:
+                tables.append(pq.read_table(source, schema=EVENT_SCHEMA))
+        return (pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()).to_pandas()
 
     def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
-        """Every ingested event of these users: their row groups of the user-sorted history,
-        and the event files ingested since it was written."""
+        """Every ingested event of these users: their row groups of the user-sorted history
+        (each part's row-group statistics say which), and the event files ingested since it
+        was written."""
         wanted = sorted(set(user_ids))
         condition = pc.field("user_id").isin(pa.array(wanted, type=pa.string()))
         manifest = self._snapshot_manifest()
         tables = [self._event_table(self._since_snapshot(manifest), condition)]
-        if manifest["snapshot"]:
-            with self.files.open(manifest["snapshot"]) as source:
+        for part in _parts(manifest):
+            with self.files.open(part) as source:
                 snapshot = pq.ParquetFile(source)
                 groups = _row_groups_holding(snapshot.metadata, wanted)
-                read = snapshot.read_row_groups(groups).filter(condition)
-                tables.append(_in_event_schema(read))
+                if groups:
+                    read = snapshot.read_row_groups(groups).filter(condition)
+                    tables.append(_in_event_schema(read))
         return pa.concat_tables(tables).to_pandas()
 
     def snapshot_written_at(self) -> str | None:
@@ -320,7 +415,7 @@ class EventHistory(ConfigurableResource):
         return self._snapshot_manifest().get("written_at")
 
     def _snapshot_manifest(self) -> dict:
-        return self.files.read_json(BY_USER_MANIFEST) or {"snapshot": None, "event_files": []}
+        return self.files.read_json(BY_USER_MANIFEST) or {"parts": [], "event_files": []}
 
     def _since_snapshot(self, manifest: dict) -> list[str]:
         compacted = set(manifest["event_files"])
@@ -334,6 +429,43 @@ class EventHistory(ConfigurableResource):
 
     def _read_events(self, name: str) -> pa.Table:
         return pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Portable(Generic[Resource]):
+    """A resource as its class and configured values, which Spark's executors build again
+    (`build`): a resource itself does not pickle (it holds Dagster's config schema, and in a
+    run the run's context)."""
+
+    kind: type[Resource]
+    values: dict[str, Any]
+
+    @classmethod
+    def of(cls, resource: Resource) -> "Portable[Resource]":
+        values = {name: getattr(resource, name) for name in type(resource).model_fields}
+        return cls(
+            type(resource),
+            {
+                name: cls.of(value) if isinstance(value, ConfigurableResource) else value
+                for name, value in values.items()
+            },
+        )
+
+    def build(self) -> Resource:
+        return self.kind(
+            **{
+                name: value.build() if isinstance(value, Portable) else value
+                for name, value in self.values.items()
+            }
+        )
+
+
+def _parts(manifest: dict) -> list[str]:
+    """The files of a user-sorted history, in user order; a manifest written before the
+    history came in parts names its one file `snapshot`."""
+    if "parts" in manifest:
+        return manifest["parts"]
+    return [manifest["snapshot"]] if manifest["snapshot"] else []
 
 
 def _in_event_schema(table: pa.Table) -> pa.Table:

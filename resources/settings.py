@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from dagster import ConfigurableResource
@@ -135,6 +135,34 @@ class BatchScoring(ConfigurableResource):
     def spark_to_rank(self, users: int, pyspark: LazyPySparkResource) -> LazyPySparkResource | None:
         """Spark, to rank `users` users on its executors; None: rank them on the driver."""
         return pyspark if users >= self.spark_from_users else None
+
+
+class DataEngine(ConfigurableResource):
+    """Where the batch job's first stages (`raw_events`, `history_by_user`) work: pandas on
+    the driver, fastest on small data, or Spark's executors, whose work the driver's memory
+    does not follow. Each asset chooses by the events the history holds once the new files
+    are in (`EventHistory.estimated_events`) and reports the choice in its metadata."""
+
+    spark_from_events: int = Field(
+        default_factory=lambda: int(os.environ.get("RECO_SPARK_FROM_EVENTS", 5_000_000)),
+        description="From this many events on, Spark (RECO_SPARK_FROM_EVENTS; 0: always); "
+        "always Spark too where RECO_SPARK_MASTER names a master that is not local.",
+    )
+
+    def spark_to_prepare(self, events: int, pyspark: LazyPySparkResource) -> Any | None:
+        """The SparkSession to prepare `events` events with, or None: pandas on the driver. A
+        remote master means a cluster was set up for the work, and a driver sized for
+        little."""
+        remote = not pyspark.spark_config.get("spark.master", "local").startswith("local")
+        return pyspark.spark_session if remote or events >= self.spark_from_events else None
+
+    def metadata(self, events: int, spark: Any | None) -> dict[str, object]:
+        """What a materialization says of the choice."""
+        return {
+            "engine": "pandas" if spark is None else "spark",
+            "engine_events": events,
+            "spark_from_events": self.spark_from_events,
+        }
 
 
 class Serving(ConfigurableResource):

@@ -131,7 +131,10 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
         "later.csv",
         pd.DataFrame({"user_id": users, "item_id": "i1", "timestamp": int(time.time()) + 60}),
     )
+    from dagster_pyspark import LazyPySparkResource
+
     from assets.ingest import raw_events
+    from resources.settings import DataEngine, spark_config
 
     resources = {
         "landing_zone": LandingZone(files=files),
@@ -139,6 +142,8 @@ def test_the_api_names_variants_logs_served_lists_and_the_asset_scores_them(data
         "event_weights": EventWeights(),
         "served_log": served_log,
         "store": store,
+        "data_engine": DataEngine(spark_from_events=10**9),
+        "pyspark": LazyPySparkResource(spark_config=spark_config()),
     }
     result = materialize([raw_events, online_evaluation], resources=resources)
     summary = result.output_for_node("online_evaluation").set_index("variant")

@@ -77,13 +77,13 @@ def test_ingestion_leaves_a_forgotten_users_rows_out_and_their_erasure_pending_a
 def test_a_user_forgotten_while_ingestion_reads_their_file_is_taken_back_out(data_dir, monkeypatch):
     store = SqliteRecommendationStore(path=str(data_dir / "reco.sqlite"))
     land(data_dir, "day.csv", events(GONE, "u1", GONE))
-    record = EventHistory.record_events
+    record = EventHistory.record_ingested
 
     def recorded_then_forgotten(history, *args):
         record(history, *args)
         store.forget_user(GONE)
 
-    monkeypatch.setattr(EventHistory, "record_events", recorded_then_forgotten)
+    monkeypatch.setattr(EventHistory, "record_ingested", recorded_then_forgotten)
     files = LocalFiles(root=str(data_dir))
     assert ingest(LandingZone(files=files, settle_s=0), store)["rows_ingested"] == 3
     history = EventHistory(files=files)

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
+from dagster_pyspark import LazyPySparkResource
 from fsspec.caching import BaseCache
 
 from assets.ingest import raw_events
@@ -32,6 +33,7 @@ from resources.event_history import (
 from resources.files import LocalFiles
 from resources.ingestion import EventWeights, ingest_landed_files
 from resources.landing_zone import LandingFile, LandingZone
+from resources.settings import DataEngine, spark_config
 from resources.store import RecommendationStore
 from tests.capture_files import capture_file
 from tests.conftest import nobody_forgotten
@@ -50,12 +52,15 @@ def event_history(files):
 
 
 def ingest(zone: LandingZone, store: RecommendationStore | None = None) -> dict:
-    """raw_events' metadata after materializing it (`store`: where its tombstones are)."""
+    """raw_events' metadata after materializing it on the driver (`store`: where its
+    tombstones are)."""
     resources = {
         "landing_zone": zone,
         "event_history": EventHistory(files=zone.files),
         "event_weights": EventWeights(),
         "store": store or nobody_forgotten(),
+        "data_engine": DataEngine(spark_from_events=10**9),
+        "pyspark": LazyPySparkResource(spark_config=spark_config()),
     }
     result = materialize([raw_events], resources=resources)
     assert result.success
@@ -238,7 +243,7 @@ def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_sinc
     assert len(history) == 5 + 5 + 1 + 1
 
     manifest = json.loads(zone.files.read(BY_USER_MANIFEST))
-    with zone.files.open(manifest["snapshot"]) as source:
+    with zone.files.open(manifest["parts"][0]) as source:
         metadata = pq.ParquetFile(source).metadata
     assert metadata.num_row_groups == 4
     assert len(_row_groups_holding(metadata, ["u7", "u8"])) == 1, "only the group holding them"
@@ -271,7 +276,9 @@ def test_a_few_users_history_on_blob_storage_reads_a_small_part_of_the_sorted_fi
             "event_type": None,
         }
     )
-    event_history.record_events(LandingFile("big.csv", b"big", 0), events, 0, 0)
+    big = LandingFile("big.csv", b"big", 0)
+    event_history.write_events(big, events)
+    event_history.record_ingested(big.sha256, big.name, len(big.data), len(events), 0, 0)
     event_history.compact_history()
 
     wanted = ["u7", "u100000", "u199999"]

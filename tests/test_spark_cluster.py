@@ -2,6 +2,7 @@
 the installed pyspark on loopback, give what local mode gives: no code change, only
 RECO_SPARK_MASTER."""
 
+import json
 import os
 import subprocess
 import time
@@ -15,6 +16,7 @@ import pyspark
 import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
+from resources.event_history import BY_USER_MANIFEST
 from tests.conftest import run_batch_retrain
 from tests.servers import free_port, stop_process_group
 
@@ -105,6 +107,11 @@ def test_the_batch_flow_trains_and_scores_on_a_standalone_cluster_as_in_local_mo
         assert result.returncode == 0, mode + result.stdout[-2000:] + result.stderr[-2000:]
     assert apps == ["reco-dagster"]
     assert "Ranked 300 users' items on the spark executors" in runs["cluster"].stderr
+    # A remote master prepares on Spark too: the user-sorted history in parts of user ranges.
+    manifests = {
+        mode: json.loads((tmp_path / mode / "data" / BY_USER_MANIFEST).read_text()) for mode in runs
+    }
+    assert len(manifests["cluster"]["parts"]) > 1 and len(manifests["local"]["parts"]) == 1
 
     evaluations = {
         mode: pd.read_json(tmp_path / mode / "data" / "lake" / "als_evaluation.json", typ="series")

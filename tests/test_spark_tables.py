@@ -9,7 +9,7 @@ import pytest
 
 from reco_dagster.domain.interactions import INTERACTION_COLUMNS, build_interactions
 from reco_dagster.domain.ranking import popular_items
-from reco_dagster.domain.spark_prep import (
+from reco_dagster.domain.spark_tables import (
     exact_lower_quantile,
     spark_interactions,
     spark_popular_items,
