@@ -577,7 +577,7 @@ def _render_user(
 
     def cold_start() -> tuple[list[Item], list[int]]:
         """The version's cold-start list, read only when an answer needs it."""
-        return _cold_start(cache, generation, version)
+        return _cold_start(cache, generation, catalog, version)
 
     wanted = asked.item_filter(catalog)
     variant_name = variant.name if variant else None
@@ -608,14 +608,15 @@ def _render_user(
 
 
 def _cold_start(
-    cache: ResponseCache, generation: int, version: str
+    cache: ResponseCache, generation: int, catalog: CatalogIndex, version: str
 ) -> tuple[list[Item], list[int]]:
-    """The version's cold-start list and its items' masks, decoded once per catalog
-    revision; empty when the version has none."""
+    """The version's cold-start list and its items' masks in `catalog` (the one the request's
+    filter was made from), decoded once per catalog revision; empty when the version has
+    none."""
     cold = _listed(
         cache,
         generation,
-        cache.catalog,
+        catalog,
         ("listed", "cold-start", version),
         lambda: _popular_list(cache.store, version),
     )
@@ -645,7 +646,7 @@ def _render_similar(
     version, listed = found
     based_on: Literal["factors", "categories"] = "factors"
     if listed is None:
-        popular = [item["item_id"] for item in _cold_start(cache, generation, version)[0]]
+        popular = [item["item_id"] for item in _cold_start(cache, generation, catalog, version)[0]]
         alike = catalog.alike(item_id, popular)
         if not alike:
             raise NotFoundException(

@@ -12,10 +12,14 @@ from urllib.parse import urlsplit
 from adlfs import AzureBlobFileSystem
 from adlfs.spec import AzureBlobFile
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from fsspec.asyn import sync, sync_wrapper
 
-from resources.files import FileInfo, FileStore, SkipFolder
+from resources.files import ChangedWhileReadError, FileInfo, FileStore, SkipFolder
 
 READ_BLOCK = 64 * 2**10
 """What a read of an opened blob fetches past what it asks for (fsspec's read-ahead): about a
@@ -57,7 +61,9 @@ class BlobFiles(FileStore):
         if skip is not None:
             return super()._under(top, prefix, skip)
         # One flat listing: far fewer calls than a folder-by-folder walk of a deep tree.
-        return self.fs.find(top, detail=True).values()
+        found = self.fs.find(top, detail=True)
+        # adlfs answers a path that is a blob with a list of it.
+        return found.values() if isinstance(found, dict) else found
 
     def _entry(self, name: str, found: dict) -> FileInfo:
         return FileInfo(
@@ -76,7 +82,7 @@ class BlobFiles(FileStore):
                 return None
             try:
                 return blob.read()
-            except ResourceModifiedError:
+            except ChangedWhileReadError:
                 return None
 
     def open(self, name: str) -> BinaryIO:
@@ -109,13 +115,19 @@ class _PinnedBlobFile(AzureBlobFile):
 
     async def _async_fetch_range(self, start: int, end: int | None = None, **_: object) -> bytes:
         end = self.size if end is None else min(end, self.size)
-        download = await self.container_client.download_blob(
-            self.blob,
-            offset=start,
-            length=end - start,
-            etag=self.details["etag"],
-            match_condition=MatchConditions.IfNotModified,
-        )
-        return await download.readall()
+        try:
+            download = await self.container_client.download_blob(
+                self.blob,
+                offset=start,
+                length=end - start,
+                etag=self.details["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+            return await download.readall()
+        # As OSErrors, as a local file's reader would meet them: the callers' handlers apply.
+        except ResourceNotFoundError as error:
+            raise FileNotFoundError(f"{self.path} was deleted while read") from error
+        except ResourceModifiedError as error:
+            raise ChangedWhileReadError(f"{self.path} was rewritten while read") from error
 
     _fetch_range = sync_wrapper(_async_fetch_range)

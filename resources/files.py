@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
 import uuid
@@ -41,6 +42,10 @@ class FileInfo:
         """What changes whenever the bytes may have: the etag where the store keeps one, else
         size and modification time. With the name, the file's identity."""
         return self.etag or f"{self.size}:{self.modified_ns}"
+
+
+class ChangedWhileReadError(OSError):
+    """A file was replaced between its opening and a read of its bytes."""
 
 
 SkipFolder = Callable[[str], bool]
@@ -81,7 +86,7 @@ class FileStore(ABC):
                 self._entry(prefix + found["name"].removeprefix(top), found)
                 for found in self._under(top, prefix, skip)
                 # A listing of a path that is a file, not a folder, gives that file.
-                if found["name"].startswith(top)
+                if found["name"].startswith(top) and not _WRITING.match(found["name"])
             ),
             key=lambda file: file.name,
         )
@@ -105,8 +110,9 @@ class FileStore(ABC):
             listed = self.fs.ls(folder, detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        # adlfs lists a folder of an ADLS Gen2 account twice: its blob and its prefix.
-        return {found["name"]: found for found in listed}.values()
+        # adlfs lists a folder of an ADLS Gen2 account twice: its blob and its prefix (and a
+        # blob `a` beside a prefix `a/` once each, by the same name).
+        return {(found["name"], found["type"]): found for found in listed}.values()
 
     def info(self, name: str) -> FileInfo | None:
         """One entry, as `entries` would list it; None when there is none."""
@@ -183,6 +189,11 @@ class FileStore(ABC):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(self.read(file.name))
             yield Path(staging)
+
+
+_WRITING = re.compile(r".*/\.[^/]+\.[0-9a-f]{32}\.tmp$")
+"""A file `LocalFiles.write` has not finished, and never will when its writer died: no
+listing gives it (a lake reader would take it for a table, a ledger entry or events)."""
 
 
 class _LocalFileSystem(LocalFileSystem):
@@ -262,11 +273,15 @@ class LocalFiles(FileStore):
         path = Path(self._path(name))
         _make_folders(path.parent)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         _sync_folder(path.parent)
 
     def location(self, name: str) -> str:

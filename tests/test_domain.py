@@ -5,6 +5,7 @@ import pytest
 from reco_dagster.domain.als import rating_confidence
 from reco_dagster.domain.ease import ease_weights
 from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.lists import ranked_lists
 from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
 from reco_dagster.domain.models import data_fingerprint
 from reco_dagster.domain.ranking import fill_short_lists, popular_items, recommend, top_k_items
@@ -170,6 +171,11 @@ def test_trending_counts_recent_users_more_and_all_time_counts_everyone_alike():
     trending = popular_items(table, 5, half_life_days=7.0)
     assert trending["item_id"].tolist() == ["new", "old"]
     assert trending["score"].tolist() == pytest.approx([2.0, 3 * 0.5 ** (30 / 7)])
+
+
+def test_lists_of_no_rows_are_none():
+    ranked = pd.DataFrame(columns=["user_id", "item_id", "rank", "score"])
+    assert list(ranked_lists(ranked, "user_id", {})) == []
 
 
 def test_short_lists_go_on_with_the_cold_start_list_minus_seen_and_listed_items():

@@ -30,13 +30,13 @@ from resources.event_history import (
     EventHistory,
     _row_groups_holding,
 )
-from resources.files import LocalFiles
+from resources.files import ChangedWhileReadError, LocalFiles
 from resources.ingestion import EventWeights, ingest_landed_files
 from resources.landing_zone import LandingFile, LandingZone
 from resources.settings import DataEngine, spark_config
 from resources.store import RecommendationStore
 from tests.capture_files import capture_file
-from tests.conftest import nobody_forgotten
+from tests.conftest import blob_files, nobody_forgotten
 from tests.servers.azure import AZURITE_KEY
 
 
@@ -211,6 +211,32 @@ def test_names_are_kept_as_they_are(files):
     assert [file.name for file in files.list("landing/")] == sorted(f"landing/{n}" for n in names)
     for file in files.entries("landing/", skip=lambda folder: False):
         assert files.read_if_unchanged(file) == file.name.removeprefix("landing/").encode()
+
+
+def test_a_write_that_fails_or_dies_leaves_nothing_a_listing_gives(data_dir):
+    files = LocalFiles(root=str(data_dir))
+    files.write("lake/ledger/a.json", b"{}")
+    with pytest.raises(TypeError):
+        files.write("lake/ledger/b.json", 123)  # type: ignore[arg-type]
+    # What a writer killed between its write and its rename leaves behind.
+    (data_dir / "lake" / "ledger" / f".c.json.{'0' * 32}.tmp").write_bytes(b"{")
+    assert [file.name for file in files.list("lake/")] == ["lake/ledger/a.json"]
+    assert len(list((data_dir / "lake" / "ledger").iterdir())) == 2
+
+
+def test_a_blob_rewritten_or_deleted_while_read_fails_as_a_file_would(blob_server):
+    files = blob_files(blob_server)
+    files.write("lake/a.parquet", b"x" * 300_000)
+    for change, error in (
+        (lambda: files.write("lake/a.parquet", b"y" * 300_000), ChangedWhileReadError),
+        # Azure answers 404, azurite (like a rewrite) 412: an OSError either way.
+        (lambda: files.delete("lake/a.parquet"), OSError),
+    ):
+        with files.open("lake/a.parquet") as blob:
+            blob.read(10)  # the first block only
+            change()
+            with pytest.raises(error):
+                blob.read()
 
 
 def test_user_history_reads_the_user_sorted_snapshot_and_the_files_ingested_since(

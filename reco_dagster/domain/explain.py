@@ -44,7 +44,7 @@ def explain_lists(
         rank = latent.shape[1]
         gram = implicit_gram(latent) if implicit else np.zeros((rank, rank))
     ranked_columns = pd.Index(model.item_ids).get_indexer(ranked["item_id"])
-    names = np.asarray([str(item) for item in model.item_ids], dtype=object)
+    item_ids = np.asarray(model.item_ids)
     reasons: list[list[str]] = [[] for _ in range(len(ranked))]
     ranked_by_user = pd.Series(np.arange(len(ranked))).groupby(ranked["user_id"].to_numpy()).indices
     for user, rows in ranked_by_user.items():
@@ -76,6 +76,7 @@ def explain_lists(
         else:
             best = np.argsort(-terms, axis=1, kind="stable")
         raised = (np.take_along_axis(terms, best, axis=1) > 0).tolist()
-        for row, named, positive in zip(scored, names[items[best]].tolist(), raised, strict=True):
-            reasons[row] = [name for name, up in zip(named, positive, strict=True) if up]
+        named = item_ids[items[best]].tolist()
+        for row, names, positive in zip(scored, named, raised, strict=True):
+            reasons[row] = [str(name) for name, up in zip(names, positive, strict=True) if up]
     return reasons

@@ -130,5 +130,5 @@ def pick_with_fill(
     if short <= 0:
         return picked, 0
     given = wanted.exclude.union(item["item_id"] for item in picked)
-    fill = pick(*fallback(), replace(wanted, exclude=given), short)
+    fill = pick(*fallback(), replace(wanted, exclude=given, passes_everything=False), short)
     return picked + fill, len(fill)

@@ -45,6 +45,8 @@ def ranked_lists(
     """One list per value of `by` (a user, or an item for its similar items), best first."""
     ordered = ranked.sort_values([by, "rank"], kind="stable")
     keys = ordered[by].to_numpy()
+    if not len(keys):
+        return
     columns = _Columns.of(ordered)
     starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
     for start, end in itertools.pairwise(starts):
