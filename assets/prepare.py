@@ -1,5 +1,8 @@
 """Stage 2: event history → one row per (user, item) → per-user train/test split."""
 
+from collections.abc import Iterator
+from typing import Any
+
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
@@ -15,9 +18,12 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 
 from assets.ingest import raw_events
-from reco_dagster.domain.interactions import build_interactions
+from reco_dagster.domain.forgetting import Forgotten
+from reco_dagster.domain.interactions import build_interactions, table_shape
+from reco_dagster.domain.spark_tables import spark_interactions
 from resources.event_history import EventHistory
 from resources.ingestion import EventWeights
+from resources.lake_tables import LakeTable
 from resources.landing_zone import LANDING, LandingZone
 from resources.settings import DataEngine, EvaluationProtocol
 from resources.store import RecommendationStore
@@ -46,45 +52,81 @@ def history_by_user(
     )
 
 
-@asset(group_name="prepare", deps=[history_by_user], kinds={"pandas"})
+@asset(group_name="prepare", deps=[history_by_user], kinds={"pandas", "spark"})
 def interactions(
-    context: AssetExecutionContext,
     landing_zone: LandingZone,
     event_history: EventHistory,
     event_weights: EventWeights,
+    data_engine: DataEngine,
+    pyspark: LazyPySparkResource,
     store: ResourceParam[RecommendationStore],
-) -> Output[pd.DataFrame]:
+) -> Output[Any]:
     """Deduplicated interactions, one row per (user, item), with dense integer indices and
     the weight of their typed events, from the snapshot `history_by_user` wrote; users
-    forgotten since it was written (their erasure still to come) left out."""
-    events = event_history.snapshot_events()
-    forgotten = store.forgotten().mask(events["user_id"].astype("string"))
-    events = events[~forgotten.to_numpy()]
-    if events.empty:
+    forgotten since it was written (their erasure still to come) left out. Built on the
+    driver, or on Spark's executors when the history is large (`data_engine`): then the lake
+    holds it in parts and the driver never holds it."""
+    forgotten = store.forgotten()
+    engine_events = event_history.estimated_events([])
+    spark = data_engine.spark_to_prepare(engine_events, pyspark)
+    if spark is None:
+        events = event_history.snapshot_events()
+        left_out = forgotten.mask(events["user_id"].astype("string")).to_numpy()
+        events = events[~left_out]
+        counts = {"events": len(events), "forgotten": int(left_out.sum())}
+        table, duplicates = build_interactions(events, event_weights.weights)
+    else:
+        events, counts = _without_forgotten_on_spark(
+            event_history.snapshot_on_spark(spark), forgotten
+        )
+        table, duplicates = spark_interactions(events, event_weights.weights)
+        table = table.persist()  # described below, then written by the lake
+    if counts["events"] == 0:
         raise Failure(
             f"No events have been ingested: put event files in {landing_zone.where(LANDING)} "
             "(or run `python -m reco_dagster.datasets movielens-100k`) and materialize raw_events."
         )
-    table, duplicates = build_interactions(events, event_weights.weights)
-    users, items = table["user_id"].nunique(), table["item_id"].nunique()
+    shape = table_shape(table)
     return Output(
         table,
         metadata={
-            "events": len(events),
-            "forgotten_user_events_left_out": int(forgotten.sum()),
+            "events": counts["events"],
+            "forgotten_user_events_left_out": counts["forgotten"],
             "duplicate_events_dropped": duplicates,
-            "dagster/row_count": len(table),
-            "users": users,
-            "items": items,
-            "density": len(table) / (users * items),
-            "rated_share": float(table["rating"].notna().mean()),
-            "typed_share": float(table["weight"].notna().mean()),
+            "dagster/row_count": shape["rows"],
+            "users": shape["users"],
+            "items": shape["items"],
+            "density": shape["rows"] / (shape["users"] * shape["items"]),
+            "rated_share": shape["rated_share"],
+            "typed_share": shape["typed_share"],
             # No user ids: the run history keeps metadata for good, erasures or not.
             "preview": MetadataValue.md(
-                table.drop(columns="user_id").head(5).to_markdown(index=False)
+                _head(table).drop(columns="user_id").to_markdown(index=False)
             ),
+            **data_engine.metadata(engine_events, spark),
         },
     )
+
+
+def _head(table: Any, rows: int = 5) -> pd.DataFrame:
+    return table.head(rows) if isinstance(table, pd.DataFrame) else table.limit(rows).toPandas()
+
+
+def _without_forgotten_on_spark(events: Any, forgotten: Forgotten) -> tuple[Any, dict[str, int]]:
+    """The events of users not forgotten, and how many there were and were left out."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType, StructField, StructType
+
+    schema = StructType([*events.schema.fields, StructField("forgotten", BooleanType())])
+
+    def flag(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield batch.assign(forgotten=forgotten.mask(batch["user_id"].astype("string")))
+
+    flagged = events.mapInPandas(flag, schema)
+    found = flagged.agg(F.count(F.lit(1)), F.count_if("forgotten")).first()
+    counts = {"events": found[0] - found[1], "forgotten": found[1]}
+    return flagged.filter(~F.col("forgotten")).drop("forgotten"), counts
 
 
 @asset(group_name="prepare", kinds={"pandas"})
@@ -110,18 +152,25 @@ def item_catalog(context: AssetExecutionContext, landing_zone: LandingZone) -> O
     group_name="prepare",
     outs={"train_interactions": AssetOut(kinds={"pandas"}), "test_interactions": AssetOut()},
 )
-def train_test_split(protocol: EvaluationProtocol, interactions: pd.DataFrame):
+def train_test_split(
+    protocol: EvaluationProtocol, pyspark: LazyPySparkResource, interactions: LakeTable
+) -> Iterator[Output[Any]]:
     """The evaluation protocol's split (`protocol` resource): by default each user's latest
-    quarter of interactions tests (chronological); temporal and stratified on request."""
-    train, test = protocol.split(interactions)
-    for name, table in (("train_interactions", train), ("test_interactions", test)):
+    quarter of interactions tests (chronological); temporal and stratified on request. On
+    Spark's executors when `interactions` was built there."""
+    if interactions.on_executors:
+        splits = protocol.split_on_spark(interactions.to_spark(pyspark.spark_session))
+    else:
+        splits = protocol.split(interactions.to_pandas())
+    for name, table in zip(("train_interactions", "test_interactions"), splits, strict=True):
+        shape = table_shape(table)
         yield Output(
             table,
             output_name=name,
             metadata={
-                "dagster/row_count": len(table),
-                "users": table["user_id"].nunique(),
-                "items": table["item_id"].nunique(),
+                "dagster/row_count": shape["rows"],
+                "users": shape["users"],
+                "items": shape["items"],
                 "method": protocol.method,
                 "train_ratio": protocol.train_ratio,
             },

@@ -3,6 +3,7 @@ publish to the store: written beside the live version, then made live in one swi
 family is served; and the item catalog, which reaches the store on its own (no retrain)."""
 
 import time
+from typing import Any
 
 import pandas as pd
 from dagster import (
@@ -34,21 +35,26 @@ from reco_dagster.domain.lists import (
 from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
+from reco_dagster.domain.spark_tables import spark_popular_items
 from resources.deployment import new_item_exposure, published_depth
 from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
+from resources.lake_tables import LakeTable
 from resources.model_archive import ModelArchive
 from resources.settings import BatchScoring
 from resources.store import RecommendationStore
 
 
-@asset(group_name="publish", kinds={"pandas"})
-def popular_items(interactions: pd.DataFrame, model_search: dict) -> Output[pd.DataFrame]:
+@asset(group_name="publish", kinds={"pandas", "spark"})
+def popular_items(
+    pyspark: LazyPySparkResource, interactions: LakeTable, model_search: dict
+) -> Output[pd.DataFrame]:
     """The cold-start list, served to users the model does not know yet and continuing lists
     that run short (in the batch, and at request time when filters leave too few items):
     trending (the half-life chosen on validation) or all-time popular."""
     half_life_days = model_search["cold_start"]["half_life_days"]
-    popular = most_popular(interactions, _non_personal_depth(), half_life_days)
+    table = _readable(interactions, pyspark)
+    popular = _most_popular(table, _non_personal_depth(), half_life_days)
     return Output(
         popular,
         metadata={
@@ -58,18 +64,21 @@ def popular_items(interactions: pd.DataFrame, model_search: dict) -> Output[pd.D
     )
 
 
-@asset(group_name="publish", kinds={"pandas"})
-def non_personal_lists(interactions: pd.DataFrame, model_search: dict) -> Output[pd.DataFrame]:
+@asset(group_name="publish", kinds={"pandas", "spark"})
+def non_personal_lists(
+    pyspark: LazyPySparkResource, interactions: LakeTable, model_search: dict
+) -> Output[pd.DataFrame]:
     """The lists GET /items/trending and GET /items/popular serve (`list`, item_id, score):
     trending counts each user 0.5 ** (age / half-life), a positive half-life chosen on
     validation (or `serving.trending_half_life_days`); popular counts distinct users of all
     time. One of them is the cold-start list."""
     half_life_days = model_search["cold_start"]["trending_half_life_days"]
     depth = _non_personal_depth()
+    table = _readable(interactions, pyspark)
     lists = pd.concat(
         [
-            most_popular(interactions, depth, half_life_days).assign(list="trending"),
-            most_popular(interactions, depth).assign(list="popular"),
+            _most_popular(table, depth, half_life_days).assign(list="trending"),
+            _most_popular(table, depth).assign(list="popular"),
         ],
         ignore_index=True,
     )
@@ -81,6 +90,19 @@ def non_personal_lists(interactions: pd.DataFrame, model_search: dict) -> Output
             "depth": depth,
         },
     )
+
+
+def _readable(interactions: LakeTable, pyspark: LazyPySparkResource) -> Any:
+    """The table as a pandas DataFrame, or a Spark one where Spark built it."""
+    if interactions.on_executors:
+        return interactions.to_spark(pyspark.spark_session)
+    return interactions.to_pandas()
+
+
+def _most_popular(table: Any, k: int, half_life_days: float = 0.0) -> pd.DataFrame:
+    if isinstance(table, pd.DataFrame):
+        return most_popular(table, k, half_life_days)
+    return spark_popular_items(table, k, half_life_days).toPandas()
 
 
 def _non_personal_depth() -> int:

@@ -39,6 +39,8 @@ CATALOG_REFRESH = "catalog_refresh"
 # Dagster's sensor daemon evaluates sensors at most every 5 s whatever is asked; asking for
 # 1 s makes this sensor run on every daemon pass.
 LANDING_POLL_S = 1
+WATCH_POLL_S = 0.25
+"""How often a watching landing sensor tick lists the landing zone again."""
 CATALOG_POLL_S = 5
 
 
@@ -93,9 +95,15 @@ def _age_s(file: FileInfo) -> float:
 def landing_zone_sensor(context: SensorEvaluationContext, landing_zone: LandingZone):
     """Launches a micro-batch for landing files it has not requested (cursor), and one for
     files whose micro-batch left them for later and is due again; run keys make each launch
-    once, also across daemon restarts."""
-    fresh, cursor = new_landing_files(landing_zone, context.cursor, datetime.now(UTC).date())
-    due = landing_zone.due_attempts(time.time())
+    once, also across daemon restarts. A tick that finds neither keeps looking for
+    `landing_zone.watch_s`, so a file is picked up within a look, not at the next tick."""
+    watched_until = time.monotonic() + landing_zone.watch_s
+    while True:
+        fresh, cursor = new_landing_files(landing_zone, context.cursor, datetime.now(UTC).date())
+        due = landing_zone.due_attempts(time.time())
+        if fresh or due or time.monotonic() >= watched_until:
+            break
+        time.sleep(WATCH_POLL_S)
     batches = [
         ([file.name for file in fresh], [[file.name, file.version] for file in fresh]),
         # A note changes with every attempt: one launch per attempt left for later.

@@ -20,6 +20,7 @@ from dagster import ConfigurableResource, ResourceDependency
 
 from reco_dagster.domain.forgetting import Forgotten
 from resources.files import FileInfo, FileStore
+from resources.lake_tables import LakeTable
 from resources.landing_zone import LandingFile, Refusal
 
 EVENTS = "lake/events/"
@@ -392,6 +393,15 @@ class EventHistory(ConfigurableResource):
             with self.files.open(part) as source:
                 tables.append(pq.read_table(source, schema=EVENT_SCHEMA))
         return (pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()).to_pandas()
+
+    def snapshot_on_spark(self, spark: Any) -> Any:
+        """The events of the latest user-sorted history as a Spark DataFrame, each part read
+        by an executor."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        parts = tuple(_parts(self._snapshot_manifest()))
+        schema = from_arrow_schema(EVENT_SCHEMA).json()
+        return LakeTable(self.files, parts, 0, schema).to_spark(spark)
 
     def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
         """Every ingested event of these users: their row groups of the user-sorted history

@@ -1,7 +1,6 @@
 """The lake IO manager: every asset's output under `lake/` in the deployment's file store, so
 any asset can be re-materialized on its own."""
 
-import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from reco_dagster.domain.models import CARD_FILE, FactorModel, ModelCard, Scorer
 from reco_dagster.domain.recency import decays
 from reco_dagster.domain.spark_scoring import SparkFoldIn
 from resources.files import FileStore
+from resources.lake_tables import LakeTable, forget_parts, read_table, write_parts
 
 LAKE = "lake/"
 
@@ -68,6 +68,11 @@ class StoredModel:
                 yield SparkFoldIn(spark.spark_session, item_side)
 
 
+def _is_spark_frame(obj: object) -> bool:
+    # Not an isinstance check: that would import pyspark in every process.
+    return type(obj).__module__.startswith("pyspark.sql") and hasattr(obj, "mapInArrow")
+
+
 def _item_side(folder: Path) -> FactorModel:
     """A stored model's card and item factors, whatever format its family saves in."""
     if is_spark_model_dir(folder):
@@ -76,8 +81,10 @@ def _item_side(folder: Path) -> FactorModel:
 
 
 class LakeIOManager(ConfigurableIOManager):
-    """DataFrames as parquet, dicts as JSON, ALS models in Spark's model format and other
-    factor models as numpy arrays; every model loads as a StoredModel (read when used)."""
+    """DataFrames as parquet (a pandas one as one file, a Spark one in parts its executors
+    write: `resources.lake_tables`), dicts as JSON, ALS models in Spark's model format and
+    other factor models as numpy arrays; every model loads as a StoredModel (read when used),
+    a table as a pandas DataFrame, or as a LakeTable where the consumer asks for one."""
 
     files: ResourceDependency[FileStore]
 
@@ -88,6 +95,12 @@ class LakeIOManager(ConfigurableIOManager):
         name = self._name(context)
         if isinstance(obj, pd.DataFrame):
             self.files.write(name + ".parquet", obj.to_parquet(index=False))
+            forget_parts(self.files, name)
+        elif _is_spark_frame(obj):
+            table = write_parts(self.files, name, obj)
+            context.add_output_metadata(
+                {"parts": len(table.parts), "dagster/row_count": table.rows}
+            )
         elif isinstance(obj, TrainedAls | FactorModel):
             with self.files.folder_to_write(name + "/") as folder:
                 obj.save(folder)
@@ -98,8 +111,11 @@ class LakeIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> Any:
         name = self._name(context)
-        if self.files.exists(name + ".parquet"):
-            return pd.read_parquet(io.BytesIO(self.files.read(name + ".parquet")))
+        table = read_table(self.files, name)
+        if table is not None:
+            # A consumer that reads either engine's tables asks for a LakeTable.
+            wants_table = context.dagster_type.typing_type is LakeTable
+            return table if wants_table else table.to_pandas()
         if self.files.exists(name + ".json"):
             return json.loads(self.files.read(name + ".json"))
         if self.files.exists(name + "/" + CARD_FILE):

@@ -103,6 +103,10 @@ class LandingZone(ConfigurableResource):
     settle_s: float = 1.0
     """Ingest waits until a new file is this old, then takes it only if it is unchanged since
     it was listed: a file still being written waits for a later run."""
+    watch_s: float = 4.0
+    """How long a landing sensor tick keeps looking for new files before it hands the daemon's
+    loop back: the daemon evaluates sensors at most every 5 s, and a file that lands while a
+    tick watches is requested at the next look (WATCH_POLL_S), not at the next tick."""
     unterminated_settle_s: float = 60.0
     """A CSV/JSONL file whose last line has no newline waits until it is this old."""
     lookback_days: int = 2

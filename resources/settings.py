@@ -14,6 +14,7 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from reco_dagster.domain.als import Confidence
+from reco_dagster.domain.spark_tables import spark_split
 from reco_dagster.domain.splits import SplitMethod, split_interactions
 from resources.deployment import data_dir
 
@@ -103,6 +104,10 @@ class EvaluationProtocol(ConfigurableResource):
 
     def split(self, table: pd.DataFrame, seed_offset: int = 0) -> tuple[pd.DataFrame, ...]:
         return split_interactions(table, self.method, self.train_ratio, self.seed + seed_offset)
+
+    def split_on_spark(self, table: Any) -> tuple[Any, Any]:
+        """`split` of a Spark DataFrame, on Spark: the same rows."""
+        return spark_split(table, self.method, self.train_ratio, self.seed)
 
     def validation_folds(self, train: pd.DataFrame) -> list[tuple[pd.DataFrame, ...]]:
         """Validation splits carved out of a training split the way the test split was."""

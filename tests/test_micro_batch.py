@@ -175,7 +175,7 @@ def requested_files(result) -> list[list[str]]:
 
 
 def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
-    zone = LandingZone(files=world[0].files, settle_s=0)
+    zone = LandingZone(files=world[0].files, settle_s=0, watch_s=0)
     instance = DagsterInstance.ephemeral()
     land(
         data_dir,
@@ -198,6 +198,37 @@ def test_the_landing_sensor_requests_each_new_file_once(world, data_dir):
 
 
 FRAME = pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "timestamp": [1]})
+
+
+def test_a_file_landing_while_a_tick_watches_is_requested_by_that_tick(data_dir):
+    """The daemon evaluates the sensor every 5 s at most: a tick that finds nothing keeps
+    looking, and a file that lands meanwhile is requested within a look, not a tick later."""
+    files = ListedFiles(root=str(data_dir))
+    zone = LandingZone(files=files, settle_s=0, watch_s=30)
+    instance = DagsterInstance.ephemeral()
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        tick = pool.submit(evaluate_sensor, instance=instance, resources={"landing_zone": zone})
+        assert files.listed.wait(30), "the tick never looked"
+        land(data_dir, "during.csv", FRAME)
+        result = tick.result()
+    assert requested_files(result) == [["during.csv"]]
+    assert time.monotonic() - started < 30
+
+
+class ListedFiles(LocalFiles):
+    """Local files that say when a listing has happened."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.listed = threading.Event()
+
+    def _listing(self, folder: str) -> Iterable[dict]:
+        found = super()._listing(folder)
+        self.listed.set()
+        return found
+
+
 TODAY = date(2024, 5, 17)
 
 

@@ -6,7 +6,11 @@ events, exact duplicates, one-event users, unicode ids)."""
 import numpy as np
 import pandas as pd
 import pytest
+from dagster import materialize
+from dagster_pyspark import LazyPySparkResource
 
+from assets.ingest import raw_events
+from assets.prepare import history_by_user, interactions, train_test_split
 from reco_dagster.domain.interactions import INTERACTION_COLUMNS, build_interactions
 from reco_dagster.domain.ranking import popular_items
 from reco_dagster.domain.spark_tables import (
@@ -17,6 +21,14 @@ from reco_dagster.domain.spark_tables import (
 )
 from reco_dagster.domain.splits import SPLIT_METHODS, split_interactions
 from reco_dagster.domain.synthetic import synthetic_event_log
+from resources.event_history import EventHistory
+from resources.files import LocalFiles
+from resources.ingestion import EventWeights
+from resources.lake_io import LakeIOManager
+from resources.lake_tables import read_table
+from resources.landing_zone import LandingZone
+from resources.settings import DataEngine, EvaluationProtocol, spark_config
+from tests.conftest import nobody_forgotten
 
 WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}
 
@@ -91,3 +103,42 @@ def test_the_temporal_cut_off_is_numpys_lower_quantile_exactly(spark):
     for q in (0.0, 0.1, 0.5, 0.75, 0.999, 1.0):
         expected = np.quantile(values, q, method="lower")
         assert exact_lower_quantile(table, "t", q, band=0.0005) == expected, q
+
+
+def test_the_prepare_assets_give_the_same_lake_tables_on_either_engine(tmp_path, events):
+    """raw_events → history_by_user → interactions → train_test_split (the default protocol;
+    each protocol's Spark split is compared above), once on the driver and once on Spark
+    (threshold 0): the same tables, the Spark ones in parts."""
+    tables = {}
+    for engine, spark_from_events in (("pandas", 10**9), ("spark", 0)):
+        files = LocalFiles(root=str(tmp_path / engine))
+        zone = LandingZone(files=files, settle_s=0)
+        for part in range(2):
+            zone.land(f"events-{part}.parquet", events.iloc[part::2].to_parquet(index=False))
+        result = materialize(
+            [raw_events, history_by_user, interactions, train_test_split],
+            resources={
+                "landing_zone": zone,
+                "event_history": EventHistory(files=files),
+                "event_weights": EventWeights(weights=WEIGHTS),
+                "store": nobody_forgotten(),
+                "pyspark": LazyPySparkResource(spark_config=spark_config()),
+                "data_engine": DataEngine(spark_from_events=spark_from_events),
+                "protocol": EvaluationProtocol(),
+                "io_manager": LakeIOManager(files=files),
+            },
+        )
+        [built] = result.asset_materializations_for_node("interactions")
+        assert built.metadata["engine"].value == engine
+        found = {
+            name: read_table(files, f"lake/{name}")
+            for name in ("interactions", "train_interactions", "test_interactions")
+        }
+        assert all(table.on_executors == (engine == "spark") for table in found.values())
+        tables[engine] = {name: table.to_pandas() for name, table in found.items()}
+    for name, expected in tables["pandas"].items():
+        pd.testing.assert_frame_equal(
+            rows(tables["spark"][name], list(INTERACTION_COLUMNS)),
+            rows(expected, list(INTERACTION_COLUMNS)),
+            check_dtype=False,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,29 @@ def build_interactions(
     table["item_idx"] = pd.factorize(table["item_id"], sort=True)[0].astype("int32")
     table = table.sort_values(["user_idx", "item_idx"], ignore_index=True)
     return table[list(INTERACTION_COLUMNS)], duplicates
+
+
+def table_shape(table: Any) -> dict[str, Any]:
+    """Rows, distinct users and items, and the shares of rated and typed rows of an
+    interactions table, a pandas or (in one pass on its executors) a Spark DataFrame."""
+    if isinstance(table, pd.DataFrame):
+        return {
+            "rows": len(table),
+            "users": table["user_id"].nunique(),
+            "items": table["item_id"].nunique(),
+            "rated_share": float(table["rating"].notna().mean()),
+            "typed_share": float(table["weight"].notna().mean()),
+        }
+    from pyspark.sql import functions as F
+
+    found = table.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count_distinct("user_id").alias("users"),
+        F.count_distinct("item_id").alias("items"),
+        F.avg(F.col("rating").isNotNull().cast("double")).alias("rated_share"),
+        F.avg(F.col("weight").isNotNull().cast("double")).alias("typed_share"),
+    ).first()
+    return found.asDict()
 
 
 def history_events(interactions: pd.DataFrame) -> dict[str, int]:

@@ -1,0 +1,112 @@
+"""Tables of the lake as their consumers read them, whichever engine wrote them: one parquet
+file the driver wrote, or parts Spark's executors wrote (`write_parts`), each through the
+deployment's file store, so no Hadoop file-system connector is needed to reach Blob Storage.
+"""
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from resources.files import FileStore
+
+PARTS_FILE = "parts.json"
+
+
+@dataclass(frozen=True)
+class LakeTable:
+    """A table in the lake: `parts` (parquet files, in order) and its Spark schema (JSON) when
+    Spark wrote it, `rows` in all."""
+
+    files: FileStore
+    parts: tuple[str, ...]
+    rows: int
+    spark_schema: str | None = None
+
+    @property
+    def on_executors(self) -> bool:
+        """Whether Spark wrote it: what reads it then stays on Spark."""
+        return self.spark_schema is not None
+
+    def to_pandas(self) -> pd.DataFrame:
+        tables = [pq.read_table(io.BytesIO(self.files.read(part))) for part in self.parts]
+        return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+
+    def to_spark(self, spark: Any) -> Any:
+        """The table as a Spark DataFrame, each part read by an executor."""
+        from pyspark.sql.types import StructType
+
+        if self.spark_schema is None:
+            return spark.createDataFrame(self.to_pandas())
+        files = self.files
+
+        def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for part in batch.column("part").to_pylist():
+                    yield from pq.read_table(io.BytesIO(files.read(part))).to_batches()
+
+        names = spark.createDataFrame(
+            spark.sparkContext.parallelize([(part,) for part in self.parts], len(self.parts) or 1),
+            "part string",
+        )
+        return names.mapInArrow(read, StructType.fromJson(json.loads(self.spark_schema)))
+
+
+def forget_parts(files: FileStore, name: str) -> None:
+    """Drop what Spark wrote as `name`: the driver has written it as one file since."""
+    if files.exists(f"{name}/{PARTS_FILE}"):
+        files.delete_folder(f"{name}/")
+
+
+def read_table(files: FileStore, name: str) -> LakeTable | None:
+    """The table the lake holds as `name` (without an extension), or None."""
+    manifest = files.read_json(f"{name}/{PARTS_FILE}")
+    if manifest is not None:
+        return LakeTable(files, tuple(manifest["parts"]), manifest["rows"], manifest["schema"])
+    if files.exists(f"{name}.parquet"):
+        rows = pq.ParquetFile(files.open(f"{name}.parquet")).metadata.num_rows
+        return LakeTable(files, (f"{name}.parquet",), rows)
+    return None
+
+
+def write_parts(files: FileStore, name: str, frame: Any) -> LakeTable:
+    """A Spark DataFrame written as `name`: each partition by its executor as one part of a
+    new folder, then the manifest naming them (what readers go by), then the older folders
+    and a single-file copy deleted."""
+    from pyspark import TaskContext
+
+    folder = f"{name}/{datetime.now(UTC):%Y%m%dT%H%M%S%f}/"
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches([batch for batch in batches if batch.num_rows])
+        if table.num_rows:
+            part = f"{folder}part-{TaskContext.get().partitionId():05d}.parquet"
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            files.write(part, buffer.getvalue())
+            yield pa.RecordBatch.from_pylist([{"part": part, "rows": table.num_rows}])
+
+    written = sorted(
+        (row.part, row.rows) for row in frame.mapInArrow(write, "part string, rows long").collect()
+    )
+    manifest = {
+        "parts": [part for part, _ in written],
+        "rows": sum(rows for _, rows in written),
+        "schema": frame.schema.json(),
+    }
+    files.write(f"{name}/{PARTS_FILE}", json.dumps(manifest).encode())
+    generation = folder.removeprefix(f"{name}/").rstrip("/")
+    for stale in {
+        file.name.removeprefix(f"{name}/").split("/")[0]
+        for file in files.list(f"{name}/")
+        if "/" in file.name.removeprefix(f"{name}/")
+    } - {generation}:
+        files.delete_folder(f"{name}/{stale}/")
+    files.delete(f"{name}.parquet")
+    return LakeTable(files, tuple(manifest["parts"]), manifest["rows"], manifest["schema"])
