@@ -107,11 +107,16 @@ def test_the_batch_flow_trains_and_scores_on_a_standalone_cluster_as_in_local_mo
         assert result.returncode == 0, mode + result.stdout[-2000:] + result.stderr[-2000:]
     assert apps == ["reco-dagster"]
     assert "Ranked 300 users' items on the spark executors" in runs["cluster"].stderr
-    # A remote master prepares on Spark too: the user-sorted history in parts of user ranges.
+    # A remote master prepares on Spark too (the large-data path whatever the size): the
+    # user-sorted history in parts of user ranges...
     manifests = {
         mode: json.loads((tmp_path / mode / "data" / BY_USER_MANIFEST).read_text()) for mode in runs
     }
     assert len(manifests["cluster"]["parts"]) > 1 and len(manifests["local"]["parts"]) == 1
+    # ... and the interactions and their splits, written by the executors in parts.
+    for table in ("interactions", "train_interactions", "test_interactions"):
+        assert (tmp_path / "cluster" / "data" / "lake" / table / "parts.json").exists(), table
+        assert (tmp_path / "local" / "data" / "lake" / f"{table}.parquet").exists(), table
 
     evaluations = {
         mode: pd.read_json(tmp_path / mode / "data" / "lake" / "als_evaluation.json", typ="series")
