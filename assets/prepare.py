@@ -123,7 +123,8 @@ def _without_forgotten_on_spark(events: Any, forgotten: Forgotten) -> tuple[Any,
         for batch in batches:
             yield batch.assign(forgotten=forgotten.mask(batch["user_id"].astype("string")))
 
-    flagged = events.mapInPandas(flag, schema)
+    # Counted, then built from: kept, so the history's parts are read once.
+    flagged = events.mapInPandas(flag, schema).persist()
     found = flagged.agg(F.count(F.lit(1)), F.count_if("forgotten")).first()
     counts = {"events": found[0] - found[1], "forgotten": found[1]}
     return flagged.filter(~F.col("forgotten")).drop("forgotten"), counts

@@ -401,7 +401,7 @@ class EventHistory(ConfigurableResource):
 
         parts = tuple(_parts(self._snapshot_manifest()))
         schema = from_arrow_schema(EVENT_SCHEMA).json()
-        return LakeTable(self.files, parts, 0, schema).to_spark(spark)
+        return LakeTable(self.files, parts, schema).to_spark(spark)
 
     def user_history(self, user_ids: Collection[str]) -> pd.DataFrame:
         """Every ingested event of these users: their row groups of the user-sorted history

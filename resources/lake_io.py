@@ -97,10 +97,7 @@ class LakeIOManager(ConfigurableIOManager):
             self.files.write(name + ".parquet", obj.to_parquet(index=False))
             forget_parts(self.files, name)
         elif _is_spark_frame(obj):
-            table = write_parts(self.files, name, obj)
-            context.add_output_metadata(
-                {"parts": len(table.parts), "dagster/row_count": table.rows}
-            )
+            context.add_output_metadata({"parts": len(write_parts(self.files, name, obj).parts)})
         elif isinstance(obj, TrainedAls | FactorModel):
             with self.files.folder_to_write(name + "/") as folder:
                 obj.save(folder)

@@ -22,11 +22,10 @@ PARTS_FILE = "parts.json"
 @dataclass(frozen=True)
 class LakeTable:
     """A table in the lake: `parts` (parquet files, in order) and its Spark schema (JSON) when
-    Spark wrote it, `rows` in all."""
+    Spark wrote it."""
 
     files: FileStore
     parts: tuple[str, ...]
-    rows: int
     spark_schema: str | None = None
 
     @property
@@ -43,7 +42,7 @@ class LakeTable:
         from pyspark.sql.types import StructType
 
         if self.spark_schema is None:
-            return spark.createDataFrame(self.to_pandas())
+            raise ValueError(f"{self.parts[0]} was written by the driver: read it with to_pandas")
         files = self.files
 
         def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -68,10 +67,9 @@ def read_table(files: FileStore, name: str) -> LakeTable | None:
     """The table the lake holds as `name` (without an extension), or None."""
     manifest = files.read_json(f"{name}/{PARTS_FILE}")
     if manifest is not None:
-        return LakeTable(files, tuple(manifest["parts"]), manifest["rows"], manifest["schema"])
+        return LakeTable(files, tuple(manifest["parts"]), manifest["schema"])
     if files.exists(f"{name}.parquet"):
-        rows = pq.ParquetFile(files.open(f"{name}.parquet")).metadata.num_rows
-        return LakeTable(files, (f"{name}.parquet",), rows)
+        return LakeTable(files, (f"{name}.parquet",))
     return None
 
 
@@ -90,16 +88,10 @@ def write_parts(files: FileStore, name: str, frame: Any) -> LakeTable:
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
             files.write(part, buffer.getvalue())
-            yield pa.RecordBatch.from_pylist([{"part": part, "rows": table.num_rows}])
+            yield pa.RecordBatch.from_pylist([{"part": part}])
 
-    written = sorted(
-        (row.part, row.rows) for row in frame.mapInArrow(write, "part string, rows long").collect()
-    )
-    manifest = {
-        "parts": [part for part, _ in written],
-        "rows": sum(rows for _, rows in written),
-        "schema": frame.schema.json(),
-    }
+    written = sorted(row.part for row in frame.mapInArrow(write, "part string").collect())
+    manifest = {"parts": written, "schema": frame.schema.json()}
     files.write(f"{name}/{PARTS_FILE}", json.dumps(manifest).encode())
     generation = folder.removeprefix(f"{name}/").rstrip("/")
     for stale in {
@@ -109,4 +101,4 @@ def write_parts(files: FileStore, name: str, frame: Any) -> LakeTable:
     } - {generation}:
         files.delete_folder(f"{name}/{stale}/")
     files.delete(f"{name}.parquet")
-    return LakeTable(files, tuple(manifest["parts"]), manifest["rows"], manifest["schema"])
+    return LakeTable(files, tuple(written), manifest["schema"])

@@ -30,7 +30,7 @@ from resources.event_history import (
     _row_groups_holding,
 )
 from resources.files import LocalFiles
-from resources.ingestion import EventWeights, ingest_landed_files
+from resources.ingestion import EventWeights, IngestReport, ingest_landed_files
 from resources.landing_zone import LandingZone
 from resources.settings import DataEngine, spark_config
 from resources.store import SqliteRecommendationStore
@@ -170,20 +170,19 @@ def ledger(zone: LandingZone) -> dict[str, dict]:
     }
 
 
+def ingest(zone: LandingZone, store, spark) -> IngestReport:
+    return ingest_landed_files(
+        zone, EventHistory(files=zone.files), store, ValidationRules(), lambda _: None, spark=spark
+    )
+
+
 def test_ingest_on_spark_gives_the_drivers_history_quarantine_and_ledger(spark, tmp_path):
     files = landing_files()
     runs = {}
     for engine in ("pandas", "spark"):
         zone = landed(tmp_path / engine, files)
         store = forgetting_store(tmp_path / f"{engine}.sqlite")
-        report = ingest_landed_files(
-            zone,
-            EventHistory(files=zone.files),
-            store,
-            ValidationRules(),
-            warn=lambda _: None,
-            spark=None if engine == "pandas" else spark,
-        )
+        report = ingest(zone, store, None if engine == "pandas" else spark)
         runs[engine] = (zone, store, report)
     (zone, store, report), (on_spark, spark_store, spark_report) = runs.values()
 
@@ -211,14 +210,7 @@ def test_ingest_on_spark_gives_the_drivers_history_quarantine_and_ledger(spark, 
     assert store.tombstones()[0].state == "pending"
 
     # Once more: every file is known by its content, nothing is ingested twice.
-    again = ingest_landed_files(
-        on_spark,
-        EventHistory(files=on_spark.files),
-        spark_store,
-        ValidationRules(),
-        warn=lambda _: None,
-        spark=spark,
-    )
+    again = ingest(on_spark, spark_store, spark)
     assert not again.ingested_files and not again.quarantined_files
     assert again.contents == report.contents
     assert ledger(on_spark) == ledger(zone)
