@@ -15,12 +15,19 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 
 from assets.ingest import raw_events
-from reco_dagster.domain.evaluation import evaluate, popularity_baseline
+from reco_dagster.domain.evaluation import (
+    MODEL,
+    evaluate,
+    evaluate_on_spark,
+    popularity_baseline,
+)
 from reco_dagster.domain.families import FAMILIES
 from reco_dagster.domain.online import served_hit_rate_in_chunks
 from reco_dagster.domain.spark_scoring import ranked_on
+from reco_dagster.domain.spark_tables import spark_popular_items
 from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
+from resources.lake_tables import LakeTable
 from resources.served_log import ServedListLog
 from resources.settings import BatchScoring, EvaluationProtocol
 from resources.store import RecommendationStore
@@ -44,21 +51,38 @@ def build_evaluation(family: str) -> AssetsDefinition:
         candidate: StoredModel,
         served: StoredModel,
         model_search: dict,
-        train_interactions: pd.DataFrame,
-        test_interactions: pd.DataFrame,
+        train_interactions: LakeTable,
+        test_interactions: LakeTable,
     ) -> Output[dict]:
         """The family's settings fitted on the training split, scored on the test split (each
         user folded in from their training history, as served lists are made); the result is
-        recorded for the served model version those settings produced."""
-        users = train_interactions["user_id"].nunique()
-        with candidate.scorer(
-            train_interactions, batch_scoring.spark_to_rank(users, pyspark)
-        ) as scorer:
-            metrics = evaluate(scorer, train_interactions, test_interactions)
-        searched = model_search[family]
+        recorded for the served model version those settings produced. On Spark's executors
+        when Spark wrote the split."""
         trending_days = model_search["cold_start"]["half_life_days"]
-        baseline = popularity_baseline(train_interactions, test_interactions)
-        trending = popularity_baseline(train_interactions, test_interactions, trending_days)
+        train, test = train_interactions.frame(pyspark), test_interactions.frame(pyspark)
+        if isinstance(train, pd.DataFrame):
+            users = train["user_id"].nunique()
+            with candidate.scorer(train, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
+                metrics = evaluate(scorer, train, test)
+            where = ranked_on(scorer)
+            baseline = popularity_baseline(train, test)
+            trending = popularity_baseline(train, test, trending_days)
+            evaluated_users = test["user_id"].nunique()
+        else:
+            items = train.select("item_id").distinct().count()
+            found = evaluate_on_spark(
+                candidate.item_side(),
+                train,
+                test,
+                {
+                    "popularity": spark_popular_items(train, items).toPandas(),
+                    "trending": spark_popular_items(train, items, trending_days).toPandas(),
+                },
+            )
+            metrics, baseline, trending = found[MODEL], found["popularity"], found["trending"]
+            where = "spark executors"
+            evaluated_users = test.select("user_id").distinct().count()
+        searched = model_search[family]
         lift = metrics["precision_at_10"] / max(baseline["precision_at_10"], 1e-12)
         context.log.info(", ".join(f"{name}={value:.4f}" for name, value in metrics.items()))
         card = served.card
@@ -81,12 +105,12 @@ def build_evaluation(family: str) -> AssetsDefinition:
             metadata={
                 "model_version": card.version,
                 "protocol": protocol.method,
-                "ranked_on": ranked_on(scorer),
+                "ranked_on": where,
                 **{name: MetadataValue.float(value) for name, value in metrics.items()},
                 **{f"popularity_{name}": MetadataValue.float(v) for name, v in baseline.items()},
                 **{f"trending_{name}": MetadataValue.float(v) for name, v in trending.items()},
                 "precision_lift_over_popularity": round(lift, 2),
-                "evaluated_users": test_interactions["user_id"].nunique(),
+                "evaluated_users": evaluated_users,
                 "rating_metrics": "computed" if "rmse" in metrics else "n/a: implicit feedback",
                 **({"skipped": skipped} if skipped else {}),
             },

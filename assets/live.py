@@ -3,6 +3,7 @@ quality gate, and the switch: the gate-passing family with the best validation n
 live (unless `serving.family` pins one)."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 from dagster import (
@@ -18,13 +19,14 @@ from dagster import (
 )
 from dagster_pyspark import LazyPySparkResource
 
-from reco_dagster.domain.evaluation import evaluate
+from reco_dagster.domain.evaluation import MODEL, evaluate, evaluate_on_spark
 from reco_dagster.domain.families import FAMILIES, fit_model, item_side
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.gate import choose_family, gate_failures, gate_floors
 from reco_dagster.domain.search import bar_chart
 from resources.event_history import EventHistory
 from resources.ingestion import EventWeights
+from resources.lake_tables import LakeTable
 from resources.landing_zone import LandingZone
 from resources.live_lists import fold_in_unlisted_files
 from resources.model_archive import ModelArchive
@@ -59,8 +61,8 @@ def live_model(
     ease: EaseSettings,
     als_evaluation: dict,
     ease_evaluation: dict,
-    train_interactions: pd.DataFrame,
-    test_interactions: pd.DataFrame,
+    train_interactions: LakeTable,
+    test_interactions: LakeTable,
 ) -> Iterator:
     """Scores the live model's family and settings (the champion) on this run's split beside
     the challengers, gates every family, and switches to the chosen version; then folds the
@@ -70,7 +72,12 @@ def live_model(
     candidates = {family: ev for family, ev in evaluations.items() if not ev["skipped"]}
     try:
         champion = champion_on_split(
-            pyspark, ease, store, candidates, train_interactions, test_interactions
+            pyspark,
+            ease,
+            store,
+            candidates,
+            train_interactions.frame(pyspark),
+            test_interactions.frame(pyspark),
         )
     except Exception as error:  # the comparison is advisory: never let it block a switch
         context.log.warning(f"The live model could not be refitted for comparison: {error!r}")
@@ -176,11 +183,12 @@ def champion_on_split(
     ease: EaseSettings,
     store: RecommendationStore,
     candidates: dict[str, dict],
-    train: pd.DataFrame,
-    test: pd.DataFrame,
+    train: Any,
+    test: Any,
 ) -> dict | None:
-    """The live version's family and settings scored on this run's split: reused from a
-    challenger with the same family and settings, else refitted on the training split."""
+    """The live version's family and settings scored on this run's split (pandas, or Spark
+    DataFrames scored on the executors): reused from a challenger with the same family and
+    settings, else refitted on the training split."""
     live = store.version(store.live_version() or "")
     if live is None or "family" not in live.info:
         return None
@@ -198,7 +206,10 @@ def champion_on_split(
     else:
         spark = pyspark.spark_session if family == "als" else None
         refit = item_side(fit_model(family, settings, train, spark, ease.max_items))
-        metrics = evaluate(fold_in(refit, train), train, test)
+        if isinstance(train, pd.DataFrame):
+            metrics = evaluate(fold_in(refit, train), train, test)
+        else:
+            metrics = evaluate_on_spark(refit, train, test, {})[MODEL]
     return {"version": live.version, "family": family, "settings": settings, "metrics": metrics}
 
 

@@ -19,12 +19,10 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 
 from reco_dagster.domain.catalog import catalog_entries, catalog_revision
-from reco_dagster.domain.explain import explain_lists
-from reco_dagster.domain.exposure import NEW_ITEMS, expose_new_items
+from reco_dagster.domain.exposure import NEW_ITEMS
 from reco_dagster.domain.exposure import new_items as find_new_items
 from reco_dagster.domain.families import FAMILIES
-from reco_dagster.domain.foldin import history_weights
-from reco_dagster.domain.interactions import history_events
+from reco_dagster.domain.interactions import item_users
 from reco_dagster.domain.lists import (
     NON_PERSONAL_DEPTH,
     SIMILAR_DEPTH,
@@ -32,10 +30,10 @@ from reco_dagster.domain.lists import (
     ranked_lists,
     titles_by_item,
 )
-from reco_dagster.domain.ranking import fill_short_lists
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
 from reco_dagster.domain.spark_tables import spark_popular_items
+from reco_dagster.domain.user_lists import published_lists, spark_published_lists
 from resources.deployment import new_item_exposure, published_depth
 from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
@@ -53,7 +51,7 @@ def popular_items(
     that run short (in the batch, and at request time when filters leave too few items):
     trending (the half-life chosen on validation) or all-time popular."""
     half_life_days = model_search["cold_start"]["half_life_days"]
-    table = _readable(interactions, pyspark)
+    table = interactions.frame(pyspark)
     popular = _most_popular(table, _non_personal_depth(), half_life_days)
     return Output(
         popular,
@@ -74,7 +72,7 @@ def non_personal_lists(
     time. One of them is the cold-start list."""
     half_life_days = model_search["cold_start"]["trending_half_life_days"]
     depth = _non_personal_depth()
-    table = _readable(interactions, pyspark)
+    table = interactions.frame(pyspark)
     lists = pd.concat(
         [
             _most_popular(table, depth, half_life_days).assign(list="trending"),
@@ -90,13 +88,6 @@ def non_personal_lists(
             "depth": depth,
         },
     )
-
-
-def _readable(interactions: LakeTable, pyspark: LazyPySparkResource) -> Any:
-    """The table as a pandas DataFrame, or a Spark one where Spark built it."""
-    if interactions.on_executors:
-        return interactions.to_spark(pyspark.spark_session)
-    return interactions.to_pandas()
 
 
 def _most_popular(table: Any, k: int, half_life_days: float = 0.0) -> pd.DataFrame:
@@ -145,14 +136,18 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         ins={"model": AssetIn(f"{family}_model")},
     )
     def new_items(
-        model: StoredModel, interactions: pd.DataFrame, item_catalog: pd.DataFrame
+        pyspark: LazyPySparkResource,
+        model: StoredModel,
+        interactions: LakeTable,
+        item_catalog: pd.DataFrame,
     ) -> Output[pd.DataFrame]:
         """The available catalogue items this version cannot rank yet (unknown to it, or with
         fewer than RECO_NEW_ITEM_MIN_INTERACTIONS users): what its exposure positions offer,
         in lists and in micro-batch refreshes alike (item_id, categories)."""
         _, least = new_item_exposure()
         available = item_catalog.loc[item_catalog["available"], "item_id"].astype(str)
-        fresh = find_new_items(available, model.item_side().item_ids, interactions, least)
+        users = item_users(interactions.frame(pyspark))
+        fresh = find_new_items(available, model.item_side().item_ids, users, least)
         table = item_catalog.set_index(item_catalog["item_id"].astype(str)).loc[fresh]
         table = table.reset_index(drop=True)[["item_id", "categories"]]
         return Output(
@@ -175,50 +170,41 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         pyspark: LazyPySparkResource,
         batch_scoring: BatchScoring,
         model: StoredModel,
-        interactions: pd.DataFrame,
+        interactions: LakeTable,
         popular_items: pd.DataFrame,
         new_items: pd.DataFrame,
-    ) -> Output[pd.DataFrame]:
+    ) -> Output:
         """Every known user's best unseen items, scored from all of their history (for many
-        users, on Spark's executors: see BatchScoring); a list that runs short goes on with
-        the cold-start list. `because` names the history items that explain each one
-        (`domain.explain`), `history_events` how many of the user's events it was ranked
-        from."""
+        users, on Spark's executors: see BatchScoring, and where Spark wrote the
+        interactions); a list that runs short goes on with the cold-start list. `because`
+        names the history items that explain each one (`domain.explain`), `history_events`
+        how many of the user's events it was ranked from."""
         started = time.perf_counter()
-        users = interactions["user_id"].nunique()
-        depth = published_depth()
-        with model.scorer(interactions, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
-            ranked = scorer.recommend(seen=interactions, k=depth)
-        ranked = fill_short_lists(ranked, popular_items, interactions, depth)
-        every, _ = new_item_exposure()
+        history = interactions.frame(pyspark)
         item_side = model.item_side()
-        ranked = expose_new_items(
-            ranked,
-            interactions,
-            history_weights(interactions, item_side.card.family, item_side.card.settings),
-            list(new_items["item_id"]),
-            dict(zip(new_items["item_id"], new_items["categories"], strict=True)),
-            every,
-            scorer.card.version,
-            depth,
-        )
-        explaining = time.perf_counter()
-        ranked["because"] = explain_lists(item_side, interactions, ranked)
-        explain_s = time.perf_counter() - explaining
-        version = scorer.card.version
+        making = {
+            "cold_start": popular_items,
+            "new_items": list(new_items["item_id"]),
+            "categories": dict(zip(new_items["item_id"], new_items["categories"], strict=True)),
+            "every": new_item_exposure()[0],
+            "depth": published_depth(),
+        }
+        if not isinstance(history, pd.DataFrame):
+            context.log.info("Ranking every user's items on the Spark executors")
+            ranked = spark_published_lists(item_side, history, **making)
+            return Output(ranked, metadata={"ranked_on": "spark executors"})
+        users = history["user_id"].nunique()
+        with model.scorer(history, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
+            ranked = published_lists(item_side, scorer, history, **making)
         context.log.info(f"Ranked {users} users' items on the {ranked_on(scorer)}")
         return Output(
-            ranked.assign(
-                model_version=version,
-                history_events=ranked["user_id"].map(history_events(interactions)),
-            ),
+            ranked,
             metadata={
                 "dagster/row_count": len(ranked),
                 "users": ranked["user_id"].nunique(),
-                "model_version": version,
+                "model_version": item_side.card.version,
                 "ranked_on": ranked_on(scorer),
                 "scoring_s": round(time.perf_counter() - started, 3),
-                "explain_s": round(explain_s, 3),
                 "new_item_positions": int(ranked["new_item"].sum()),
             },
         )

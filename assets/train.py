@@ -17,9 +17,12 @@ from pydantic import Field
 from reco_dagster.domain.als import TrainedAls
 from reco_dagster.domain.ease import CatalogueTooLargeError
 from reco_dagster.domain.evaluation import named, popularity_baseline
-from reco_dagster.domain.families import FAMILIES, fit_model, item_side
-from reco_dagster.domain.models import FactorModel, ModelCard
+from reco_dagster.domain.families import FAMILIES, card_of, fit_model, item_side
+from reco_dagster.domain.models import FactorModel
 from reco_dagster.domain.search import OBJECTIVE, Search, bar_chart, search_settings
+from reco_dagster.domain.spark_tables import spark_sample_users
+from reco_dagster.domain.splits import sample_users
+from resources.lake_tables import LakeTable
 from resources.settings import AlsSettings, EaseSettings, EvaluationProtocol, Serving
 
 TRENDING_GRID_DAYS = (0.0, 7.0, 30.0, 90.0)
@@ -39,6 +42,10 @@ class SearchConfig(Config):
     max_validation_users: int = 10_000
     """Validation users scored per trial (a seeded sample): bounds a trial's scoring cost on
     large data; MovieLens 100K's 943 users are all scored."""
+    max_search_users: int = 20_000
+    """Users whose training rows the search fits and validates on (a seeded sample, the same
+    in either engine): settings are chosen on the driver, whose memory this bounds however
+    large the training split; the chosen settings are then fitted on every user."""
 
 
 def configured_settings(family: str, als: AlsSettings, ease: EaseSettings) -> dict[str, Any]:
@@ -54,13 +61,14 @@ def model_search(
     ease: EaseSettings,
     protocol: EvaluationProtocol,
     serving: Serving,
-    train_interactions: pd.DataFrame,
+    train_interactions: LakeTable,
 ) -> Output[dict]:
     """Each family's settings (recency half-life included) and the cold-start list's
     half-life, chosen on a validation split carved out of the training split by the same
-    protocol as the test split (never the test split itself). The validation nDCG@10 also
-    decides which family goes live."""
-    folds = protocol.validation_folds(train_interactions)
+    protocol as the test split (never the test split itself), on at most
+    `max_search_users` users. The validation nDCG@10 also decides which family goes live."""
+    searched = _search_sample(train_interactions, config, pyspark)
+    folds = protocol.validation_folds(searched)
     chosen: dict[str, Any] = {}
     searches: list[Search] = []
     for family in FAMILIES:
@@ -100,6 +108,7 @@ def model_search(
         chosen,
         metadata={
             "protocol": protocol.method,
+            "search_users": searched["user_id"].nunique(),
             "validation_folds": len(folds),
             "validation_rows": len(folds[0][1]),
             **{f"{search.family}_trials": MetadataValue.md(search.table()) for search in searches},
@@ -114,6 +123,16 @@ def model_search(
             "trending_half_life_days": chosen["cold_start"]["trending_half_life_days"],
         },
     )
+
+
+def _search_sample(
+    train: LakeTable, config: SearchConfig, pyspark: LazyPySparkResource
+) -> pd.DataFrame:
+    if train.on_executors:
+        return spark_sample_users(
+            train.to_spark(pyspark.spark_session), config.max_search_users, config.seed
+        )
+    return sample_users(train.to_pandas(), config.max_search_users, config.seed)
 
 
 def _choose_trending(
@@ -146,14 +165,16 @@ def _fit(
     context: AssetExecutionContext,
     family: str,
     model_search: dict,
-    table: pd.DataFrame,
+    interactions: LakeTable,
     pyspark: LazyPySparkResource,
     ease: EaseSettings,
 ) -> Output[TrainedAls | FactorModel]:
-    """The family fitted with the searched settings. A family the search could not use (EASE
-    on too large a catalogue) yields a model with no items: it recommends nothing, and its
+    """The family fitted with the searched settings, on the driver or, for a table Spark
+    wrote, with its rows on the executors. A family the search could not use (EASE on too
+    large a catalogue) yields a model with no items: it recommends nothing, and its
     evaluation says why, so the run goes on with the others."""
     started = time.perf_counter()
+    table = interactions.frame(pyspark)
     candidate = model_search[family]
     skipped = candidate.get("skipped")
     if skipped is None:
@@ -164,7 +185,7 @@ def _fit(
             skipped = str(error)
     if skipped is not None:
         context.log.warning(f"{family} skipped: {skipped}")
-        card = ModelCard.describe(family, {"skipped": skipped}, table)
+        card = card_of(family, {"skipped": skipped}, table)
         no_items = np.empty(0, dtype=object)
         empty = FactorModel.item_side_of(card, no_items, np.empty((0, 0), np.float32))
         return Output(empty, metadata={"skipped": skipped})
@@ -174,7 +195,8 @@ def _fit(
             "model_version": model.card.version,
             "data_fingerprint": model.card.data_fingerprint,
             "fit_s": round(time.perf_counter() - started, 2),
-            "interactions": len(table),
+            "interactions": model.card.training_rows,
+            "engine": "spark" if interactions.on_executors else "pandas",
             **({"spark_master": pyspark.spark_context.master} if family == "als" else {}),
             **_settings_metadata(model.card.settings, family),
         },
@@ -190,7 +212,7 @@ def build_training(family: str) -> list:
         pyspark: LazyPySparkResource,
         ease: EaseSettings,
         model_search: dict,
-        train_interactions: pd.DataFrame,
+        train_interactions: LakeTable,
     ) -> Output:
         """The family fitted on the training split only; its evaluation scores it on the test
         split."""
@@ -202,7 +224,7 @@ def build_training(family: str) -> list:
         pyspark: LazyPySparkResource,
         ease: EaseSettings,
         model_search: dict,
-        interactions: pd.DataFrame,
+        interactions: LakeTable,
     ) -> Output:
         """The family fitted on every interaction: the model whose lists are served."""
         return _fit(context, family, model_search, interactions, pyspark, ease)

@@ -97,7 +97,8 @@ class LakeIOManager(ConfigurableIOManager):
             self.files.write(name + ".parquet", obj.to_parquet(index=False))
             forget_parts(self.files, name)
         elif _is_spark_frame(obj):
-            context.add_output_metadata({"parts": len(write_parts(self.files, name, obj).parts)})
+            table, rows = write_parts(self.files, name, obj)
+            context.add_output_metadata({"parts": len(table.parts), "rows_written": rows})
         elif isinstance(obj, TrainedAls | FactorModel):
             with self.files.folder_to_write(name + "/") as folder:
                 obj.save(folder)

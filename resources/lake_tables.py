@@ -33,6 +33,11 @@ class LakeTable:
         """Whether Spark wrote it: what reads it then stays on Spark."""
         return self.spark_schema is not None
 
+    def frame(self, pyspark: Any) -> Any:
+        """The table where its engine works with it: a Spark DataFrame if Spark wrote it
+        (`pyspark` a LazyPySparkResource: its session starts only then), else pandas."""
+        return self.to_spark(pyspark.spark_session) if self.on_executors else self.to_pandas()
+
     def to_pandas(self) -> pd.DataFrame:
         tables = [pq.read_table(io.BytesIO(self.files.read(part))) for part in self.parts]
         return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
@@ -73,10 +78,10 @@ def read_table(files: FileStore, name: str) -> LakeTable | None:
     return None
 
 
-def write_parts(files: FileStore, name: str, frame: Any) -> LakeTable:
+def write_parts(files: FileStore, name: str, frame: Any) -> tuple[LakeTable, int]:
     """A Spark DataFrame written as `name`: each partition by its executor as one part of a
     new folder, then the manifest naming them (what readers go by), then the older folders
-    and a single-file copy deleted."""
+    and a single-file copy deleted. Returns the table and its number of rows."""
     from pyspark import TaskContext
 
     folder = f"{name}/{datetime.now(UTC):%Y%m%dT%H%M%S%f}/"
@@ -88,9 +93,10 @@ def write_parts(files: FileStore, name: str, frame: Any) -> LakeTable:
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
             files.write(part, buffer.getvalue())
-            yield pa.RecordBatch.from_pylist([{"part": part}])
+            yield pa.RecordBatch.from_pylist([{"part": part, "rows": table.num_rows}])
 
-    written = sorted(row.part for row in frame.mapInArrow(write, "part string").collect())
+    found = frame.mapInArrow(write, "part string, rows long").collect()
+    written = sorted(row.part for row in found)
     manifest = {"parts": written, "schema": frame.schema.json()}
     files.write(f"{name}/{PARTS_FILE}", json.dumps(manifest).encode())
     generation = folder.removeprefix(f"{name}/").rstrip("/")
@@ -101,4 +107,4 @@ def write_parts(files: FileStore, name: str, frame: Any) -> LakeTable:
     } - {generation}:
         files.delete_folder(f"{name}/{stale}/")
     files.delete(f"{name}.parquet")
-    return LakeTable(files, tuple(written), manifest["schema"])
+    return LakeTable(files, tuple(written), manifest["schema"]), sum(row.rows for row in found)

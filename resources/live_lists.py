@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from reco_dagster.domain.explain import explain_lists
-from reco_dagster.domain.exposure import NEW_ITEMS, expose_new_items
-from reco_dagster.domain.foldin import fold_in, history_weights
+from reco_dagster.domain.exposure import NEW_ITEMS
+from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions, history_events
 from reco_dagster.domain.lists import ranked_lists, titles_by_item
 from reco_dagster.domain.models import FactorModel
-from reco_dagster.domain.ranking import fill_short_lists
+from reco_dagster.domain.user_lists import personal_users, users_lists
 from resources.deployment import new_item_exposure, published_depth
 from resources.event_history import EventHistory
 from resources.landing_zone import LandingZone
@@ -174,30 +173,21 @@ def _rerank(
     give new items their positions and name each item's reasons, exactly as the batch job
     ranks a user with that history."""
     refolded = fold_in(model, history)
-    # A user is personal with at least one item the model knows (an ALS popularity prior
-    # makes every vector non-zero, so the vector cannot tell).
-    known_by_user = history["item_id"].isin(model.item_ids).groupby(history["user_id"]).any()
-    personal = known_by_user.reindex(refolded.user_ids, fill_value=False).to_numpy()
-    depth = published_depth()
-    ranked = refolded.recommend(seen=history, k=depth)
-    ranked = ranked[ranked["user_id"].isin(refolded.user_ids[personal])]
-    ranked = fill_short_lists(ranked, cold_start, history, depth)
-    card = model.card
-    ranked = expose_new_items(
-        ranked,
+    personal = personal_users(model, history)
+    ranked = users_lists(
+        model,
+        refolded,
         history,
-        history_weights(history, card.family, card.settings),
+        cold_start,
         new_items,
         categories,
         new_item_exposure()[0],
-        card.version,
-        depth,
+        published_depth(),
     )
-    ranked["because"] = explain_lists(model, history, ranked)
     known_items = new_events["item_id"].isin(model.item_ids)
     return ranked, {
-        "users_refreshed": int(personal.sum()),
-        "users_without_known_items": int((~personal).sum()),
+        "users_refreshed": len(personal),
+        "users_without_known_items": len(refolded.user_ids) - len(personal),
         "events_applied": int(known_items.sum()),
         "unknown_item_events": int((~known_items).sum()),
     }

@@ -4,9 +4,10 @@ import pytest
 
 from reco_dagster.domain.als import rating_confidence
 from reco_dagster.domain.ease import ease_weights
+from reco_dagster.domain.evaluation import metrics_of
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.lists import ranked_lists
-from reco_dagster.domain.metrics import mae, ranking_metrics, rmse
+from reco_dagster.domain.metrics import ranking_metrics
 from reco_dagster.domain.models import data_fingerprint
 from reco_dagster.domain.ranking import fill_short_lists, popular_items, recommend, top_k_items
 from reco_dagster.domain.splits import chronological_split, stratified_random_split
@@ -120,9 +121,14 @@ def test_ranking_metrics_match_hand_computed_values():
     assert metrics["map_at_k"] == pytest.approx(((1 / 1 + 2 / 3) / 2) / 2)
 
 
-def test_rating_errors():
-    assert rmse(np.array([1.0, 3.0]), np.array([2.0, 5.0])) == pytest.approx(np.sqrt(2.5))
-    assert mae(np.array([1.0, 3.0]), np.array([2.0, 5.0])) == pytest.approx(1.5)
+def test_rating_errors_from_totals():
+    # Errors 1 and 2 (ratings 1 and 3 predicted as 2 and 5).
+    totals = {"users": 0.0, "squared_error": 5.0, "absolute_error": 3.0, "rated": 2.0}
+    metrics = metrics_of(
+        {**totals, "precision_at_k": 0.0, "recall_at_k": 0.0} | {"ndcg_at_k": 0.0, "map_at_k": 0.0}
+    )
+    assert metrics["rmse"] == pytest.approx(np.sqrt(2.5))
+    assert metrics["mae"] == pytest.approx(1.5)
 
 
 def test_top_k_never_returns_seen_items_and_orders_by_score():

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from reco_dagster.domain.exposure import new_item_affinity, new_items, with_new_items
+from reco_dagster.domain.interactions import item_users
 from reco_dagster.domain.online import served_hit_rate
 from tests.conftest import running_api
 from tests.test_explain import ease_world, micro_batch_of
@@ -25,9 +26,7 @@ def test_new_items_are_unknown_to_the_model_or_rarely_seen():
     interactions = pd.DataFrame(
         {"user_id": ["a", "b", "a", "b", "c"], "item_id": ["x", "x", "y", "y", "y"]}
     )
-    found = new_items(
-        ["x", "y", "z"], model_items=["x", "y"], interactions=interactions, min_interactions=3
-    )
+    found = new_items(["x", "y", "z"], ["x", "y"], item_users(interactions), min_interactions=3)
     assert found == ["x", "z"]
 
 

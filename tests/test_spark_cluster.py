@@ -17,6 +17,8 @@ import pytest
 
 from reco_dagster.domain.synthetic import synthetic_events
 from resources.event_history import BY_USER_MANIFEST
+from resources.files import LocalFiles
+from resources.lake_tables import read_table
 from tests.conftest import run_batch_retrain
 from tests.servers import free_port, stop_process_group
 
@@ -81,7 +83,7 @@ def _application_names(ui_url: str) -> list[str]:
 
 
 def _top10(data_dir: Path) -> pd.Series:
-    ranked = pd.read_parquet(data_dir / "lake" / "als_recommendations.parquet")
+    ranked = read_table(LocalFiles(root=str(data_dir)), "lake/als_recommendations").to_pandas()
     top = ranked[ranked["rank"] <= 10]
     return top.groupby("user_id")["item_id"].apply(frozenset)
 
@@ -106,15 +108,15 @@ def test_the_batch_flow_trains_and_scores_on_a_standalone_cluster_as_in_local_mo
     for mode, result in runs.items():
         assert result.returncode == 0, mode + result.stdout[-2000:] + result.stderr[-2000:]
     assert apps == ["reco-dagster"]
-    assert "Ranked 300 users' items on the spark executors" in runs["cluster"].stderr
-    # A remote master prepares on Spark too (the large-data path whatever the size): the
-    # user-sorted history in parts of user ranges...
+    assert "Ranking every user's items on the Spark executors" in runs["cluster"].stderr
+    # A remote master takes the large-data path whatever the size: the user-sorted history
+    # in parts of user ranges...
     manifests = {
         mode: json.loads((tmp_path / mode / "data" / BY_USER_MANIFEST).read_text()) for mode in runs
     }
     assert len(manifests["cluster"]["parts"]) > 1 and len(manifests["local"]["parts"]) == 1
-    # ... and the interactions and their splits, written by the executors in parts.
-    for table in ("interactions", "train_interactions", "test_interactions"):
+    # ... and the interactions, their splits and the lists, written by the executors in parts.
+    for table in ("interactions", "train_interactions", "test_interactions", "als_recommendations"):
         assert (tmp_path / "cluster" / "data" / "lake" / table / "parts.json").exists(), table
         assert (tmp_path / "local" / "data" / "lake" / f"{table}.parquet").exists(), table
 
@@ -126,6 +128,17 @@ def test_the_batch_flow_trains_and_scores_on_a_standalone_cluster_as_in_local_mo
     for metric in ("precision_at_10", "ndcg_at_10", "map_at_10"):
         local, cluster = (evaluations[mode]["metrics"][metric] for mode in ("local", "cluster"))
         assert cluster == pytest.approx(local, abs=0.02), metric
+    # EASE is fitted and scored alike on either engine: the same version, the same metrics
+    # (ALS's factors depend on how Spark partitions the data).
+    ease = {
+        mode: pd.read_json(tmp_path / mode / "data" / "lake" / "ease_evaluation.json", typ="series")
+        for mode in runs
+    }
+    assert ease["cluster"]["model_version"] == ease["local"]["model_version"]
+    assert ease["cluster"]["metrics"] == pytest.approx(ease["local"]["metrics"], rel=1e-9)
+    assert ease["cluster"]["popularity_baseline"] == pytest.approx(
+        ease["local"]["popularity_baseline"], rel=1e-9
+    )
     local_top, cluster_top = (
         _top10(tmp_path / "local" / "data"),
         _top10(tmp_path / "cluster" / "data"),

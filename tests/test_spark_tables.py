@@ -1,7 +1,8 @@
-"""The preparation stage gives the same tables on Spark as in pandas (issue #18): the same
-interactions, the same three splits, the same cold-start lists, on a real local Spark
-session, for generated data and hand-made corner cases (ties in time, unrated and typed
-events, exact duplicates, one-event users, unicode ids)."""
+"""The batch flow gives the same on Spark as in pandas (issue #18): the same interactions,
+the same three splits, the same cold-start lists, fingerprints, search samples, fitted
+models, metrics and published lists, on a real local Spark session, for generated data and
+hand-made corner cases (ties in time, unrated and typed events, exact duplicates, one-event
+users, unicode ids)."""
 
 import numpy as np
 import pandas as pd
@@ -11,16 +12,29 @@ from dagster_pyspark import LazyPySparkResource
 
 from assets.ingest import raw_events
 from assets.prepare import history_by_user, interactions, train_test_split
+from reco_dagster.domain.ease import CatalogueTooLargeError
+from reco_dagster.domain.evaluation import (
+    MODEL,
+    evaluate,
+    evaluate_on_spark,
+    popularity_baseline,
+)
+from reco_dagster.domain.families import fit_model, item_side
+from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import INTERACTION_COLUMNS, build_interactions
+from reco_dagster.domain.models import data_fingerprint
 from reco_dagster.domain.ranking import popular_items
 from reco_dagster.domain.spark_tables import (
     exact_lower_quantile,
+    spark_data_fingerprint,
     spark_interactions,
     spark_popular_items,
+    spark_sample_users,
     spark_split,
 )
-from reco_dagster.domain.splits import SPLIT_METHODS, split_interactions
+from reco_dagster.domain.splits import SPLIT_METHODS, sample_users, split_interactions
 from reco_dagster.domain.synthetic import synthetic_event_log
+from reco_dagster.domain.user_lists import published_lists, spark_published_lists
 from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.ingestion import EventWeights
@@ -142,3 +156,101 @@ def test_the_prepare_assets_give_the_same_lake_tables_on_either_engine(tmp_path,
             rows(expected, list(INTERACTION_COLUMNS)),
             check_dtype=False,
         )
+
+
+@pytest.fixture(scope="module")
+def both_engines(spark, events):
+    """The interactions and the default split of `events`, built by each engine."""
+    table, _ = build_interactions(events, WEIGHTS)
+    spark_table, _ = spark_interactions(on_spark(spark, events), WEIGHTS)
+    spark_table = spark_table.persist()
+    return {
+        "pandas": (table, *split_interactions(table, "chronological")),
+        "spark": (spark_table, *spark_split(spark_table, "chronological")),
+    }
+
+
+EASE_SETTINGS = {"l2": 50.0, "rating_weighted": True, "item_normalization": 0.25}
+ALS_SETTINGS = {
+    "rank": 8,
+    "max_iter": 4,
+    "reg_param": 0.1,
+    "alpha": 10.0,
+    "implicit_prefs": True,
+    "confidence": "rating",
+    "popularity_prior": 0.5,
+    "seed": 0,
+}
+
+
+def test_a_tables_fingerprint_is_the_same_on_spark(both_engines):
+    for pandas_table, spark_table in zip(*both_engines.values(), strict=True):
+        assert spark_data_fingerprint(spark_table) == data_fingerprint(pandas_table)
+
+
+def test_the_search_samples_the_same_users_on_spark(both_engines):
+    train, spark_train = both_engines["pandas"][1], both_engines["spark"][1]
+    sample = sample_users(train, 40, seed=3)
+    assert sample["user_id"].nunique() == 40
+    pd.testing.assert_frame_equal(
+        rows(spark_sample_users(spark_train, 40, seed=3), list(INTERACTION_COLUMNS)),
+        rows(sample, list(INTERACTION_COLUMNS)),
+        check_dtype=False,
+    )
+
+
+def test_models_fitted_on_spark_tables_are_the_models_fitted_on_pandas(spark, both_engines):
+    train, spark_train = both_engines["pandas"][1], both_engines["spark"][1]
+    ease, spark_ease = (fit_model("ease", EASE_SETTINGS, table) for table in (train, spark_train))
+    assert spark_ease.card == ease.card
+    assert list(spark_ease.item_ids) == list(ease.item_ids)
+    np.testing.assert_allclose(spark_ease.item_factors, ease.item_factors, atol=1e-6)
+    with pytest.raises(CatalogueTooLargeError):
+        fit_model("ease", EASE_SETTINGS, spark_train, max_items=10)
+    als, spark_als = (
+        fit_model("als", ALS_SETTINGS, table, spark) for table in (train, spark_train)
+    )
+    assert spark_als.card == als.card
+    for ids in ("user_ids", "item_ids", "item_users"):
+        assert list(getattr(spark_als, ids)) == list(getattr(als, ids)), ids
+
+
+def test_evaluation_on_spark_gives_the_drivers_metrics(spark, both_engines):
+    _, train, test = both_engines["pandas"]
+    _, spark_train, spark_test = both_engines["spark"]
+    model = fit_model("ease", EASE_SETTINGS, train)
+    trending = popular_items(train, train["item_id"].nunique(), 7.0)
+    found = evaluate_on_spark(model, spark_train, spark_test, {"trending": trending})
+    expected = evaluate(fold_in(model, train), train, test)
+    assert expected["ndcg_at_10"] > 0
+    assert found[MODEL] == pytest.approx(expected, rel=1e-9)
+    assert found["trending"] == pytest.approx(popularity_baseline(train, test, 7.0), rel=1e-9)
+    explicit = fit_model("als", {**ALS_SETTINGS, "implicit_prefs": False}, train, spark)
+    side = item_side(explicit)
+    expected = evaluate(fold_in(side, train), train, test)
+    assert {"rmse", "mae"} <= expected.keys()
+    assert evaluate_on_spark(side, spark_train, spark_test, {})[MODEL] == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def test_lists_made_on_spark_are_the_lists_made_on_the_driver(both_engines):
+    table, spark_table = both_engines["pandas"][0], both_engines["spark"][0]
+    model = fit_model("ease", EASE_SETTINGS, table)
+    new = ["new-1", "new-2", "new-3"]
+    making = {
+        "cold_start": popular_items(table, 60),
+        "new_items": new,
+        "categories": {"new-1": ["a"], "new-2": ["b"]},
+        "every": 5,
+        "depth": 40,
+    }
+    expected = published_lists(model, fold_in(model, table), table, **making)
+    got = spark_published_lists(model, spark_table, **making).toPandas()
+    order = ["user_id", "rank"]
+    expected = expected.sort_values(order, ignore_index=True)
+    got = got.sort_values(order, ignore_index=True)[list(expected.columns)]
+    assert got["new_item"].any() and got["because"].map(len).gt(0).any()
+    got["because"] = got["because"].map(list)
+    expected["because"] = expected["because"].map(list)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)

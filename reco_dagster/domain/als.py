@@ -147,7 +147,7 @@ def rating_confidence(rows: pd.DataFrame) -> np.ndarray:
 
 def fit_als(
     spark: Any,
-    interactions: pd.DataFrame,
+    interactions: Any,
     card: ModelCard,
     *,
     rank: int,
@@ -160,7 +160,8 @@ def fit_als(
     seed: int,
     **scoring: float,
 ) -> TrainedAls:
-    """Fit Spark ML ALS on (user_idx, item_idx). Implicit feedback weighs each interaction by
+    """Fit Spark ML ALS on (user_idx, item_idx) of `interactions`, a pandas DataFrame or a
+    Spark one (which stays on the executors). Implicit feedback weighs each interaction by
     `confidence` (binary: all alike; rating: ratings and event types, see
     rating_confidence), scaled by alpha;
     explicit feedback fits the ratings themselves. `popularity_prior` is applied when the
@@ -168,30 +169,14 @@ def fit_als(
     folded in."""
     from pyspark.ml.recommendation import ALS
 
-    if implicit_prefs:
-        rows = interactions
-        preference = (
-            rating_confidence(rows)
-            if confidence == "rating"
-            else np.ones(len(rows), dtype=np.float32)
+    if isinstance(interactions, pd.DataFrame):
+        training, user_ids, item_ids, item_users = _training_from_pandas(
+            spark, interactions, implicit_prefs, confidence
         )
     else:
-        rows = interactions[interactions["rating"].notna()]
-        preference = rows["rating"].to_numpy(dtype=np.float32)
-    if rows.empty:
-        raise ValueError(
-            "no interactions to train on"
-            + ("" if implicit_prefs else " (explicit feedback needs rated events)")
+        training, user_ids, item_ids, item_users = _training_on_spark(
+            interactions, implicit_prefs, confidence
         )
-    training = spark.createDataFrame(
-        pd.DataFrame(
-            {
-                "user": rows["user_idx"].to_numpy(dtype=np.int32),
-                "item": rows["item_idx"].to_numpy(dtype=np.int32),
-                "preference": preference,
-            }
-        )
-    )
     estimator = ALS(
         rank=rank,
         maxIter=max_iter,
@@ -204,12 +189,81 @@ def fit_als(
         ratingCol="preference",
         coldStartStrategy="drop",
     )
-    item_ids = ids_by_index(interactions, "item")
-    item_users = np.bincount(interactions["item_idx"].to_numpy(), minlength=len(item_ids))
     return TrainedAls(
         card=card,
         spark_model=estimator.fit(training),
-        user_ids=ids_by_index(interactions, "user"),
+        user_ids=user_ids,
         item_ids=item_ids,
         item_users=item_users,
     )
+
+
+def preference(rows: pd.DataFrame, implicit_prefs: bool, confidence: Confidence) -> np.ndarray:
+    """What ALS fits for each row: a confidence (implicit) or the rating (explicit: rated
+    rows only)."""
+    if not implicit_prefs:
+        return rows["rating"].to_numpy(dtype=np.float32)
+    if confidence == "rating":
+        return rating_confidence(rows)
+    return np.ones(len(rows), dtype=np.float32)
+
+
+def _no_rows_error(implicit_prefs: bool) -> ValueError:
+    return ValueError(
+        "no interactions to train on"
+        + ("" if implicit_prefs else " (explicit feedback needs rated events)")
+    )
+
+
+def _training_from_pandas(
+    spark: Any, interactions: pd.DataFrame, implicit_prefs: bool, confidence: Confidence
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """ALS's (user, item, preference) rows as a Spark DataFrame, the ids of the indices and
+    each item's training users."""
+    rows = interactions if implicit_prefs else interactions[interactions["rating"].notna()]
+    if rows.empty:
+        raise _no_rows_error(implicit_prefs)
+    training = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "user": rows["user_idx"].to_numpy(dtype=np.int32),
+                "item": rows["item_idx"].to_numpy(dtype=np.int32),
+                "preference": preference(rows, implicit_prefs, confidence),
+            }
+        )
+    )
+    item_ids = ids_by_index(interactions, "item")
+    item_users = np.bincount(interactions["item_idx"].to_numpy(), minlength=len(item_ids))
+    return training, ids_by_index(interactions, "user"), item_ids, item_users
+
+
+def _training_on_spark(
+    interactions: Any, implicit_prefs: bool, confidence: Confidence
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """`_training_from_pandas` of a Spark DataFrame: the rows stay on the executors, the
+    driver collects only ids and per-item counts."""
+    from pyspark.sql import functions as F
+
+    rows = interactions
+    if not implicit_prefs:
+        rows = rows.filter(F.col("rating").isNotNull() & ~F.isnan("rating"))
+    if rows.isEmpty():
+        raise _no_rows_error(implicit_prefs)
+
+    @F.pandas_udf("float")
+    def preference_of(rating: pd.Series, weight: pd.Series) -> pd.Series:
+        rows = pd.DataFrame({"rating": rating, "weight": weight})
+        return pd.Series(preference(rows, implicit_prefs, confidence))
+
+    training = rows.select(
+        F.col("user_idx").cast("int").alias("user"),
+        F.col("item_idx").cast("int").alias("item"),
+        preference_of("rating", "weight").alias("preference"),
+    )
+    items = interactions.groupBy("item_idx", "item_id").agg(F.count(F.lit(1)).alias("users"))
+    items = items.toPandas()
+    item_ids = ids_by_index(items, "item")
+    item_users = np.zeros(len(item_ids), dtype=np.int64)
+    item_users[items["item_idx"].to_numpy()] = items["users"].to_numpy()
+    users = interactions.select("user_idx", "user_id").distinct().toPandas()
+    return training, ids_by_index(users, "user"), item_ids, item_users

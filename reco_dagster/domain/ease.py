@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from reco_dagster.domain.interactions import strength
-from reco_dagster.domain.models import FactorModel, ModelCard, ids_by_index
+from reco_dagster.domain.models import FactorModel, ModelCard
+from reco_dagster.domain.spark_tables import UserBatches, map_user_batches
 
 
 class CatalogueTooLargeError(ValueError):
@@ -14,7 +18,7 @@ class CatalogueTooLargeError(ValueError):
 
 
 def fit_ease(
-    interactions: pd.DataFrame,
+    interactions: Any,
     card: ModelCard,
     *,
     l2: float,
@@ -37,12 +41,17 @@ def fit_ease(
     Fitting inverts an items x items matrix: O(items³) time and items² memory, so a catalogue
     over `max_items` is refused rather than left to run for hours or exhaust memory.
 
+    `interactions` is a pandas DataFrame, or a Spark one whose rows stay on the executors.
+
     The model keeps only its item side: users are scored by fold-in (a user's vector is
     their weighted row of X, with the `scoring` settings' recency decay), so the batch job
     and the micro-batch score a history alike.
     """
-    users, rows = np.unique(interactions["user_idx"].to_numpy(), return_inverse=True)
-    items, cols = np.unique(interactions["item_idx"].to_numpy(), return_inverse=True)
+    if isinstance(interactions, pd.DataFrame):
+        items = interactions[["item_idx", "item_id"]]
+    else:
+        items = interactions.select("item_idx", "item_id").distinct().toPandas()
+    items = items.drop_duplicates("item_idx").sort_values("item_idx")
     n_items = len(items)
     if n_items > max_items:
         raise CatalogueTooLargeError(
@@ -50,12 +59,17 @@ def fit_ease(
             f"(O(items³)); this catalogue is over max_items={max_items:,}. "
             "Use ALS, or raise max_items if the machine can take it."
         )
-    user_rows = np.zeros((len(users), n_items), dtype=np.float32)
-    user_rows[rows, cols] = ease_weights(interactions, rating_scale) if rating_weighted else 1.0
-    column_norms = np.maximum(np.einsum("ij,ij->j", user_rows, user_rows), 1e-12)
-    damping = (column_norms**-item_normalization).astype(np.float32)
-    damped = user_rows * damping
-    gram = (damped.T @ damped).astype(np.float64)
+    column_of_item = np.full(items["item_idx"].max() + 1, -1, dtype=np.int64)
+    column_of_item[items["item_idx"].to_numpy()] = np.arange(n_items)
+    scale = rating_scale if rating_weighted else None
+    if isinstance(interactions, pd.DataFrame):
+        co_occurrence = users_gram(interactions, column_of_item, scale)
+    else:
+        co_occurrence = _gram_on_spark(interactions, column_of_item, scale)
+    # The damping from each item's squared column norm, the Gram matrix's diagonal.
+    column_norms = np.maximum(np.diag(co_occurrence), 1e-12)
+    damping = column_norms**-item_normalization
+    gram = co_occurrence * damping[:, None] * damping[None, :]
     gram[np.diag_indices(n_items)] += l2
     precision = np.linalg.inv(gram)
     weights = -precision / np.diag(precision)
@@ -64,10 +78,50 @@ def fit_ease(
     # (what fold-in builds from a history).
     weights *= damping[:, None]
     return FactorModel.item_side_of(
-        card,
-        ids_by_index(interactions, "item")[items],
-        np.ascontiguousarray(weights.T, dtype=np.float32),
+        card, items["item_id"].to_numpy(dtype=object), np.ascontiguousarray(weights.T, np.float32)
     )
+
+
+GRAM_USERS = 4_096
+"""Users whose rows of X are made dense at a time: bounds the memory a Gram matrix costs
+beyond its own items²."""
+
+
+def users_gram(rows: pd.DataFrame, column_of_item: np.ndarray, scale: float | None) -> np.ndarray:
+    """XᵀX over the users of `rows` (each with all of their rows), X weighted by
+    `ease_weights` with a rating scale, else 1 per interaction; float64."""
+    n_items = int(column_of_item.max()) + 1
+    users = pd.factorize(rows["user_idx"])[0]
+    columns = column_of_item[rows["item_idx"].to_numpy()]
+    values = ease_weights(rows, scale) if scale else np.ones(len(rows), dtype=np.float32)
+    n_users = users.max(initial=-1) + 1
+    gram = np.zeros((n_items, n_items))
+    for first in range(0, n_users, GRAM_USERS):
+        chunk = (users >= first) & (users < first + GRAM_USERS)
+        dense = np.zeros((min(GRAM_USERS, n_users - first), n_items), dtype=np.float32)
+        dense[users[chunk] - first, columns[chunk]] = values[chunk]
+        gram += dense.T @ dense
+    return gram
+
+
+def _gram_on_spark(table: Any, column_of_item: np.ndarray, scale: float | None) -> np.ndarray:
+    """`users_gram` of a Spark DataFrame: each executor sums its users' Gram matrices, and
+    the driver adds up one per partition (items² each, whatever the number of events)."""
+
+    def partial_grams(batches: UserBatches) -> Iterator[pd.DataFrame]:
+        total = sum((users_gram(batch["rows"], column_of_item, scale) for batch in batches), 0.0)
+        if isinstance(total, np.ndarray):
+            yield pd.DataFrame({"gram": [total.tobytes()]})
+
+    spark = table.sparkSession
+    partitions = spark.sparkContext.defaultParallelism
+    columns = table.select("user_id", "user_idx", "item_idx", "rating", "weight")
+    grams = map_user_batches({"rows": columns}, partial_grams, "gram binary", partitions)
+    n_items = int(column_of_item.max()) + 1
+    gram = np.zeros((n_items, n_items))
+    for part in grams.toLocalIterator():
+        gram += np.frombuffer(part.gram).reshape(n_items, n_items)
+    return gram
 
 
 def rating_scale(ratings: pd.Series) -> float:

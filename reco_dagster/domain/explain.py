@@ -52,6 +52,8 @@ def explain_lists(
         scored = rows[ranked_columns[rows] >= 0]
         if mine is None or not len(scored):
             continue
+        # In item order: ties between reasons fall the same way whatever the history's order.
+        mine = mine[np.argsort(history_columns[mine], kind="stable")]
         items, item_weights = history_columns[mine], weights[mine]
         targets = ranked_columns[scored]
         if latent is None:

@@ -35,15 +35,16 @@ different users: far below any difference in affinity between two category sets.
 def new_items(
     catalog_items: Collection[str],
     model_items: Collection[str],
-    interactions: pd.DataFrame,
+    item_users: pd.Series,
     min_interactions: int = MIN_INTERACTIONS,
 ) -> list[str]:
     """Catalogue items the model does not know, or that fewer than `min_interactions`
-    distinct users have interacted with."""
-    users = interactions.groupby("item_id")["user_id"].nunique()
+    distinct users have interacted with (`item_users`: that count by item id)."""
     known = set(model_items)
     return sorted(
-        item for item in catalog_items if item not in known or users.get(item, 0) < min_interactions
+        item
+        for item in catalog_items
+        if item not in known or item_users.get(item, 0) < min_interactions
     )
 
 
@@ -81,10 +82,11 @@ def new_item_affinity(
     sizes = candidate_matrix.sum(axis=1, keepdims=True)
     candidate_matrix /= np.where(sizes > 0, sizes, 1.0)
     # A few noise dimensions: users' noise vectors point different ways, so equal affinities
-    # are ordered differently per user, and the same way while the version serves.
+    # are ordered differently per user, and the same way while the version serves, whatever
+    # other users are ranked beside them (the batch job's, a micro-batch's).
     rng = np.random.default_rng(_seed(version))
     noise = 4
-    user_side = np.hstack([profiles, TIE_BREAK * rng.standard_normal((len(users), noise))])
+    user_side = np.hstack([profiles, TIE_BREAK * _user_noise(users, version, noise)])
     item_side = np.hstack([candidate_matrix, rng.standard_normal((len(candidates), noise))])
     none = np.empty(0, dtype=np.int64)
     best, scores = top_k_items(user_side, item_side, none, none, k)
@@ -162,6 +164,20 @@ def with_new_items(
     middle = ((above + below) / 2).fillna(above - 1e-6).fillna(below + 1e-6).fillna(0.0)
     table["score"] = table["score"].fillna(middle)
     return table
+
+
+def _user_noise(users: np.ndarray, version: str, dimensions: int) -> np.ndarray:
+    """Per user, a vector in [-1, 1) ** dimensions drawn from keyed hashes of the version and
+    the user id alone."""
+    ids = users.astype(str).astype(object)
+    seed = _seed(version)
+    hashes = np.column_stack(
+        [
+            pd.util.hash_array(ids, hash_key=f"{(seed + dimension) % 10**16:016d}")
+            for dimension in range(dimensions)
+        ]
+    )
+    return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-52 - 1.0
 
 
 def _seed(text: str) -> int:

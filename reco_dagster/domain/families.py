@@ -10,6 +10,7 @@ import pandas as pd
 from reco_dagster.domain.als import TrainedAls, fit_als
 from reco_dagster.domain.ease import fit_ease, rating_scale
 from reco_dagster.domain.models import FactorModel, ModelCard
+from reco_dagster.domain.spark_tables import spark_data_fingerprint
 
 FAMILIES = ("als", "ease")
 
@@ -17,19 +18,35 @@ FAMILIES = ("als", "ease")
 def fit_model(
     family: str,
     settings: dict[str, Any],
-    table: pd.DataFrame,
+    table: Any,
     spark: Any = None,
     max_items: int = 5_000,
 ) -> TrainedAls | FactorModel:
-    """`family` fitted on `table` with `settings`. ALS needs a SparkSession; EASE raises
-    CatalogueTooLargeError above `max_items` items."""
+    """`family` fitted on `table` (a pandas DataFrame, or a Spark one that stays on the
+    executors) with `settings`. ALS needs a SparkSession; EASE raises CatalogueTooLargeError
+    above `max_items` items."""
     if family == "als":
-        return fit_als(spark, table, ModelCard.describe("als", settings, table), **settings)
+        return fit_als(spark, table, card_of("als", settings, table), **settings)
     if family == "ease":
-        settings = {**settings, "rating_scale": rating_scale(table["rating"])}
-        card = ModelCard.describe("ease", settings, table)
-        return fit_ease(table, card, max_items=max_items, **settings)
+        settings = {**settings, "rating_scale": rating_scale(top_rating(table))}
+        return fit_ease(table, card_of("ease", settings, table), max_items=max_items, **settings)
     raise ValueError(f"unknown model family {family!r}: choose one of {', '.join(FAMILIES)}")
+
+
+def card_of(family: str, settings: dict[str, Any], table: Any) -> ModelCard:
+    if isinstance(table, pd.DataFrame):
+        return ModelCard.describe(family, settings, table)
+    return ModelCard.identified(family, settings, spark_data_fingerprint(table), table.count())
+
+
+def top_rating(table: Any) -> pd.Series:
+    """The ratings `rating_scale` needs: all of them, or on Spark their maximum."""
+    if isinstance(table, pd.DataFrame):
+        return table["rating"]
+    from pyspark.sql import functions as F
+
+    rated = table.filter(~F.isnan("rating"))
+    return pd.Series([rated.agg(F.max("rating")).first()[0]], dtype="float64")
 
 
 def item_side(model: TrainedAls | FactorModel) -> FactorModel:

@@ -152,7 +152,9 @@ def fold_in(model: FactorModel, history: pd.DataFrame) -> FactorModel:
         rows = np.zeros((len(users), len(model.item_ids)), dtype=np.float32)
         rows[user_rows, columns] = weights
         return replace(model, user_ids=users, user_factors=rows)
-    order = np.argsort(user_rows, kind="stable")
+    # Each user's rows in item order: the same vector to the last bit whatever the order of
+    # the history (the driver's table, an executor's part, a micro-batch's read).
+    order = np.lexsort((columns, user_rows))
     bounds = np.searchsorted(user_rows[order], np.arange(len(users) + 1))
     per_user = [order[bounds[row] : bounds[row + 1]] for row in range(len(users))]
     settings = card.settings

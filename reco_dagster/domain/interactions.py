@@ -82,6 +82,15 @@ def table_shape(table: Any) -> dict[str, Any]:
     return found.asDict()
 
 
+def item_users(table: Any) -> pd.Series:
+    """Distinct users per item id of an interactions table (one row per user and item), a
+    pandas or a Spark DataFrame."""
+    if isinstance(table, pd.DataFrame):
+        return table.groupby("item_id").size()
+    counts = table.groupBy("item_id").count().toPandas()
+    return counts.set_index("item_id")["count"]
+
+
 def history_events(interactions: pd.DataFrame) -> dict[str, int]:
     """Per user, the distinct events their interactions were built from: the freshness mark
     of a list ranked from them (it grows with every new event, and a batch list and a

@@ -36,10 +36,17 @@ class ModelCard:
     def describe(
         cls, family: str, settings: dict[str, Any], training_data: pd.DataFrame
     ) -> ModelCard:
-        fingerprint = data_fingerprint(training_data)
+        return cls.identified(family, settings, data_fingerprint(training_data), len(training_data))
+
+    @classmethod
+    def identified(
+        cls, family: str, settings: dict[str, Any], fingerprint: str, training_rows: int
+    ) -> ModelCard:
+        """The card of a model fitted on rows of that fingerprint and count, wherever they
+        are (`describe` for a pandas table, `spark_tables.spark_data_fingerprint`)."""
         identity = json.dumps([MODEL_FORMAT, family, settings, fingerprint], sort_keys=True)
         version = f"{family}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
-        return cls(version, family, settings, fingerprint, len(training_data))
+        return cls(version, family, settings, fingerprint, training_rows)
 
     def save(self, directory: Path) -> None:
         (directory / CARD_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -55,15 +62,27 @@ class ModelCard:
 
 def data_fingerprint(interactions: pd.DataFrame) -> str:
     """A hash of the (user, item, rating, timestamp) rows, and their typed events' weights
-    where there are any, independent of their order."""
-    names = ["user_id", "item_id", "rating", "timestamp"]
+    where there are any, independent of their order: the sum of the rows' hashes, which
+    Spark's executors add up a partition each (`spark_tables.spark_data_fingerprint`)."""
     # The weights are what the model learns from as much as the ratings: new weights, a new
-    # version. Untyped data has none, and keeps the fingerprint it had before event types.
-    if "weight" in interactions and interactions["weight"].notna().any():
-        names.append("weight")
-    columns = interactions[names]
-    row_hashes = np.sort(pd.util.hash_pandas_object(columns, index=False).to_numpy())
-    return hashlib.sha256(row_hashes.tobytes()).hexdigest()[:16]
+    # version. Untyped data has none.
+    weighted = "weight" in interactions and interactions["weight"].notna().any()
+    names = fingerprint_columns(bool(weighted))
+    return fingerprint_of(row_hash_total(interactions, names), names)
+
+
+def fingerprint_columns(weighted: bool) -> list[str]:
+    return ["user_id", "item_id", "rating", "timestamp", *(["weight"] if weighted else [])]
+
+
+def row_hash_total(rows: pd.DataFrame, names: list[str]) -> np.uint64:
+    """The sum, modulo 2**64, of the rows' hashes over `names`."""
+    hashes = pd.util.hash_pandas_object(rows[names], index=False).to_numpy()
+    return hashes.sum(dtype=np.uint64)
+
+
+def fingerprint_of(total: np.uint64, names: list[str]) -> str:
+    return hashlib.sha256(f"{','.join(names)}:{int(total)}".encode()).hexdigest()[:16]
 
 
 class Scorer(Protocol):

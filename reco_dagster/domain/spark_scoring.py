@@ -18,6 +18,7 @@ import pandas as pd
 
 from reco_dagster.domain.models import FactorModel, ModelCard, Scorer
 from reco_dagster.domain.ranking import top_k_items
+from reco_dagster.domain.spark_tables import UserBatches, map_user_batches
 
 RANKED_SCHEMA = "user int, item int, rank int, score float"
 
@@ -166,9 +167,9 @@ def ranked_on(scorer: Scorer) -> str:
 class SparkFoldIn:
     """Users folded in from their histories and ranked on Spark's executors: the answers
     `fold_in(item_side, history).recommend(...)` gives on the driver, for as many users as
-    the cluster holds. Histories are partitioned by user, each executor folds in and ranks
-    its users with the same numpy code; only the item side (broadcast) and the ranked lists
-    cross the driver."""
+    the cluster holds. Histories are partitioned by user (`spark_tables.map_user_batches`),
+    each executor folds in and ranks its users with the same numpy code; only the item side
+    and the ranked lists cross the driver."""
 
     def __init__(self, spark: Any, item_side: FactorModel) -> None:
         self.spark = spark
@@ -181,30 +182,22 @@ class SparkFoldIn:
     def recommend(self, seen: pd.DataFrame, k: int) -> pd.DataFrame:
         """Every user of `seen` (interactions: their history, which is also what they are not
         offered again) scored from that history: top-k items."""
+
         history = self.spark.createDataFrame(
             seen[list(HISTORY_COLUMNS)].astype(
                 {"rating": "float64", "weight": "float64", "timestamp": "int64"}
             ),
             "user_id string, item_id string, rating double, weight double, timestamp long",
         )
-        partitions = max(self.spark.sparkContext.defaultParallelism, 1)
-        by_user = history.repartition(partitions, "user_id").sortWithinPartitions("user_id")
-        broadcast = self.spark.sparkContext.broadcast(self.item_side)
+        # Broadcast: sent to each executor once, not with every task.
+        item_side = self.spark.sparkContext.broadcast(self.item_side)
 
-        def rank(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-            # A user's rows may straddle two Arrow batches: the last user of a batch waits
-            # for the next one.
-            pending: pd.DataFrame | None = None
+        def rank(batches: UserBatches) -> Iterator[pd.DataFrame]:
             for batch in batches:
-                rows = batch if pending is None else pd.concat([pending, batch], ignore_index=True)
-                last = rows["user_id"].iloc[-1]
-                complete, pending = rows[rows["user_id"] != last], rows[rows["user_id"] == last]
-                if not complete.empty:
-                    yield _ranked(broadcast.value, complete, k)
-            if pending is not None and not pending.empty:
-                yield _ranked(broadcast.value, pending, k)
+                yield _ranked(item_side.value, batch["history"], k)
 
-        ranked = by_user.mapInPandas(rank, FOLDED_SCHEMA).toPandas()
+        partitions = max(self.spark.sparkContext.defaultParallelism, 1)
+        ranked = map_user_batches({"history": history}, rank, FOLDED_SCHEMA, partitions).toPandas()
         return ranked.sort_values(["user_id", "rank"], kind="stable", ignore_index=True).astype(
             {"rank": np.int16, "score": np.float64}
         )

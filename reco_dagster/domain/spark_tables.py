@@ -7,14 +7,24 @@ timestamps) are ever sorted in one partition.
 """
 
 # No `from __future__ import annotations`: pandas_udf reads the type hints of its function.
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+import pandas as pd
 
 from reco_dagster.domain.events import DEFAULT_EVENT_WEIGHTS
 from reco_dagster.domain.interactions import INTERACTION_COLUMNS
+from reco_dagster.domain.models import fingerprint_columns, fingerprint_of, row_hash_total
 from reco_dagster.domain.recency import DAY_S
-from reco_dagster.domain.splits import SPLIT_METHODS, SplitMethod, check_ratio, stratified_keys
+from reco_dagster.domain.splits import (
+    SPLIT_METHODS,
+    SplitMethod,
+    check_ratio,
+    stratified_keys,
+    user_keys,
+)
 
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "event_type")
 
@@ -98,7 +108,6 @@ def _split_by_order(interactions: Any, key: str, ratio: float) -> tuple[Any, Any
 
 
 def _with_stratified_key(interactions: Any, seed: int) -> Any:
-    import pandas as pd
     from pyspark.sql import functions as F
 
     @F.pandas_udf("long")
@@ -157,3 +166,112 @@ def spark_popular_items(interactions: Any, k: int, half_life_days: float = 0.0) 
     )
     ordered = counts.orderBy(F.desc("score"), F.desc("latest"), F.asc("item_id"))
     return ordered.limit(k).select("item_id", "score")
+
+
+UserBatches = Iterator[dict[str, pd.DataFrame]]
+
+
+def map_user_batches(
+    tables: Mapping[str, Any],
+    apply: Callable[[UserBatches], Iterator[pd.DataFrame]],
+    schema: Any,
+    partitions: int,
+) -> Any:
+    """The driver's pandas code run on Spark's executors, a few users at a time: `tables`
+    (Spark DataFrames by name, each with a user_id column) are partitioned by user into
+    `partitions` parts, and `apply` gets each part's batches, each a dict of pandas frames (one
+    per table, its own columns and types) holding every row of a set of whole users. What it
+    yields becomes a Spark DataFrame of `schema`, its partitions the users' parts: code that
+    is right for the rows of some users is right for all of them, on any number of
+    executors."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructType
+
+    arrow_schemas = {name: to_arrow_schema(table.schema) for name, table in tables.items()}
+    tagged = [table.withColumn(TABLE_TAG, F.lit(name)) for name, table in tables.items()]
+    union = functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), tagged)
+    by_user = union.repartition(partitions, "user_id").sortWithinPartitions("user_id")
+    out_schema = schema if isinstance(schema, StructType) else StructType.fromDDL(schema)
+    arrow_out = to_arrow_schema(out_schema)
+
+    def split(rows: pa.Table) -> dict[str, pd.DataFrame]:
+        return {
+            name: rows.filter(pc.equal(rows[TABLE_TAG], name))
+            .select(wanted.names)
+            .cast(wanted)
+            .to_pandas()
+            for name, wanted in arrow_schemas.items()
+        }
+
+    def whole_users(batches: Iterator[pa.RecordBatch]) -> UserBatches:
+        # A user's rows may straddle two Arrow batches: the last user of a batch waits for
+        # the next one.
+        pending: pa.Table | None = None
+        for batch in batches:
+            rows = pa.Table.from_batches([batch])
+            rows = rows if pending is None else pa.concat_tables([pending, rows])
+            if not rows.num_rows:
+                continue
+            is_last = pc.equal(rows["user_id"], rows["user_id"][-1])
+            complete = rows.filter(pc.invert(is_last))
+            pending = rows.filter(is_last)
+            if complete.num_rows:
+                yield split(complete)
+        if pending is not None and pending.num_rows:
+            yield split(pending)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for frame in apply(whole_users(batches)):
+            yield pa.RecordBatch.from_pandas(frame, schema=arrow_out, preserve_index=False)
+
+    return by_user.mapInArrow(run, out_schema)
+
+
+TABLE_TAG = "_table"
+
+
+def partitions_for(users: int, users_per_partition: int, spark: Any) -> int:
+    """Enough partitions to keep every executor busy and each part's users few."""
+    return max(spark.sparkContext.defaultParallelism, math.ceil(users / users_per_partition))
+
+
+def spark_data_fingerprint(table: Any) -> str:
+    """`models.data_fingerprint` of a Spark DataFrame, each partition's row hashes summed on
+    its executor: the same rows give the same fingerprint in either engine."""
+    import numpy as np
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    weighted = "weight" in table.columns and (
+        table.filter(F.col("weight").isNotNull() & ~F.isnan("weight")).limit(1).count() > 0
+    )
+    names = fingerprint_columns(weighted)
+
+    def totals(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        total, rows = np.uint64(0), 0
+        for batch in batches:
+            total += row_hash_total(batch.to_pandas(), names)
+            rows += batch.num_rows
+        # A uint64 travels as the int64 of the same bits.
+        yield pa.RecordBatch.from_pylist([{"total": int(np.int64(total.view(np.int64)))}])
+
+    parts = table.select(*names).mapInArrow(totals, "total long").collect()
+    total = np.array([row.total for row in parts], dtype=np.int64).view(np.uint64)
+    return fingerprint_of(np.uint64(total.sum(dtype=np.uint64)), names)
+
+
+def spark_sample_users(table: Any, max_users: int, seed: int) -> pd.DataFrame:
+    """`splits.sample_users` of a Spark DataFrame, as a pandas one: only the chosen users'
+    rows reach the driver."""
+    from pyspark.sql import functions as F
+
+    @F.pandas_udf("long")
+    def key(user_ids: pd.Series) -> pd.Series:
+        return pd.Series(user_keys(user_ids, seed))
+
+    users = table.select("user_id").distinct()
+    chosen = users.withColumn("_key", key("user_id")).orderBy("_key", "user_id").limit(max_users)
+    return table.join(F.broadcast(chosen.select("user_id")), "user_id", "left_semi").toPandas()

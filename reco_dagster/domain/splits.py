@@ -54,6 +54,25 @@ def stratified_keys(user_ids: pd.Series, item_ids: pd.Series, seed: int) -> np.n
     return pd.util.hash_array(pairs, hash_key=f"{seed:016d}"[-16:]).view(np.int64)
 
 
+def user_keys(user_ids: pd.Series, seed: int) -> np.ndarray:
+    """A seeded pseudo-random key per user, the same in either engine (see
+    `stratified_keys`)."""
+    ids = user_ids.astype(str).to_numpy(dtype=object)
+    return pd.util.hash_array(ids, hash_key=f"{seed:016d}"[-16:]).view(np.int64)
+
+
+def sample_users(table: pd.DataFrame, max_users: int, seed: int) -> pd.DataFrame:
+    """Every row of at most `max_users` users: those with the smallest `user_keys`
+    (`spark_tables.spark_sample_users` chooses the same ones)."""
+    users = table["user_id"].drop_duplicates()
+    if len(users) <= max_users:
+        return table
+    ids = users.to_numpy(dtype=object)
+    # Ties in the key broken by id, as Spark orders them.
+    chosen = ids[np.lexsort((ids, user_keys(users, seed)))[:max_users]]
+    return table[table["user_id"].isin(chosen)]
+
+
 def chronological_split(
     interactions: pd.DataFrame, ratio: float = 0.75
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
