@@ -270,8 +270,9 @@ def build_publish(family: str) -> list[AssetsDefinition]:
     def published(
         context: AssetExecutionContext,
         store: ResourceParam[RecommendationStore],
+        pyspark: LazyPySparkResource,
         evaluation: dict,
-        ranked: pd.DataFrame,
+        ranked: LakeTable,
         similar: pd.DataFrame,
         new_items: pd.DataFrame,
         popular_items: pd.DataFrame,
@@ -279,7 +280,9 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         item_catalog: pd.DataFrame,
     ) -> MaterializeResult:
         """Registers the version and writes its lists beside the live ones; `live_model`
-        decides what goes live."""
+        decides what goes live. The ranked table is read a batch at a time, or, where Spark
+        wrote it and the store can take writes from Spark's executors (Cosmos DB), written
+        from there: the driver never holds every user's list."""
         version = evaluation["model_version"]
         if evaluation["skipped"]:
             return MaterializeResult(
@@ -290,17 +293,15 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             return MaterializeResult(metadata={"model_version": version, "outcome": "already live"})
         titles = titles_by_item(item_catalog)
         store.register(version, evaluation)
-        # A micro-batch refresh ranked from fewer of a user's events (one that read the
-        # history before this run's snapshot) must not replace the user's list.
-        users = ranked.drop_duplicates("user_id")
-        written = store.write_version(
+        # The store marks each list with the table's `history_events`: a micro-batch refresh
+        # ranked from fewer of a user's events (one that read the history before this run's
+        # snapshot) must not replace it.
+        written = store.write_ranked_version(
             version,
-            ranked_lists(ranked, "user_id", titles),
+            ranked,
+            titles,
             listed_items(popular_items, titles),
             ranked_lists(similar, "source_item_id", titles),
-            history_events=dict(
-                zip(users["user_id"], users["history_events"].tolist(), strict=True)
-            ),
             item_lists={
                 **{
                     name: listed_items(ranked_items, titles)
@@ -309,6 +310,8 @@ def build_publish(family: str) -> list[AssetsDefinition]:
                 # What micro-batches expose while this version is live.
                 NEW_ITEMS: [{"item_id": item, "score": 0.0} for item in new_items["item_id"]],
             },
+            # Spark starts only for a store that writes from its executors a table it wrote.
+            spark_session=lambda: pyspark.spark_session,
         )
         return MaterializeResult(
             metadata={
@@ -332,13 +335,18 @@ def build_publish(family: str) -> list[AssetsDefinition]:
     return [new_items, recommendations, similar_items, archived_model, published]
 
 
-def _preview(ranked: pd.DataFrame, titles: dict[str, str], users: int = 3, k: int = 10) -> str:
-    """A few users' lists, the users unnamed: the run history keeps metadata for good, and a
-    forgotten user's id must not stay there."""
+PREVIEW_COLUMNS = ["user_id", "item_id", "rank", "score", "history_events"]
+
+
+def _preview(ranked: LakeTable, titles: dict[str, str], users: int = 3, k: int = 10) -> str:
+    """The first few users' lists, the users unnamed: the run history keeps metadata for
+    good, and a forgotten user's id must not stay there. Read from the table's first batch
+    alone, which holds the first users' top k (a user's rows are together, by rank)."""
+    batch = next(ranked.batches(PREVIEW_COLUMNS), pd.DataFrame(columns=PREVIEW_COLUMNS))
     sections = []
-    first = ranked["user_id"].drop_duplicates().head(users)
+    first = batch["user_id"].drop_duplicates().head(users)
     for number, user_id in enumerate(first, start=1):
-        top = ranked[(ranked["user_id"] == user_id) & (ranked["rank"] <= k)]
+        top = batch[(batch["user_id"] == user_id) & (batch["rank"] <= k)]
         lines = [
             f"{rank}. {titles.get(item_id, item_id)} ({score:.3f})"
             for rank, item_id, score in zip(top["rank"], top["item_id"], top["score"], strict=True)

@@ -44,22 +44,30 @@ complete" under any interleaving:
   with a tombstone, and once written, look again and delete what a tombstone recorded
   meanwhile covers: a list written before the tombstone is deleted by `forget_user`, one
   written after it by its writer.
+
+A publish's user documents may also be written by Spark's executors
+(`write_version_on_executors`): each partition upserts its users' documents as the driver
+would, and the record's protocol above stays on the driver, which gets back the ids of the
+users written.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import suppress
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import pandas as pd
 from azure.core import MatchConditions
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey
@@ -72,6 +80,12 @@ from azure.cosmos.exceptions import (
 from pydantic import PrivateAttr
 
 from reco_dagster.domain.forgetting import user_key
+from reco_dagster.domain.lists import (
+    LIST_COLUMNS,
+    history_marks,
+    ranked_lists,
+    whole_key_batches,
+)
 from resources.store import (
     Catalog,
     CatalogEntry,
@@ -87,8 +101,20 @@ from resources.store import (
     split_reasons,
 )
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from resources.lake_tables import LakeTable
+
 USERS, SIMILAR, MODELS, CATALOG = "user_recommendations", "similar_items", "models", "catalog"
 FORGOTTEN = "forgotten_users"
+_PARTITION_KEYS = {
+    USERS: "/user_id",
+    SIMILAR: "/item_id",
+    MODELS: "/id",
+    FORGOTTEN: "/id",
+    CATALOG: "/generation",
+}
 LIVE_POINTER = "~live"
 """The pointer's id; model versions never start with "~" (see `register`)."""
 CATALOG_STATE = "~catalog"
@@ -131,13 +157,13 @@ class CosmosRecommendationStore(RecommendationStore):
                 self._containers = self._create_containers()
         return self._containers[name]
 
-    def _create_containers(self) -> dict[str, ContainerProxy]:
+    def _client(self) -> CosmosClient:
         credential: Any = self.key
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-        client = CosmosClient(
+        return CosmosClient(
             self.endpoint,
             credential=credential,
             # The account's own endpoint only: no regional discovery (also what local
@@ -146,22 +172,32 @@ class CosmosRecommendationStore(RecommendationStore):
             connection_timeout=self.request_timeout_s,
             read_timeout=self.request_timeout_s,
         )
+
+    def _create_containers(self) -> dict[str, ContainerProxy]:
+        client = self._client()
         database = self._retrying(lambda: client.create_database_if_not_exists(self.database))
-        keys = {
-            USERS: "/user_id",
-            SIMILAR: "/item_id",
-            MODELS: "/id",
-            FORGOTTEN: "/id",
-            CATALOG: "/generation",
-        }
         return {
             name: self._retrying(
                 lambda name=name, path=path: database.create_container_if_not_exists(
                     name, partition_key=PartitionKey(path=path)
                 )
             )
-            for name, path in keys.items()
+            for name, path in _PARTITION_KEYS.items()
         }
+
+    @classmethod
+    @contextmanager
+    def _on_executor(cls, settings: Mapping[str, Any]) -> Iterator[CosmosRecommendationStore]:
+        """A store on one of Spark's executors, made from the driver's store's settings, with a
+        client of its own that is closed at the end. The driver made the database and its
+        containers: here only their clients are made, which sends no request."""
+        store = cls(**settings)
+        with store._client() as client:
+            database = client.get_database_client(store.database)
+            store._containers = {
+                name: database.get_container_client(name) for name in _PARTITION_KEYS
+            }
+            yield store
 
     def _retrying(self, request: Callable[[], T], on_retry: Callable[[], None] = lambda: None) -> T:
         """Run a request, retrying transient failures: after the server's retry-after when it
@@ -203,42 +239,50 @@ class CosmosRecommendationStore(RecommendationStore):
             )
         )
 
-    def _bulk(self, requests: list[Callable[..., object]]) -> WriteReport:
-        """Run many single-document requests concurrently; each is called with a response hook
-        that adds up the request units the server reports."""
-        charges: list[float] = []
-        retries: list[int] = []
-
-        def charge(headers: Mapping[str, str], _body: object) -> None:
-            charges.append(float(headers.get("x-ms-request-charge", 0.0)))
+    def _bulk(self, requests: Iterable[Callable[..., object]]) -> WriteReport:
+        """Run many single-document requests, `concurrency` at a time; each is called with a
+        response hook that adds up the request units the server reports. `requests` is read
+        as they go (a few per thread ahead), so a generator's documents are never all in
+        memory."""
+        charges = _Charges()
 
         def run(request: Callable[..., object]) -> None:
-            self._retrying(lambda: request(charge), on_retry=lambda: retries.append(1))
+            self._retrying(lambda: request(charges.add), on_retry=charges.retried)
 
-        started = time.perf_counter()
+        started, documents = time.perf_counter(), 0
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="cosmos-bulk") as pool:
+            in_flight: set[Future[None]] = set()
             try:
-                for done in as_completed([pool.submit(run, request) for request in requests]):
-                    done.result()
+                for request in requests:
+                    if len(in_flight) >= 2 * self.concurrency:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for finished in done:
+                            finished.result()
+                    in_flight.add(pool.submit(run, request))
+                    documents += 1
+                for finished in as_completed(in_flight):
+                    finished.result()
             except BaseException:
                 # Give up on the rest at once; a re-run completes what is missing.
                 pool.shutdown(cancel_futures=True)
                 raise
         return WriteReport(
-            documents=len(requests),
+            documents=documents,
             seconds=time.perf_counter() - started,
-            request_units=sum(charges),
-            retries=len(retries),
+            request_units=charges.request_units,
+            retries=charges.retries,
         )
 
-    def _upserts(self, container: str, documents: Iterable[dict]) -> list[Callable[..., object]]:
+    def _upserts(
+        self, container: str, documents: Iterable[dict]
+    ) -> Iterator[Callable[..., object]]:
         proxy = self._container(container)
-        return [
+        return (
             lambda hook, document=document: proxy.upsert_item(document, response_hook=hook)
             for document in documents
-        ]
+        )
 
-    def _deletes(self, container: str, key: str, version: str, keep: set[str]) -> list:
+    def _deletes(self, container: str, key: str, version: str, keep: Collection[str]) -> list:
         """Requests deleting a version's documents whose partition is not in `keep`, each as
         it is now: one written again meanwhile (a new publish of the version) stays."""
         proxy = self._container(container)
@@ -346,6 +390,104 @@ class CosmosRecommendationStore(RecommendationStore):
         history_events: Mapping[str, int] | None = None,
         item_lists: Mapping[str, list[Item]] | None = None,
     ) -> WriteReport:
+        attempt = self._start_writing(version)
+        marks = history_events or {}
+        # The ids of the users written, as many as the users but not their lists: what the
+        # deletes of an earlier attempt's leftovers keep, and where users forgotten meanwhile
+        # are looked for.
+        users: set[str] = set()
+
+        def user_documents() -> Iterator[dict]:
+            for user, items in _leaving_out(self._forgotten_keys(), user_lists):
+                _note_written(users, user)
+                yield _user_document(version, user, items, marks.get(user, 0))
+
+        items: set[str] = set()
+        report = self._bulk(
+            itertools.chain(
+                self._upserts(USERS, user_documents()),
+                self._upserts(SIMILAR, _similar_documents(version, similar, items)),
+            )
+        )
+        return self._complete_writing(version, attempt, report, users, items, popular, item_lists)
+
+    def write_ranked_version(
+        self,
+        version: str,
+        ranked: LakeTable,
+        titles: dict[str, str],
+        popular: list[Item],
+        similar: Iterable[tuple[str, list[Item]]] = (),
+        item_lists: Mapping[str, list[Item]] | None = None,
+        spark_session: Callable[[], Any] | None = None,
+    ) -> WriteReport:
+        if ranked.on_executors and spark_session is not None:
+            frame = ranked.to_spark(spark_session())
+            return self.write_version_on_executors(
+                version, frame, titles, popular, similar, item_lists
+            )
+        return super().write_ranked_version(
+            version, ranked, titles, popular, similar, item_lists, spark_session
+        )
+
+    def write_version_on_executors(
+        self,
+        version: str,
+        ranked: DataFrame,
+        titles: dict[str, str],
+        popular: list[Item],
+        similar: Iterable[tuple[str, list[Item]]] = (),
+        item_lists: Mapping[str, list[Item]] | None = None,
+    ) -> WriteReport:
+        """`write_version` of a ranked Spark DataFrame (the columns of a ranked table, every
+        row of a user in one partition and together, in the order of rank), the users' lists
+        written by Spark's executors: each partition builds its users' documents as the
+        driver does (`ranked_lists`, their `history_events` from the rows) and upserts them as
+        `_bulk` does, through a client of its own, leaving out the users forgotten when the
+        write started. Only counts and the ids of the users written come back; the record's
+        protocol (taking the lists, deleting an earlier attempt's leftovers and lists of users
+        forgotten meanwhile, completing) runs on the driver, as for `write_version`."""
+        attempt = self._start_writing(version)
+        context = ranked.sparkSession.sparkContext
+        forgotten = context.broadcast(frozenset(self._forgotten_keys()))
+        shared_titles = context.broadcast(titles)
+        # The account and the bulk settings, for each partition's client: not the driver's
+        # clients (nor its lock), which stay here.
+        settings = self.model_dump()
+
+        def write_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            yield _write_users_of_partition(
+                settings, version, frames, shared_titles.value, forgotten.value
+            )
+
+        try:
+            partitions = (
+                ranked.select(*LIST_COLUMNS, "history_events")
+                .mapInPandas(write_partition, _PARTITION_REPORT)
+                .collect()
+            )
+        finally:
+            forgotten.destroy()
+            shared_titles.destroy()
+        # The ids of the users written come back to the driver, for what `write_version`
+        # keeps them for.
+        users: set[str] = set()
+        for partition in partitions:
+            for user in partition.users:
+                _note_written(users, user)
+        items: set[str] = set()
+        neighbours = self._bulk(self._upserts(SIMILAR, _similar_documents(version, similar, items)))
+        written = WriteReport(
+            documents=neighbours.documents + sum(partition.documents for partition in partitions),
+            seconds=time.perf_counter() - attempt.started,
+            request_units=(neighbours.request_units or 0.0)
+            + sum(partition.request_units for partition in partitions),
+            retries=neighbours.retries + sum(partition.retries for partition in partitions),
+        )
+        return self._complete_writing(version, attempt, written, users, items, popular, item_lists)
+
+    def _start_writing(self, version: str) -> _Attempt:
+        """Take the version's lists for a new write (see `_take_lists`)."""
         attempt, earlier_attempt = uuid.uuid4().hex, False
 
         def writing(record: dict | None) -> dict:
@@ -362,26 +504,38 @@ class CosmosRecommendationStore(RecommendationStore):
             raise VersionNotPublishableError(
                 f"version {version} is live (or going live); it cannot be written"
             )
-        marks = history_events or {}
-        users = dict(_leaving_out(self._forgotten_keys(), user_lists))
-        neighbours = {item: items for item, items in similar}
-        requests = self._upserts(
-            USERS,
-            (_user_document(version, u, i, marks.get(u, 0)) for u, i in users.items()),
-        ) + self._upserts(
-            SIMILAR, ({"id": version, "item_id": s, "items": i} for s, i in neighbours.items())
-        )
-        if earlier_attempt:
-            # An earlier attempt may have written users or items this one does not have.
-            requests += self._deletes(USERS, "user_id", version, set(users))
-            requests += self._deletes(SIMILAR, "item_id", version, set(neighbours))
-        report = self._bulk(requests)
+        return _Attempt(attempt, earlier_attempt, time.perf_counter())
+
+    def _complete_writing(
+        self,
+        version: str,
+        attempt: _Attempt,
+        written: WriteReport,
+        users: Collection[str],
+        items: Collection[str],
+        popular: list[Item],
+        item_lists: Mapping[str, list[Item]] | None,
+    ) -> WriteReport:
+        """After every document of this attempt (`users`' lists, `items`' similar items) is
+        written: delete what an earlier attempt wrote that this one does not have, and the
+        lists of users forgotten meanwhile; then say in the record that the lists are
+        complete."""
+        deleted = WriteReport(documents=0, seconds=0.0, request_units=0.0)
+        if attempt.after_another:
+            deleted = self._bulk(
+                self._deletes(USERS, "user_id", version, users)
+                + self._deletes(SIMILAR, "item_id", version, items)
+            )
         self._delete_lists_of_forgotten(version, users)
 
         # Last: the record says the lists are complete only once every document is written,
         # and only if no purge or other publish of the version took them over meanwhile.
         def complete(record: dict | None) -> dict:
-            if record is None or record["lists"] != WRITING or record.get("writer") != attempt:
+            if (
+                record is None
+                or record["lists"] != WRITING
+                or record.get("writer") != attempt.writer
+            ):
                 raise VersionNotPublishableError(
                     f"version {version} was purged or written again during this publish"
                 )
@@ -396,10 +550,10 @@ class CosmosRecommendationStore(RecommendationStore):
         self._rewrite_model(version, complete)
         return WriteReport(
             users=len(users),
-            documents=report.documents + 1,
-            seconds=report.seconds,
-            request_units=report.request_units,
-            retries=report.retries,
+            documents=written.documents + deleted.documents + 1,
+            seconds=time.perf_counter() - attempt.started,
+            request_units=(written.request_units or 0.0) + (deleted.request_units or 0.0),
+            retries=written.retries + deleted.retries,
         )
 
     def activate(self, version: str) -> None:
@@ -758,7 +912,90 @@ class CosmosRecommendationStore(RecommendationStore):
         ]
 
 
-def _leaving_out(forgotten: set[str], pairs: Iterable[tuple[str, T]]) -> Iterable[tuple[str, T]]:
+@dataclass(frozen=True)
+class _Attempt:
+    """A write of a version's lists, as its record names it."""
+
+    writer: str
+    after_another: bool
+    """Whether an earlier attempt may have written documents of the version."""
+    started: float
+
+
+class _Charges:
+    """The request units and retries of concurrent requests, added up as they come."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.request_units = 0.0
+        self.retries = 0
+
+    def add(self, headers: Mapping[str, str], _body: object) -> None:
+        """A response hook: the request's charge."""
+        with self._lock:
+            self.request_units += float(headers.get("x-ms-request-charge", 0.0))
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+
+_PARTITION_REPORT = "users array<string>, documents long, request_units double, retries long"
+"""What each partition of `write_version_on_executors` answers: the users written and what
+writing them took."""
+
+
+def _write_users_of_partition(
+    settings: Mapping[str, Any],
+    version: str,
+    frames: Iterator[pd.DataFrame],
+    titles: dict[str, str],
+    forgotten: Collection[str],
+) -> pd.DataFrame:
+    """On an executor: the users' lists of one partition of a ranked table, read a frame at a
+    time, upserted into `version` through a client of this partition's own; returns
+    `_PARTITION_REPORT`'s one row."""
+    users: list[str] = []
+
+    def documents() -> Iterator[dict]:
+        for frame in whole_key_batches(frames, "user_id"):
+            marks = history_marks(frame)
+            for user, items in _leaving_out(forgotten, ranked_lists(frame, "user_id", titles)):
+                users.append(user)
+                yield _user_document(version, user, items, marks[user])
+
+    with CosmosRecommendationStore._on_executor(settings) as store:
+        report = store._bulk(store._upserts(USERS, documents()))
+    return pd.DataFrame(
+        {
+            "users": [users],
+            "documents": [report.documents],
+            "request_units": [report.request_units],
+            "retries": [report.retries],
+        }
+    )
+
+
+def _note_written(users: set[str], user: str) -> None:
+    """Add a user to those written; a second list for one user means that its ranked rows
+    were not together, and one of the two would silently replace the other."""
+    if user in users:
+        raise ValueError("two lists for one user: a ranked table's rows of a user go together")
+    users.add(user)
+
+
+def _similar_documents(
+    version: str, similar: Iterable[tuple[str, list[Item]]], items: set[str]
+) -> Iterator[dict]:
+    """The version's similar-items documents, each item added to `items` as it goes."""
+    for item, neighbours in similar:
+        items.add(item)
+        yield {"id": version, "item_id": item, "items": neighbours}
+
+
+def _leaving_out(
+    forgotten: Collection[str], pairs: Iterable[tuple[str, T]]
+) -> Iterable[tuple[str, T]]:
     """The (user, ...) pairs of users not forgotten; without tombstones no id is hashed."""
     if not forgotten:
         return pairs

@@ -1,11 +1,12 @@
 """Tables of the lake as their consumers read them, whichever engine wrote them: one parquet
 file the driver wrote, or parts Spark's executors wrote (`write_parts`), each through the
 deployment's file store, so no Hadoop file-system connector is needed to reach Blob Storage.
+A consumer reads one whole, a batch at a time, or on Spark.
 """
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,9 @@ import pyarrow.parquet as pq
 from resources.files import FileStore
 
 PARTS_FILE = "parts.json"
+BATCH_ROWS = 65_536
+"""Rows per frame `LakeTable.batches` gives (pyarrow's default): a few hundred users' lists
+of the published depth."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,19 @@ class LakeTable:
     def to_pandas(self) -> pd.DataFrame:
         tables = [pq.read_table(io.BytesIO(self.files.read(part))) for part in self.parts]
         return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+
+    def batches(
+        self, columns: Sequence[str] | None = None, rows: int = BATCH_ROWS
+    ) -> Iterator[pd.DataFrame]:
+        """The table as pandas frames of at most `rows` rows, in order, only `columns` when
+        named: what reads a table too big for the driver's memory reads it this way. Each part
+        is opened, not read whole (on Blob Storage it is read in ranges), and read a row group
+        at a time."""
+        for part in self.parts:
+            with self.files.open(part) as source:
+                parquet = pq.ParquetFile(source)
+                for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+                    yield batch.to_pandas()
 
     def to_spark(self, spark: Any) -> Any:
         """The table as a Spark DataFrame, each part read by an executor."""

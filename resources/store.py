@@ -12,7 +12,9 @@ once in different processes. Every store keeps two promises under any interleavi
   history earlier never overwrites a fresher list.
 SQLite keeps them by making each check and the write it guards one transaction
 (`BEGIN IMMEDIATE` takes the write lock before the check); Cosmos DB by conditional writes
-(see resources/cosmos_store.py).
+(see resources/cosmos_store.py). A publish writes its users' lists a chunk at a time, each
+chunk a transaction of its own; the version has lists (and can be activated) only once the
+last one wrote its popular list.
 
 A third promise: a forgotten user (`forget_user`, until `lift_tombstone`) has no list in any
 version, whatever writer races the deletion. The tombstone is written before the lists are
@@ -22,23 +24,34 @@ writing, deleting what a tombstone recorded meanwhile covers (Cosmos DB).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from pydantic import BaseModel, PrivateAttr
 
 from reco_dagster.domain.catalog import CatalogEntry
 from reco_dagster.domain.forgetting import Forgotten, user_key
-from reco_dagster.domain.lists import Item
+from reco_dagster.domain.lists import (
+    LIST_COLUMNS,
+    Item,
+    history_marks,
+    ranked_lists,
+    whole_key_batches,
+)
+
+if TYPE_CHECKING:
+    from resources.lake_tables import LakeTable
 
 
 class VersionNotPublishableError(RuntimeError):
@@ -46,6 +59,7 @@ class VersionNotPublishableError(RuntimeError):
 
 
 Status = Literal["candidate", "live", "rejected", "retired"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -169,8 +183,38 @@ class RecommendationStore(BaseModel):
         users, and the fill of lists a request's filters leave short); `item_lists` are the
         version's other lists by name (`item_list`). `history_events` marks each user's list
         with the number of the user's events it was ranked from (see `update_live_users`); a
-        list without a mark gets 0, which any refresh replaces."""
+        list without a mark gets 0, which any refresh replaces. `user_lists` is read as the
+        lists are written, never held whole: a generator keeps the driver's memory from
+        growing with the number of users' lists."""
         raise NotImplementedError
+
+    def write_ranked_version(
+        self,
+        version: str,
+        ranked: LakeTable,
+        titles: dict[str, str],
+        popular: list[Item],
+        similar: Iterable[tuple[str, list[Item]]] = (),
+        item_lists: Mapping[str, list[Item]] | None = None,
+        spark_session: Callable[[], Any] | None = None,
+    ) -> WriteReport:
+        """`write_version` of the lists of a ranked table (a `<family>_recommendations` table:
+        user_id, item_id, rank, score, new_item, because, history_events; every row of a user
+        together, in the order of rank), read a batch at a time: the driver holds a batch's
+        lists and each user's `history_events` mark, never every user's list. A store that
+        can write from Spark's executors does so for a table Spark wrote, in the session
+        `spark_session` gives (only called then)."""
+        marks: dict[str, int] = {}
+        for batch in ranked.batches(["user_id", "history_events"]):
+            marks |= history_marks(batch)
+        user_lists = (
+            user_list
+            for frame in whole_key_batches(ranked.batches(LIST_COLUMNS), "user_id")
+            for user_list in ranked_lists(frame, "user_id", titles)
+        )
+        return self.write_version(
+            version, user_lists, popular, similar, history_events=marks, item_lists=item_lists
+        )
 
     def activate(self, version: str) -> None:
         """Make a version with stored lists live; the previous live version is retired."""
@@ -356,6 +400,10 @@ CREATE TABLE IF NOT EXISTS catalog (
     item_id TEXT PRIMARY KEY,
     entry TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS version_writers (
+    version TEXT PRIMARY KEY,
+    writer TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS catalog_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision TEXT NOT NULL,
@@ -455,6 +503,35 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _refuse_unwritable(
+    connection: sqlite3.Connection, version: str, writer: str | None = None
+) -> None:
+    """Refuse to write a version that is unregistered, live or rejected, or (given `writer`)
+    one that another write of it has taken over since `writer` started: read inside the
+    write's transaction, so it holds for the write it guards."""
+    row = connection.execute(
+        "SELECT status FROM model_versions WHERE version = ?", (version,)
+    ).fetchone()
+    if row is None or row[0] in ("live", "rejected"):
+        state = "not registered" if row is None else row[0]
+        raise VersionNotPublishableError(f"version {version} is {state}; it cannot be written")
+    if writer is not None:
+        current = connection.execute(
+            "SELECT writer FROM version_writers WHERE version = ?", (version,)
+        ).fetchone()
+        if current is None or current[0] != writer:
+            raise VersionNotPublishableError(
+                f"version {version} was written again during this publish"
+            )
+
+
+def _in_chunks(values: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`values` in lists of `size` (the last one shorter), each read only when asked for."""
+    remaining = iter(values)
+    while chunk := list(itertools.islice(remaining, size)):
+        yield chunk
+
+
 def _not_forgotten(connection: sqlite3.Connection, rows: list[tuple]) -> list[tuple]:
     """User list rows (version, user_id, ...) without those of forgotten users; read inside
     the write's transaction, so a tombstone is either seen here or written after the lists."""
@@ -480,6 +557,10 @@ class SqliteRecommendationStore(RecommendationStore):
     """The embedded default: one SQLite file in WAL mode, safe for one writer and many readers."""
 
     path: str
+    users_per_transaction: int = 2_000
+    """Users' lists written per transaction of `write_version`: what it holds in memory (some
+    tens of MB at the published depth, with titles and reasons), and what another writer (a
+    micro-batch) may wait behind for the write lock."""
 
     _local: threading.local = PrivateAttr(default_factory=threading.local)
 
@@ -519,40 +600,52 @@ class SqliteRecommendationStore(RecommendationStore):
         history_events: Mapping[str, int] | None = None,
         item_lists: Mapping[str, list[Item]] | None = None,
     ) -> WriteReport:
+        """Written in transactions of `users_per_transaction` users, `user_lists` read as they
+        go (never all of them at once). The first transaction takes the version's lists away
+        (its popular list with them, so it cannot be activated) and names this write as its
+        writer; the last writes the popular, similar and named lists back: only then is the
+        version complete. Each one checks that the version may still be written and is still
+        this write's, and leaves out the users forgotten by then."""
         started = time.perf_counter()
         marks = history_events or {}
-        # Encoded before the transaction: the write lock is held for the writes alone.
-        rows = [
-            _user_row(version, user_id, items, marks.get(user_id, 0))
-            for user_id, items in user_lists
-        ]
+        writer = uuid.uuid4().hex
+        # Encoded before the transactions: the write lock is held for the writes alone.
         neighbours = [(version, item_id, _json_text(items)) for item_id, items in similar]
         named = [(version, name, _json_text(items)) for name, items in (item_lists or {}).items()]
-        # `version` reads through this thread's connection, so inside the transaction.
-        with _writing(self._connection()) as connection:
-            record = self.version(version)
-            if record is None or record.status in ("live", "rejected"):
-                state = "not registered" if record is None else record.status
-                raise VersionNotPublishableError(
-                    f"version {version} is {state}; it cannot be written"
-                )
-            rows = _not_forgotten(connection, rows)
-            connection.execute("DELETE FROM user_recommendations WHERE version = ?", (version,))
-            connection.executemany(_INSERT_USER, rows)
-            connection.execute("DELETE FROM similar_items WHERE version = ?", (version,))
+        connection = self._connection()
+        with _writing(connection):
+            _refuse_unwritable(connection, version)
+            for table in ("user_recommendations", "similar_items", "item_lists", "popular_items"):
+                connection.execute(f"DELETE FROM {table} WHERE version = ?", (version,))
+            connection.execute(
+                "INSERT OR REPLACE INTO version_writers VALUES (?, ?)", (version, writer)
+            )
+        users = 0
+        # Each list encoded as it is read: a chunk holds rows of text, not lists of items.
+        encoded = (
+            _user_row(version, user, items, marks.get(user, 0)) for user, items in user_lists
+        )
+        for rows in _in_chunks(encoded, self.users_per_transaction):
+            with _writing(connection):
+                _refuse_unwritable(connection, version, writer)
+                kept = _not_forgotten(connection, rows)
+                connection.executemany(_INSERT_USER, kept)
+            users += len(kept)
+        with _writing(connection):
+            _refuse_unwritable(connection, version, writer)
             connection.executemany("INSERT INTO similar_items VALUES (?, ?, ?)", neighbours)
-            connection.execute("DELETE FROM item_lists WHERE version = ?", (version,))
             connection.executemany("INSERT INTO item_lists VALUES (?, ?, ?)", named)
             connection.execute(
-                "INSERT OR REPLACE INTO popular_items VALUES (?, ?)", (version, _json_text(popular))
+                "INSERT INTO popular_items VALUES (?, ?)", (version, _json_text(popular))
             )
+            connection.execute("DELETE FROM version_writers WHERE version = ?", (version,))
             connection.execute(
                 "UPDATE model_versions SET status = 'candidate' WHERE version = ?", (version,)
             )
         return WriteReport(
-            documents=len(rows) + len(neighbours) + len(named) + 1,
+            documents=users + len(neighbours) + len(named) + 1,
             seconds=time.perf_counter() - started,
-            users=len(rows),
+            users=users,
         )
 
     def activate(self, version: str) -> None:

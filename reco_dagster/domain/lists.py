@@ -4,7 +4,7 @@ best first, each entry an item id, its score and its title when the catalogue ha
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,6 +25,8 @@ finds some in their tail. Cosmos DB keeps the three in the version's registry re
 most): about 0.5 MB at this depth."""
 SIMILAR_DEPTH = 100
 """Similar items stored per item."""
+LIST_COLUMNS = ["user_id", "item_id", "rank", "score", "new_item", "because"]
+"""The columns of a ranked table (`<family>_recommendations`) a user's list is made of."""
 
 
 def titles_by_item(catalog: pd.DataFrame) -> dict[str, str]:
@@ -51,6 +53,33 @@ def ranked_lists(
     starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
     for start, end in itertools.pairwise(starts):
         yield keys[start], _listed(columns.rows(start, end), titles)
+
+
+def history_marks(ranked: pd.DataFrame) -> dict[str, int]:
+    """Each user's `history_events` in a ranked table's rows: how many of the user's events
+    the list was ranked from (every row of a user carries it)."""
+    users = ranked.drop_duplicates("user_id")
+    return dict(zip(users["user_id"], users["history_events"].tolist(), strict=True))
+
+
+def whole_key_batches(batches: Iterable[pd.DataFrame], by: str) -> Iterator[pd.DataFrame]:
+    """Frames read a batch at a time from a table whose rows of each value of `by` are
+    together (a user's ranked rows), cut again so that each frame holds every row of its
+    values: the rows of a frame's last value are held back and go with the next frame, where
+    they may run on. What `ranked_lists` of each frame then gives is one whole list per value,
+    with no more than a batch (and one value's rows) in memory."""
+    held_back: pd.DataFrame | None = None
+    for batch in batches:
+        frame = batch if held_back is None else pd.concat([held_back, batch], ignore_index=True)
+        if frame.empty:
+            continue
+        keys = frame[by].to_numpy()
+        last = keys == keys[-1]
+        held_back = frame[last]
+        if not last.all():
+            yield frame[~last]
+    if held_back is not None:
+        yield held_back
 
 
 class _Columns(NamedTuple):
