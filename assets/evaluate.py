@@ -1,6 +1,8 @@
 """Stage 4: every model family scored on the held-out test split; online evaluation of what
 was served."""
 
+import math
+
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
@@ -136,9 +138,11 @@ def online_evaluation(
     store: ResourceParam[RecommendationStore],
 ) -> Output[pd.DataFrame]:
     """The hit rate of served lists per A/B variant and model version: the API's log of
-    served lists joined with the events that arrived after them (forgotten users' neither)."""
+    served lists joined with the events that arrived after them (forgotten users' neither);
+    only events from the first served list on are read."""
     forgotten = store.forgotten()
-    events = event_history.all_events()
+    first_served = served_log.first_served_at()
+    events = event_history.events_from(math.inf if first_served is None else first_served)
     events = events[~forgotten.mask(events["user_id"].astype("string")).to_numpy()]
     served = (
         chunk[~forgotten.mask(chunk["user_id"].astype("string")).to_numpy()]

@@ -248,6 +248,12 @@ class EventHistory(ConfigurableResource):
         """Every validated event ingested so far, with its source file."""
         return self._event_table([file.name for file in self.files.list(EVENTS)]).to_pandas()
 
+    def events_from(self, timestamp: float) -> pd.DataFrame:
+        """The validated events that happened at or after `timestamp` (epoch seconds), each
+        file filtered as it is read: as much memory as those events take, not the history."""
+        names = [file.name for file in self.files.list(EVENTS)]
+        return self._event_table(names, pc.field("timestamp") >= timestamp).to_pandas()
+
     def ingested_since(self, moment: str) -> pd.DataFrame:
         """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
         return self._event_table(self._event_files(self.files_ingested_since(moment))).to_pandas()
@@ -434,8 +440,9 @@ class EventHistory(ConfigurableResource):
     def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
         """Event history files as one table in EVENT_SCHEMA."""
         tables = [self._read_events(name) for name in names]
-        events = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
-        return events if condition is None else events.filter(condition)
+        if condition is not None:
+            tables = [table.filter(condition) for table in tables]
+        return pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
 
     def _read_events(self, name: str) -> pa.Table:
         return pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)

@@ -40,6 +40,11 @@ class ServedListLog(ConfigurableResource):
             if rows:
                 yield pd.DataFrame(rows, columns=SERVED_COLUMNS)
 
+    def first_served_at(self) -> float | None:
+        """When the oldest logged list was served (None: nothing logged)."""
+        first = next(self.served_lists(chunk_rows=1), None)
+        return None if first is None else float(first["time"].iloc[0])
+
     def erase(self, user_keys: Collection[str]) -> int:
         """These users' lines out of the log (by `user_key`); returns how many went. On local
         disk the API may be appending: each file is rewritten under the lock its flushes take."""

@@ -72,7 +72,7 @@ def open_cosmos(cosmos, database: str | None = None) -> CosmosRecommendationStor
 def test_a_lake_table_is_read_a_batch_at_a_time_and_users_come_out_whole(spark, tmp_path):
     files = LocalFiles(str(tmp_path))
     table = ranked_table()
-    lake = write_parts(files, "lake/ranked", in_parts(spark, table))
+    lake, _ = write_parts(files, "lake/ranked", in_parts(spark, table))
     assert len(lake.parts) == 4
     batches = list(lake.batches(["user_id", "history_events"], rows=7))
     assert all(len(batch) <= 7 for batch in batches)
