@@ -2,6 +2,7 @@
 was served."""
 
 import math
+import sys
 
 import pandas as pd
 from dagster import (
@@ -142,7 +143,10 @@ def online_evaluation(
     only events from the first served list on are read."""
     forgotten = store.forgotten()
     first_served = served_log.first_served_at()
-    events = event_history.events_from(math.inf if first_served is None else first_served)
+    # Nothing served yet: no event can count, and none is read.
+    events = event_history.events_from(
+        sys.maxsize if first_served is None else math.floor(first_served)
+    )
     events = events[~forgotten.mask(events["user_id"].astype("string")).to_numpy()]
     served = (
         chunk[~forgotten.mask(chunk["user_id"].astype("string")).to_numpy()]

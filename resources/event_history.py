@@ -248,11 +248,12 @@ class EventHistory(ConfigurableResource):
         """Every validated event ingested so far, with its source file."""
         return self._event_table([file.name for file in self.files.list(EVENTS)]).to_pandas()
 
-    def events_from(self, timestamp: float) -> pd.DataFrame:
+    def events_from(self, timestamp: int) -> pd.DataFrame:
         """The validated events that happened at or after `timestamp` (epoch seconds), each
         file filtered as it is read: as much memory as those events take, not the history."""
         names = [file.name for file in self.files.list(EVENTS)]
-        return self._event_table(names, pc.field("timestamp") >= timestamp).to_pandas()
+        since = pc.field("timestamp") >= pa.scalar(timestamp, pa.int64())
+        return self._event_table(names, since).to_pandas()
 
     def ingested_since(self, moment: str) -> pd.DataFrame:
         """The validated events of files ingested after `moment` (an ISO-8601 UTC time)."""
