@@ -33,7 +33,11 @@ from reco_dagster.domain.lists import (
 from reco_dagster.domain.ranking import popular_items as most_popular
 from reco_dagster.domain.spark_scoring import ranked_on
 from reco_dagster.domain.spark_tables import spark_popular_items
-from reco_dagster.domain.user_lists import published_lists, spark_published_lists
+from reco_dagster.domain.user_lists import (
+    PUBLISHED_COLUMNS,
+    published_lists,
+    spark_published_lists,
+)
 from resources.deployment import new_item_exposure, published_depth
 from resources.event_history import EventHistory
 from resources.lake_io import StoredModel
@@ -180,8 +184,12 @@ def build_publish(family: str) -> list[AssetsDefinition]:
         names the history items that explain each one (`domain.explain`), `history_events`
         how many of the user's events it was ranked from."""
         started = time.perf_counter()
-        history = interactions.frame(pyspark)
         item_side = model.item_side()
+        if "skipped" in item_side.card.settings:  # a family that could not be fitted
+            return Output(
+                pd.DataFrame(columns=PUBLISHED_COLUMNS), metadata={"dagster/row_count": 0}
+            )
+        history = interactions.frame(pyspark)
         making = {
             "cold_start": popular_items,
             "new_items": list(new_items["item_id"]),

@@ -5,6 +5,7 @@ import gzip
 import io
 import json
 import os
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -174,6 +175,15 @@ def test_parquet_and_jsonl_files_land_in_one_history(zone, event_history):
     history = event_history.all_events().sort_values("user_id")
     assert history["user_id"].tolist() == ["1", "x"]
     assert history["timestamp"].tolist() == [1704067200, 1700000000]
+
+
+def test_events_from_a_moment_are_read_from_every_file(zone, event_history):
+    zone.land("early.csv", GOOD_CSV)
+    zone.land("late.csv", b"user_id,item_id,timestamp\nu3,i3,1600000001\nu4,i4,1700000000\n")
+    ingest(zone)
+    later = event_history.events_from(1_600_000_001)
+    assert sorted(later["user_id"]) == ["u2", "u3", "u4"]
+    assert event_history.events_from(sys.maxsize).empty
 
 
 def test_a_folder_written_for_a_model_replaces_the_old_one_whole(files):

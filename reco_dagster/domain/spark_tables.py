@@ -225,7 +225,10 @@ def map_user_batches(
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for frame in apply(whole_users(batches)):
-            yield pa.RecordBatch.from_pandas(frame, schema=arrow_out, preserve_index=False)
+            # An empty frame's columns may have no type to convert (an empty list column
+            # is float64 in pandas); it has no rows to give anyway.
+            if len(frame):
+                yield pa.RecordBatch.from_pandas(frame, schema=arrow_out, preserve_index=False)
 
     return by_user.mapInArrow(run, out_schema)
 

@@ -81,6 +81,7 @@ PUBLISHED_LIST_SCHEMA = (
     "user_id string, item_id string, rank smallint, score double, new_item boolean, "
     "because array<string>, model_version string, history_events long"
 )
+PUBLISHED_COLUMNS = [field.split()[0] for field in PUBLISHED_LIST_SCHEMA.split(", ")]
 USERS_PER_PART = 5_000
 """Users per partition of the lists Spark makes: a part of their lists (300 items each) is
 what a writer of the store holds at a time."""
