@@ -3,7 +3,6 @@ quality gate, and the switch: the gate-passing family with the best validation n
 live (unless `serving.family` pins one)."""
 
 from collections.abc import Iterator
-from typing import Any
 
 import pandas as pd
 from dagster import (
@@ -72,12 +71,7 @@ def live_model(
     candidates = {family: ev for family, ev in evaluations.items() if not ev["skipped"]}
     try:
         champion = champion_on_split(
-            pyspark,
-            ease,
-            store,
-            candidates,
-            train_interactions.frame(pyspark),
-            test_interactions.frame(pyspark),
+            pyspark, ease, store, candidates, train_interactions, test_interactions
         )
     except Exception as error:  # the comparison is advisory: never let it block a switch
         context.log.warning(f"The live model could not be refitted for comparison: {error!r}")
@@ -183,12 +177,12 @@ def champion_on_split(
     ease: EaseSettings,
     store: RecommendationStore,
     candidates: dict[str, dict],
-    train: Any,
-    test: Any,
+    train_interactions: LakeTable,
+    test_interactions: LakeTable,
 ) -> dict | None:
-    """The live version's family and settings scored on this run's split (pandas, or Spark
-    DataFrames scored on the executors): reused from a challenger with the same family and
-    settings, else refitted on the training split."""
+    """The live version's family and settings scored on this run's split: reused from a
+    challenger with the same family and settings, else refitted on the training split (read
+    only then; scored on the executors where Spark wrote it)."""
     live = store.version(store.live_version() or "")
     if live is None or "family" not in live.info:
         return None
@@ -205,6 +199,7 @@ def champion_on_split(
         metrics = same["metrics"]
     else:
         spark = pyspark.spark_session if family == "als" else None
+        train, test = train_interactions.frame(pyspark), test_interactions.frame(pyspark)
         refit = item_side(fit_model(family, settings, train, spark, ease.max_items))
         if isinstance(train, pd.DataFrame):
             metrics = evaluate(fold_in(refit, train), train, test)

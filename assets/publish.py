@@ -35,8 +35,9 @@ from reco_dagster.domain.spark_scoring import ranked_on
 from reco_dagster.domain.spark_tables import spark_popular_items
 from reco_dagster.domain.user_lists import (
     PUBLISHED_COLUMNS,
-    published_lists,
+    as_published,
     spark_published_lists,
+    users_lists,
 )
 from resources.deployment import new_item_exposure, published_depth
 from resources.event_history import EventHistory
@@ -203,7 +204,8 @@ def build_publish(family: str) -> list[AssetsDefinition]:
             return Output(ranked, metadata={"ranked_on": "spark executors"})
         users = history["user_id"].nunique()
         with model.scorer(history, batch_scoring.spark_to_rank(users, pyspark)) as scorer:
-            ranked = published_lists(item_side, scorer, history, **making)
+            ranked = users_lists(item_side, scorer, history, **making)
+        ranked = as_published(ranked, item_side.card.version, history)
         context.log.info(f"Ranked {users} users' items on the {ranked_on(scorer)}")
         return Output(
             ranked,

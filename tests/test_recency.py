@@ -16,6 +16,8 @@ from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.recency import DAY_S, recency_weights
 from reco_dagster.domain.search import search_settings
 from reco_dagster.domain.splits import split_interactions
+from resources.files import LocalFiles
+from resources.lake_tables import read_table
 from resources.settings import EaseSettings
 from resources.store import SqliteRecommendationStore
 
@@ -159,14 +161,18 @@ def test_the_champion_is_scored_on_the_challengers_split_not_its_own_old_one(tmp
     store.activate("ease-live")
     ease = EaseSettings()
     challenger = {"family": "ease", "settings": {**EASE, "l2": 500.0}, "metrics": {"x": 1.0}}
+    files = LocalFiles(root=str(tmp_path / "data"))
+    for name, table in (("train", train), ("test", test)):
+        files.write(f"lake/{name}.parquet", table.to_parquet(index=False))
+    lake = {name: read_table(files, f"lake/{name}") for name in ("train", "test")}
 
-    champion = champion_on_split(None, ease, store, {"ease": challenger}, train, test)
+    champion = champion_on_split(None, ease, store, {"ease": challenger}, *lake.values())
     refitted = fit_model("ease", live_settings, train)
     assert champion["version"] == "ease-live"
     assert champion["metrics"] == evaluate(fold_in(refitted, train), train, test) != stale
 
     alike = {**challenger, "settings": {**live_settings, "rating_scale": 1.0}}
-    reused = champion_on_split(None, ease, store, {"ease": alike}, train, test)
+    reused = champion_on_split(None, ease, store, {"ease": alike}, *lake.values())
     assert reused["metrics"] == {"x": 1.0}
 
 

@@ -34,7 +34,7 @@ from reco_dagster.domain.spark_tables import (
 )
 from reco_dagster.domain.splits import SPLIT_METHODS, sample_users, split_interactions
 from reco_dagster.domain.synthetic import synthetic_event_log
-from reco_dagster.domain.user_lists import published_lists, spark_published_lists
+from reco_dagster.domain.user_lists import as_published, spark_published_lists, users_lists
 from resources.event_history import EventHistory
 from resources.files import LocalFiles
 from resources.ingestion import EventWeights
@@ -185,7 +185,9 @@ ALS_SETTINGS = {
 
 def test_a_tables_fingerprint_is_the_same_on_spark(both_engines):
     for pandas_table, spark_table in zip(*both_engines.values(), strict=True):
-        assert spark_data_fingerprint(spark_table) == data_fingerprint(pandas_table)
+        fingerprint, rows = spark_data_fingerprint(spark_table)
+        assert fingerprint == data_fingerprint(pandas_table)
+        assert rows == len(pandas_table)
 
 
 def test_the_search_samples_the_same_users_on_spark(both_engines):
@@ -245,7 +247,8 @@ def test_lists_made_on_spark_are_the_lists_made_on_the_driver(both_engines):
         "every": 5,
         "depth": 40,
     }
-    expected = published_lists(model, fold_in(model, table), table, **making)
+    ranked = users_lists(model, fold_in(model, table), table, **making)
+    expected = as_published(ranked, model.card.version, table)
     got = spark_published_lists(model, spark_table, **making).toPandas()
     order = ["user_id", "rank"]
     expected = expected.sort_values(order, ignore_index=True)

@@ -36,7 +36,7 @@ def fit_model(
 def card_of(family: str, settings: dict[str, Any], table: Any) -> ModelCard:
     if isinstance(table, pd.DataFrame):
         return ModelCard.describe(family, settings, table)
-    return ModelCard.identified(family, settings, spark_data_fingerprint(table), table.count())
+    return ModelCard.identified(family, settings, *spark_data_fingerprint(table))
 
 
 def top_rating(table: Any) -> pd.Series:

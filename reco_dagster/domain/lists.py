@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 Item = dict[str, Any]
 """{"item_id": str, "score": float, "title": str (when the catalogue has one), "because":
@@ -62,24 +63,38 @@ def history_marks(ranked: pd.DataFrame) -> dict[str, int]:
     return dict(zip(users["user_id"], users["history_events"].tolist(), strict=True))
 
 
-def whole_key_batches(batches: Iterable[pd.DataFrame], by: str) -> Iterator[pd.DataFrame]:
-    """Frames read a batch at a time from a table whose rows of each value of `by` are
-    together (a user's ranked rows), cut again so that each frame holds every row of its
-    values: the rows of a frame's last value are held back and go with the next frame, where
-    they may run on. What `ranked_lists` of each frame then gives is one whole list per value,
-    with no more than a batch (and one value's rows) in memory."""
-    held_back: pd.DataFrame | None = None
+Rows = TypeVar("Rows", pd.DataFrame, pa.Table)
+
+
+def whole_key_batches(batches: Iterable[Rows], by: str) -> Iterator[Rows]:
+    """Batches (pandas frames or Arrow tables) read from a table whose rows of each value of
+    `by` are together (a user's ranked rows, a user's part of a Spark partition), cut again
+    so that each batch holds every row of its values: the rows of a batch's last value are
+    held back and go with the next batch, where they may run on. What `ranked_lists` of each
+    batch then gives is one whole list per value, with no more than a batch (and one value's
+    rows) in memory."""
+    held_back: Rows | None = None
     for batch in batches:
-        frame = batch if held_back is None else pd.concat([held_back, batch], ignore_index=True)
-        if frame.empty:
+        rows = batch if held_back is None else _concat(held_back, batch)
+        if not len(rows):
             continue
-        keys = frame[by].to_numpy()
+        keys = np.asarray(rows[by])
         last = keys == keys[-1]
-        held_back = frame[last]
+        held_back = _taken(rows, last)
         if not last.all():
-            yield frame[~last]
+            yield _taken(rows, ~last)
     if held_back is not None:
         yield held_back
+
+
+def _concat(first: Rows, second: Rows) -> Rows:
+    if isinstance(first, pa.Table):
+        return pa.concat_tables([first, second])
+    return pd.concat([first, second], ignore_index=True)
+
+
+def _taken(rows: Rows, mask: np.ndarray) -> Rows:
+    return rows.filter(pa.array(mask)) if isinstance(rows, pa.Table) else rows[mask]
 
 
 class _Columns(NamedTuple):

@@ -16,6 +16,7 @@ import pandas as pd
 
 from reco_dagster.domain.events import DEFAULT_EVENT_WEIGHTS
 from reco_dagster.domain.interactions import INTERACTION_COLUMNS
+from reco_dagster.domain.lists import whole_key_batches
 from reco_dagster.domain.models import fingerprint_columns, fingerprint_of, row_hash_total
 from reco_dagster.domain.recency import DAY_S
 from reco_dagster.domain.splits import (
@@ -174,14 +175,14 @@ UserBatches = Iterator[dict[str, pd.DataFrame]]
 def map_user_batches(
     tables: Mapping[str, Any],
     apply: Callable[[UserBatches], Iterator[pd.DataFrame]],
-    schema: Any,
+    schema: str,
     partitions: int,
 ) -> Any:
     """The driver's pandas code run on Spark's executors, a few users at a time: `tables`
     (Spark DataFrames by name, each with a user_id column) are partitioned by user into
     `partitions` parts, and `apply` gets each part's batches, each a dict of pandas frames (one
     per table, its own columns and types) holding every row of a set of whole users. What it
-    yields becomes a Spark DataFrame of `schema`, its partitions the users' parts: code that
+    yields becomes a Spark DataFrame of `schema` (DDL), its partitions the users' parts: code that
     is right for the rows of some users is right for all of them, on any number of
     executors."""
     import pyarrow as pa
@@ -194,7 +195,7 @@ def map_user_batches(
     tagged = [table.withColumn(TABLE_TAG, F.lit(name)) for name, table in tables.items()]
     union = functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), tagged)
     by_user = union.repartition(partitions, "user_id").sortWithinPartitions("user_id")
-    out_schema = schema if isinstance(schema, StructType) else StructType.fromDDL(schema)
+    out_schema = StructType.fromDDL(schema)
     arrow_out = to_arrow_schema(out_schema)
 
     def split(rows: pa.Table) -> dict[str, pd.DataFrame]:
@@ -206,25 +207,11 @@ def map_user_batches(
             for name, wanted in arrow_schemas.items()
         }
 
-    def whole_users(batches: Iterator[pa.RecordBatch]) -> UserBatches:
-        # A user's rows may straddle two Arrow batches: the last user of a batch waits for
-        # the next one.
-        pending: pa.Table | None = None
-        for batch in batches:
-            rows = pa.Table.from_batches([batch])
-            rows = rows if pending is None else pa.concat_tables([pending, rows])
-            if not rows.num_rows:
-                continue
-            is_last = pc.equal(rows["user_id"], rows["user_id"][-1])
-            complete = rows.filter(pc.invert(is_last))
-            pending = rows.filter(is_last)
-            if complete.num_rows:
-                yield split(complete)
-        if pending is not None and pending.num_rows:
-            yield split(pending)
-
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for frame in apply(whole_users(batches)):
+        # A user's rows may straddle two Arrow batches: cut again at users' ends.
+        tables = (pa.Table.from_batches([batch]) for batch in batches)
+        users = (split(rows) for rows in whole_key_batches(tables, "user_id"))
+        for frame in apply(users):
             # An empty frame's columns may have no type to convert (an empty list column
             # is float64 in pandas); it has no rows to give anyway.
             if len(frame):
@@ -241,9 +228,10 @@ def partitions_for(users: int, users_per_partition: int, spark: Any) -> int:
     return max(spark.sparkContext.defaultParallelism, math.ceil(users / users_per_partition))
 
 
-def spark_data_fingerprint(table: Any) -> str:
-    """`models.data_fingerprint` of a Spark DataFrame, each partition's row hashes summed on
-    its executor: the same rows give the same fingerprint in either engine."""
+def spark_data_fingerprint(table: Any) -> tuple[str, int]:
+    """`models.data_fingerprint` of a Spark DataFrame, and its number of rows: each
+    partition's row hashes summed and rows counted on its executor. The same rows give the
+    same fingerprint in either engine."""
     import numpy as np
     import pyarrow as pa
     from pyspark.sql import functions as F
@@ -259,11 +247,14 @@ def spark_data_fingerprint(table: Any) -> str:
             total += row_hash_total(batch.to_pandas(), names)
             rows += batch.num_rows
         # A uint64 travels as the int64 of the same bits.
-        yield pa.RecordBatch.from_pylist([{"total": int(np.int64(total.view(np.int64)))}])
+        yield pa.RecordBatch.from_pylist(
+            [{"total": int(np.int64(total.view(np.int64))), "rows": rows}]
+        )
 
-    parts = table.select(*names).mapInArrow(totals, "total long").collect()
-    total = np.array([row.total for row in parts], dtype=np.int64).view(np.uint64)
-    return fingerprint_of(np.uint64(total.sum(dtype=np.uint64)), names)
+    parts = table.select(*names).mapInArrow(totals, "total long, rows long").collect()
+    total = np.array([part.total for part in parts], dtype=np.int64).view(np.uint64)
+    fingerprint = fingerprint_of(np.uint64(total.sum(dtype=np.uint64)), names)
+    return fingerprint, sum(part.rows for part in parts)
 
 
 def spark_sample_users(table: Any, max_users: int, seed: int) -> pd.DataFrame:

@@ -56,24 +56,11 @@ def users_lists(
     return ranked
 
 
-def published_lists(
-    item_side: FactorModel,
-    scorer: Scorer,
-    history: pd.DataFrame,
-    cold_start: pd.DataFrame,
-    new_items: Sequence[str],
-    categories: Mapping[str, Sequence[str]],
-    every: int,
-    depth: int,
-) -> pd.DataFrame:
+def as_published(ranked: pd.DataFrame, version: str, history: pd.DataFrame) -> pd.DataFrame:
     """`users_lists` as the batch job stores them (PUBLISHED_LIST_SCHEMA): with the model
     version and each user's `history_events`, the freshness mark of a list ranked from them."""
-    ranked = users_lists(
-        item_side, scorer, history, cold_start, new_items, categories, every, depth
-    )
     return ranked.assign(
-        model_version=item_side.card.version,
-        history_events=ranked["user_id"].map(history_events(history)),
+        model_version=version, history_events=ranked["user_id"].map(history_events(history))
     )
 
 
@@ -96,9 +83,9 @@ def spark_published_lists(
     every: int,
     depth: int,
 ) -> Any:
-    """`published_lists` of every user of `history` (a Spark DataFrame of interactions), made
-    on Spark's executors a few users at a time, each user folded in from their history: a
-    Spark DataFrame whose partitions hold whole users."""
+    """The published lists (`users_lists`, `as_published`) of every user of `history` (a
+    Spark DataFrame of interactions), made on Spark's executors a few users at a time, each
+    user folded in from their history: a Spark DataFrame whose partitions hold whole users."""
 
     spark = history.sparkSession
     # Broadcast: sent to each executor once, not with every task.
@@ -108,7 +95,7 @@ def spark_published_lists(
         model = shared.value
         for batch in batches:
             users = batch["history"]
-            yield published_lists(
+            ranked = users_lists(
                 model,
                 fold_in(model, users),
                 users,
@@ -118,6 +105,7 @@ def spark_published_lists(
                 every,
                 depth,
             )
+            yield as_published(ranked, model.card.version, users)
 
     users = history.select("user_id").distinct().count()
     partitions = partitions_for(users, USERS_PER_PART, spark)
