@@ -47,7 +47,7 @@ FROM runtime AS dagster
 COPY --from=build /opt/venv /opt/venv
 # Spark's JVM, and native BLAS/LAPACK for ALS.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless libblas3 liblapack3 \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless libopenblas0-serial \
     && rm -rf /var/lib/apt/lists/*
 COPY deploy/dagster/dagster-postgres.yaml /opt/dagster/home/dagster.yaml
 COPY deploy/docker/workspace.yaml /app/workspace.yaml

@@ -60,7 +60,26 @@ def build_evaluation(family: str) -> AssetsDefinition:
         """The family's settings fitted on the training split, scored on the test split (each
         user folded in from their training history, as served lists are made); the result is
         recorded for the served model version those settings produced. On Spark's executors
-        when Spark wrote the split."""
+        when Spark wrote the split. A family that was not fitted is recorded as skipped
+        without reading the split."""
+        searched, card = model_search[family], served.card
+        # Skipped by the search, or by a fit on a table with more items than it searched on.
+        skipped = searched.get("skipped") or card.settings.get("skipped")
+        recorded = {
+            "model_version": card.version,
+            "family": family,
+            "settings": card.settings,
+            "data_fingerprint": card.data_fingerprint,
+            "training_rows": card.training_rows,
+            "protocol": protocol.method,
+            "validation": searched.get("validation", {}),
+            "skipped": skipped,
+        }
+        if skipped:  # nothing was fitted: nothing to score, and the gate reads no baseline
+            return Output(
+                {**recorded, "metrics": {}, "popularity_baseline": {}, "trending_baseline": {}},
+                metadata={"model_version": card.version, "skipped": skipped},
+            )
         trending_days = model_search["cold_start"]["half_life_days"]
         train, test = train_interactions.frame(pyspark), test_interactions.frame(pyspark)
         if isinstance(train, pd.DataFrame):
@@ -85,23 +104,12 @@ def build_evaluation(family: str) -> AssetsDefinition:
             metrics, baseline, trending = found[MODEL], found["popularity"], found["trending"]
             where = "spark executors"
             evaluated_users = test.select("user_id").distinct().count()
-        searched = model_search[family]
         lift = metrics["precision_at_10"] / max(baseline["precision_at_10"], 1e-12)
         context.log.info(", ".join(f"{name}={value:.4f}" for name, value in metrics.items()))
-        card = served.card
-        # Skipped by the search, or by a fit on a table with more items than it searched on.
-        skipped = searched.get("skipped") or card.settings.get("skipped")
         return Output(
             {
-                "model_version": card.version,
-                "family": family,
-                "settings": card.settings,
-                "data_fingerprint": card.data_fingerprint,
-                "training_rows": card.training_rows,
-                "protocol": protocol.method,
+                **recorded,
                 "metrics": metrics,
-                "validation": searched.get("validation", {}),
-                "skipped": skipped,
                 "popularity_baseline": baseline,
                 "trending_baseline": trending,
             },
@@ -115,7 +123,6 @@ def build_evaluation(family: str) -> AssetsDefinition:
                 "precision_lift_over_popularity": round(lift, 2),
                 "evaluated_users": evaluated_users,
                 "rating_metrics": "computed" if "rmse" in metrics else "n/a: implicit feedback",
-                **({"skipped": skipped} if skipped else {}),
             },
         )
 

@@ -10,9 +10,11 @@ and land them as parquet files of 1M events; then, in a fresh process, run `batc
 (20 of them new). Prints each stage's wall time, the peak memory of each part of the process
 tree, sampled every 0.2 s: the driver (the Python process the job runs in, where #18's
 target applies), Spark's JVM (in local mode it hosts the executors too; its heap is set by
-spark.driver.memory) and the Python workers Spark starts for pandas UDFs; then the
-micro-batch's time with its stages (ingest, reading the users' history, loading the model,
-fold-in and ranking, writing). The last line is one JSON object.
+spark.driver.memory) and the Python workers Spark starts for pandas UDFs; the driver's and
+the workers' peaks during each of the five steps where they were highest (a step's figure
+includes what earlier steps left allocated); then the micro-batch's time with its stages
+(ingest, reading the users' history, loading the model, fold-in and ranking, writing) and
+the driver's peak during it. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -52,6 +55,8 @@ class PeakMemory:
 
     def __init__(self, interval_s: float = 0.2) -> None:
         self.peak_bytes = dict.fromkeys(self.ROLES, 0)
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        """(epoch seconds, RSS by role): to tell which step a peak came in."""
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -83,6 +88,24 @@ class PeakMemory:
                 now[role] += rss
             for role, rss in now.items():
                 self.peak_bytes[role] = max(self.peak_bytes[role], rss)
+            self.samples.append((time.time(), now))
+
+    def peak_by_step(self, role: str, entries: list[Any], event_type: Any) -> dict[str, float]:
+        """A role's peak RSS (GB) while each step of a run ran (the in-process executor runs
+        one step at a time), the largest first."""
+        started: dict[str, float] = {}
+        peaks: dict[str, float] = {}
+        for entry in entries:
+            event = entry.dagster_event
+            if event is None:
+                continue
+            if event.event_type == event_type.STEP_START:
+                started[event.step_key] = entry.timestamp
+            elif event.event_type == event_type.STEP_SUCCESS:
+                begin = started[event.step_key]
+                during = [rss for at, rss in self.driver_samples if begin <= at <= entry.timestamp]
+                peaks[event.step_key] = round(max(during, default=0) / 1e9, 2)
+        return dict(sorted(peaks.items(), key=lambda step: -step[1]))
 
 
 def run_one_size(n_events: int) -> dict[str, float | int]:
@@ -116,6 +139,10 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         total_s = time.perf_counter() - started
         assert result.success, "batch_retrain failed"
         stages = stage_seconds(instance.all_logs(result.run_id), DagsterEventType)
+        by_step = {
+            role: memory.peak_by_step(role, instance.all_logs(result.run_id), DagsterEventType)
+            for role in ("driver", "python_workers")
+        }
         [ranked_on] = [
             event.asset_materialization.metadata["ranked_on"].value
             for event in instance.all_logs(
@@ -126,12 +153,15 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
 
         _land_micro_batch(landing / "micro-batch.csv", known_users, items)
         streaming = importlib.import_module("reco_dagster.streaming")
-        started = time.perf_counter()
+        micro_began, started = time.time(), time.perf_counter()
         micro = streaming.defs.resolve_job_def("micro_batch").execute_in_process(
             instance=instance,
             run_config={"ops": {"score_new_events": {"config": {"files": ["micro-batch.csv"]}}}},
         )
         micro_run_s = time.perf_counter() - started
+        micro_driver_gb = (
+            max(rss["driver"] for at, rss in memory.samples if at >= micro_began) / 1e9
+        )
         assert micro.success, "micro_batch failed"
         micro_stages = stage_seconds(instance.all_logs(micro.run_id), DagsterEventType)
         [micro_output] = [
@@ -148,9 +178,15 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         "total_s": round(total_s, 1),
         **{name: round(seconds, 1) for name, seconds in stages.items()},
         **{f"{role}_peak_rss_gb": round(peak / 1e9, 2) for role, peak in memory.peak_bytes.items()},
+        **{
+            f"{role}_peak_rss_gb_in_{step}": gb
+            for role, steps in by_step.items()
+            for step, gb in list(steps.items())[:5]
+        },
         "als_ranked_on": ranked_on,
         "micro_batch_fold_in_s": round(micro_stages["step_score_new_events"], 3),
         "micro_batch_run_s": round(micro_run_s, 2),
+        "micro_batch_driver_peak_rss_gb": round(micro_driver_gb, 2),
         **{
             f"micro_batch_{name}": value.value
             for name, value in micro_output.items()

@@ -60,9 +60,7 @@ class StoredModel:
                 yield load_als_on_spark(spark.spark_session, folder)
                 return
             item_side = _item_side(folder)
-            if "skipped" in settings:  # a family that could not be fitted: nothing to score
-                yield item_side
-            elif spark is None:
+            if spark is None:
                 yield fold_in(item_side, history)
             else:
                 yield SparkFoldIn(spark.spark_session, item_side)

@@ -1,6 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reco_dagster.domain.als import rating_confidence
 from reco_dagster.domain.ease import ease_weights
@@ -9,7 +11,13 @@ from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.lists import ranked_lists
 from reco_dagster.domain.metrics import ranking_metrics
 from reco_dagster.domain.models import data_fingerprint
-from reco_dagster.domain.ranking import fill_short_lists, popular_items, recommend, top_k_items
+from reco_dagster.domain.ranking import (
+    fill_short_lists,
+    first_unseen,
+    popular_items,
+    recommend,
+    top_k_items,
+)
 from reco_dagster.domain.splits import chronological_split, stratified_random_split
 from reco_dagster.domain.synthetic import synthetic_events
 
@@ -177,6 +185,21 @@ def test_trending_counts_recent_users_more_and_all_time_counts_everyone_alike():
     trending = popular_items(table, 5, half_life_days=7.0)
     assert trending["item_id"].tolist() == ["new", "old"]
     assert trending["score"].tolist() == pytest.approx([2.0, 3 * 0.5 ** (30 / 7)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seen=st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("pqrstuvwxyz")), unique=True),
+    k=st.integers(1, 12),
+)
+def test_a_shared_lists_first_unseen_items_are_what_scoring_every_item_ranks(seen, k):
+    items = np.array(list("zyxwvutsrqp"), dtype=object)  # best first
+    scores = np.arange(len(items), 0, -1, dtype=np.float64)
+    users = np.array(["a", "b", "c", "d", "e"], dtype=object)
+    seen = pd.DataFrame(seen, columns=["user_id", "item_id"])
+    walked = first_unseen(users, items, scores, seen, k)
+    scored = recommend(users, items, np.ones((len(users), 1)), scores[:, None], seen, k)
+    pd.testing.assert_frame_equal(walked, scored)
 
 
 def test_lists_of_no_rows_are_none():

@@ -6,8 +6,10 @@ import json
 import httpx
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reco_dagster.domain.exposure import new_item_affinity, new_items, with_new_items
+from reco_dagster.domain.exposure import _seed, new_item_affinity, new_items, with_new_items
 from reco_dagster.domain.interactions import item_users
 from reco_dagster.domain.online import served_hit_rate
 from tests.conftest import running_api
@@ -73,6 +75,79 @@ def test_one_position_in_every_ten_goes_to_a_new_item_at_a_stable_offset():
     assert placed.equals(with_new_items(ranked, offered, every=10, version="v1", depth=30))
     moved = with_new_items(ranked, offered, every=10, version="v2", depth=30)
     assert not moved[moved["new_item"]]["rank"].equals(news["rank"])
+
+
+def merged_one_at_a_time(
+    listed: list[str], offered: list[str], offset: int, every: int, depth: int
+) -> list[tuple[str, bool]]:
+    """The exposure rule for one user, item by item: at the user's offset in every block of
+    `every` positions the next offered item not listed, else the next listed item; the list
+    ends when the position's source has nothing left, or at `depth`."""
+    extra = iter([item for item in offered if item not in listed])
+    rest = iter(listed)
+    merged: list[tuple[str, bool]] = []
+    while len(merged) < depth:
+        new = next(extra, None) if len(merged) % every == offset else None
+        if new is not None:
+            merged.append((new, True))
+        elif (item := next(rest, None)) is not None:
+            merged.append((item, False))
+        else:
+            break
+    return merged
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lists=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from("abcdefghij"), min_size=1, max_size=10, unique=True),
+            st.lists(st.sampled_from("efghijklmn"), max_size=6, unique=True),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    every=st.integers(1, 5),
+    depth=st.integers(1, 16),
+)
+def test_new_items_are_merged_into_every_list_by_the_one_at_a_time_rule(
+    lists: list[tuple[list[str], list[str]]], every: int, depth: int
+):
+    users = [f"u{n}" for n in range(len(lists))]
+    ranked = pd.DataFrame(
+        [
+            {"user_id": user, "item_id": item, "rank": rank, "score": 100.0 - rank}
+            for user, (listed, _) in zip(users, lists, strict=True)
+            for rank, item in enumerate(listed, 1)
+        ]
+    )
+    offered = pd.DataFrame(
+        [
+            {"user_id": user, "item_id": item}
+            for user, (_, items) in zip(users, lists, strict=True)
+            for item in items
+        ],
+        columns=["user_id", "item_id"],
+    )
+    placed = with_new_items(ranked, offered, every, "v1", depth)
+    expected = [
+        (user, item, new)
+        for user, (listed, items) in zip(users, lists, strict=True)
+        for item, new in merged_one_at_a_time(
+            listed, items, _seed(f"v1/{user}") % every, every, depth
+        )
+    ]
+    if offered.empty:  # nothing to place: the lists stay as ranked
+        expected = [
+            (user, item, False)
+            for user, (listed, _) in zip(users, lists, strict=True)
+            for item in listed
+        ]
+    got = list(zip(placed["user_id"], placed["item_id"], placed["new_item"], strict=True))
+    assert got == expected
+    for _, mine in placed.groupby("user_id"):
+        assert mine["rank"].tolist() == list(range(1, len(mine) + 1))
+        assert mine["score"].is_monotonic_decreasing
 
 
 def test_new_items_get_their_marked_positions_the_log_and_similar_items_by_category(

@@ -14,7 +14,7 @@ import pandas as pd
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.metrics import RANKING_METRICS, averaged, ranking_metric_totals
 from reco_dagster.domain.models import FactorModel, Scorer
-from reco_dagster.domain.ranking import popular_items, recommend
+from reco_dagster.domain.ranking import first_unseen, popular_items
 from reco_dagster.domain.spark_tables import UserBatches, map_user_batches
 
 TOP_K = 10
@@ -69,12 +69,10 @@ def popularity_baseline(
 def popularity_totals(popularity: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame) -> dict:
     """The baseline's ranking metrics as sums over the users of `train`, `popularity` every
     training item with its score (`popular_items`)."""
-    users = train["user_id"].unique()
-    ranked = recommend(
-        users,
+    ranked = first_unseen(
+        train["user_id"].unique(),
         popularity["item_id"].to_numpy(),
-        np.ones((len(users), 1)),
-        popularity["score"].to_numpy(dtype=np.float64)[:, None],
+        popularity["score"].to_numpy(),
         seen=train,
         k=TOP_K,
     )
@@ -99,9 +97,6 @@ def evaluate_on_spark(
     training history, as on the driver) and `popularity_totals`' baselines, by name, for
     Spark DataFrames: every executor scores its users, the driver adds up the totals."""
 
-    # A family that could not be fitted has no items: nothing to fold users into.
-    skipped = "skipped" in item_side.card.settings
-
     spark = train.sparkSession
     # Broadcast: sent to each executor once, not with every task.
     shared = spark.sparkContext.broadcast(item_side)
@@ -110,8 +105,7 @@ def evaluate_on_spark(
         model = shared.value
         for batch in batches:
             fold, held_out = batch["train"], batch["test"]
-            scorer = model if skipped else fold_in(model, fold)
-            found = {MODEL: evaluation_totals(scorer, fold, held_out)}
+            found = {MODEL: evaluation_totals(fold_in(model, fold), fold, held_out)}
             for name, popularity in popularities.items():
                 found[name] = popularity_totals(popularity, fold, held_out)
             yield pd.DataFrame(

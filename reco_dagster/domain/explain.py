@@ -44,8 +44,9 @@ def explain_lists(
         rank = latent.shape[1]
         gram = implicit_gram(latent) if implicit else np.zeros((rank, rank))
     ranked_columns = pd.Index(model.item_ids).get_indexer(ranked["item_id"])
-    item_ids = np.asarray(model.item_ids)
-    reasons: list[list[str]] = [[] for _ in range(len(ranked))]
+    item_ids = np.asarray(model.item_ids).astype(object, copy=False)
+    # Per user: the rows explained, their reasons (n columns, padded) and how many raised it.
+    explained: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     ranked_by_user = pd.Series(np.arange(len(ranked))).groupby(ranked["user_id"].to_numpy()).indices
     for user, rows in ranked_by_user.items():
         mine = by_user.get(user)
@@ -77,8 +78,14 @@ def explain_lists(
             best = np.take_along_axis(top, order, axis=1)
         else:
             best = np.argsort(-terms, axis=1, kind="stable")
-        raised = (np.take_along_axis(terms, best, axis=1) > 0).tolist()
-        named = item_ids[items[best]].tolist()
-        for row, names, positive in zip(scored, named, raised, strict=True):
-            reasons[row] = [str(name) for name, up in zip(names, positive, strict=True) if up]
+        # Sorted by descending term: the items that raised the score come first.
+        raised = (np.take_along_axis(terms, best, axis=1) > 0).sum(axis=1)
+        named = np.full((len(scored), n), None, dtype=object)
+        named[:, : best.shape[1]] = item_ids[items[best]]
+        explained.append((scored, named, raised))
+    reasons: list[list[str]] = [[] for _ in range(len(ranked))]
+    if explained:
+        rows, named, raised = (np.concatenate(part) for part in zip(*explained, strict=True))
+        for row, names, count in zip(rows.tolist(), named.tolist(), raised.tolist(), strict=True):
+            reasons[row] = names[:count]
     return reasons

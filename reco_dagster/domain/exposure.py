@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
-from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -131,32 +130,50 @@ def with_new_items(
     lies between its neighbours', so the list stays in score order."""
     if every <= 0 or affinity.empty or ranked.empty:
         return ranked.assign(new_item=False)
-    offered = affinity.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
     ordered = ranked.sort_values(["user_id", "rank"], kind="stable")
-    bounds = np.flatnonzero(
-        np.r_[True, ordered["user_id"].to_numpy()[1:] != ordered["user_id"].to_numpy()[:-1], True]
+    listed_ids = ordered["user_id"].to_numpy()
+    first_of_user = np.r_[True, listed_ids[1:] != listed_ids[:-1]]
+    users, listed_user = listed_ids[first_of_user], np.cumsum(first_of_user) - 1
+    # The user's offered new items in affinity order, less those their list holds already.
+    offered_user = pd.Index(users).get_indexer(affinity["user_id"])
+    offered = affinity.assign(user=offered_user)[offered_user >= 0]
+    listed_pairs = pd.MultiIndex.from_arrays([ordered["user_id"], ordered["item_id"]])
+    offered = offered[
+        ~pd.MultiIndex.from_arrays([offered["user_id"], offered["item_id"]]).isin(listed_pairs)
+    ].sort_values("user", kind="stable")
+    n_listed = np.bincount(listed_user, minlength=len(users))
+    n_offered = np.bincount(offered["user"].to_numpy(), minlength=len(users))
+    offsets = np.array([_seed(f"{version}/{user}") % every for user in users])
+    # Every position a user's merged list could reach: at most all their listed and offered
+    # items. A position is a new item's when it is the user's slot in its block of `every`
+    # and an offered item is left; otherwise it takes the next listed item.
+    user = np.repeat(np.arange(len(users)), n_listed + n_offered)
+    starts = np.r_[0, np.cumsum(n_listed + n_offered)[:-1]]
+    position = np.arange(len(user)) - starts[user]
+    from_offset = position - offsets[user]
+    is_new = (
+        (from_offset >= 0) & (from_offset % every == 0) & (from_offset // every < n_offered[user])
     )
-    user_ids, item_ids = ordered["user_id"].to_numpy(), ordered["item_id"].to_numpy()
-    scores = ordered["score"].to_numpy(dtype=np.float64)
-    rows: list[tuple[str, str, float, bool]] = []
-    for start, stop in pairwise(bounds):
-        user = user_ids[start]
-        listed = list(zip(item_ids[start:stop], scores[start:stop], strict=True))
-        taken = {item for item, _ in listed}
-        extra = iter([item for item in offered.get(user, []) if item not in taken])
-        offset = _seed(f"{version}/{user}") % every
-        merged: list[tuple[str, float, bool]] = []
-        rest = iter(listed)
-        while len(merged) < depth:
-            new = next(extra, None) if len(merged) % every == offset else None
-            if new is not None:
-                merged.append((new, np.nan, True))
-            elif (item := next(rest, None)) is not None:
-                merged.append((*item, False))
-            else:
-                break
-        rows.extend((user, *entry) for entry in merged)
-    table = pd.DataFrame(rows, columns=["user_id", "item_id", "score", "new_item"])
+    new_before = np.cumsum(is_new) - is_new - np.r_[0, np.cumsum(is_new)][starts][user]
+    listed_index = position - new_before
+    usable = is_new | (listed_index < n_listed[user])
+    # A list ends at its first position with nothing to take, or at `depth`.
+    ended = pd.Series(~usable).groupby(user).cummax().to_numpy() | (position >= depth)
+    keep = ~ended
+    user, is_new, position = user[keep], is_new[keep], position[keep]
+    listed_row = np.r_[0, np.cumsum(n_listed)[:-1]][user] + listed_index[keep]
+    offered_row = np.r_[0, np.cumsum(n_offered)[:-1]][user] + from_offset[keep] // every
+    item_ids = np.where(
+        is_new,
+        offered["item_id"].to_numpy()[np.where(is_new, offered_row, 0)] if len(offered) else None,
+        ordered["item_id"].to_numpy()[np.where(is_new, 0, listed_row)],
+    )
+    scores = np.where(
+        is_new, np.nan, ordered["score"].to_numpy(dtype=np.float64)[np.where(is_new, 0, listed_row)]
+    )
+    table = pd.DataFrame(
+        {"user_id": users[user], "item_id": item_ids, "score": scores, "new_item": is_new}
+    )
     table["rank"] = table.groupby("user_id", sort=False).cumcount().add(1).astype(np.int16)
     # Each new item scored between its neighbours in its user's list.
     above = table.groupby("user_id", sort=False)["score"].ffill()

@@ -7,7 +7,9 @@ import pandas as pd
 
 from reco_dagster.domain.recency import DAY_S
 
-SCORING_BLOCK_USERS = 2048
+SCORING_BLOCK_CELLS = 1 << 23
+"""User × item scores held at a time, whatever the catalogue's size: with the partition's
+indices (int64) and the negated copy, about 130 MB."""
 
 
 def top_k_items(
@@ -32,8 +34,9 @@ def top_k_items(
     order = np.argsort(seen_user_rows, kind="stable")
     seen_rows, seen_cols = seen_user_rows[order], seen_item_cols[order]
     item_factors_t = np.ascontiguousarray(item_factors.T, dtype=np.float32)
-    for start in range(0, n_users, SCORING_BLOCK_USERS):
-        stop = min(start + SCORING_BLOCK_USERS, n_users)
+    block_users = max(1, SCORING_BLOCK_CELLS // n_items)
+    for start in range(0, n_users, block_users):
+        stop = min(start + block_users, n_users)
         block = user_factors[start:stop].astype(np.float32, copy=False) @ item_factors_t
         lo, hi = np.searchsorted(seen_rows, [start, stop])
         block[seen_rows[lo:hi] - start, seen_cols[lo:hi]] = -np.inf
@@ -108,6 +111,35 @@ def fill_short_lists(
         )
     return pd.concat([ranked, *fills], ignore_index=True).sort_values(
         ["user_id", "rank"], kind="stable", ignore_index=True
+    )
+
+
+def first_unseen(
+    user_ids: np.ndarray, items: np.ndarray, scores: np.ndarray, seen: pd.DataFrame, k: int
+) -> pd.DataFrame:
+    """`recommend` for a list every user shares (`items`, best first, with their `scores`):
+    each user's first k items of it they have not seen, found without scoring the catalogue
+    for each user. Ties keep the list's order."""
+    rows = pd.Index(user_ids).get_indexer(seen["user_id"])
+    positions = pd.Index(items).get_indexer(seen["item_id"])
+    known = (rows >= 0) & (positions >= 0)
+    seen_keys = rows[known].astype(np.int64) * len(items) + positions[known]
+    # A user's k unseen items lie within the list's first k + (items they have seen).
+    window = np.minimum(k + np.bincount(rows[known], minlength=len(user_ids)), len(items))
+    user = np.repeat(np.arange(len(user_ids)), window)
+    position = np.arange(len(user)) - np.repeat(np.cumsum(window) - window, window)
+    unseen = ~np.isin(user.astype(np.int64) * len(items) + position, seen_keys)
+    user, position = user[unseen], position[unseen]
+    counts = np.bincount(user, minlength=len(user_ids))
+    rank = np.arange(len(user)) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+    top = rank <= k
+    return pd.DataFrame(
+        {
+            "user_id": np.asarray(user_ids)[user[top]],
+            "item_id": np.asarray(items)[position[top]],
+            "rank": rank[top].astype(np.int16),
+            "score": np.asarray(scores, dtype=np.float64)[position[top]],
+        }
     )
 
 
