@@ -439,14 +439,16 @@ class EventHistory(ConfigurableResource):
         return [file.name for file in self.files.list(EVENTS) if file.name not in compacted]
 
     def _event_table(self, names: list[str], condition: pc.Expression | None = None) -> pa.Table:
-        """Event history files as one table in EVENT_SCHEMA."""
-        tables = [self._read_events(name) for name in names]
-        if condition is not None:
-            tables = [table.filter(condition) for table in tables]
+        """Event history files as one table in EVENT_SCHEMA, only the rows meeting
+        `condition`: each file is filtered as it is read (its row groups by their statistics
+        first), so the table takes the memory of those rows alone."""
+        tables = [self._read_events(name, condition) for name in names]
         return pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
 
-    def _read_events(self, name: str) -> pa.Table:
-        return pq.read_table(pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA)
+    def _read_events(self, name: str, condition: pc.Expression | None = None) -> pa.Table:
+        return pq.read_table(
+            pa.BufferReader(self.files.read(name)), schema=EVENT_SCHEMA, filters=condition
+        )
 
 
 @dataclass(frozen=True)
