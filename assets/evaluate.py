@@ -64,7 +64,11 @@ def build_evaluation(family: str) -> AssetsDefinition:
         without reading the split."""
         searched, card = model_search[family], served.card
         # Skipped by the search, or by a fit on a table with more items than it searched on.
-        skipped = searched.get("skipped") or card.settings.get("skipped")
+        skipped = (
+            searched.get("skipped")
+            or card.settings.get("skipped")
+            or candidate.card.settings.get("skipped")
+        )
         recorded = {
             "model_version": card.version,
             "family": family,

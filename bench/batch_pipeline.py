@@ -19,7 +19,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,21 +107,34 @@ def main() -> None:
 def stage_seconds(entries, event_type) -> dict[str, float]:
     """Resource initialisation and each step's wall time, in run order (Spark starts inside
     the first step that uses it: the Spark resource is lazy)."""
-    starts: dict[str, float] = {}
-    seconds: dict[str, float] = defaultdict(float)
+    seconds: dict[str, float] = {}
+    started = None
     for entry in entries:
         event = entry.dagster_event
         if event is None:
             continue
-        if event.event_type == event_type.RESOURCE_INIT_STARTED and "resources" not in starts:
-            starts["resources"] = entry.timestamp
-        elif event.event_type == event_type.RESOURCE_INIT_SUCCESS and "resources" in starts:
-            seconds.setdefault("resources_init", entry.timestamp - starts["resources"])
-        elif event.event_type == event_type.STEP_START:
+        if event.event_type == event_type.RESOURCE_INIT_STARTED and started is None:
+            started = entry.timestamp
+        elif event.event_type == event_type.RESOURCE_INIT_SUCCESS and started is not None:
+            seconds.setdefault("resources_init", entry.timestamp - started)
+    for step, (begin, end) in step_windows(entries, event_type).items():
+        seconds[f"step_{step}"] = end - begin
+    return seconds
+
+
+def step_windows(entries, event_type) -> dict[str, tuple[float, float]]:
+    """Each succeeded step's (start, end) in epoch seconds, in run order."""
+    starts: dict[str, float] = {}
+    windows: dict[str, tuple[float, float]] = {}
+    for entry in entries:
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == event_type.STEP_START:
             starts[event.step_key] = entry.timestamp
         elif event.event_type == event_type.STEP_SUCCESS:
-            seconds[f"step_{event.step_key}"] = entry.timestamp - starts[event.step_key]
-    return dict(seconds)
+            windows[event.step_key] = (starts[event.step_key], entry.timestamp)
+    return windows
 
 
 def _plain_spark_seconds(data_dir: Path, rank: int, max_iter: int) -> float:

@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -90,21 +89,16 @@ class PeakMemory:
                 self.peak_bytes[role] = max(self.peak_bytes[role], rss)
             self.samples.append((time.time(), now))
 
-    def peak_by_step(self, role: str, entries: list[Any], event_type: Any) -> dict[str, float]:
-        """A role's peak RSS (GB) while each step of a run ran (the in-process executor runs
-        one step at a time), the largest first."""
-        started: dict[str, float] = {}
-        peaks: dict[str, float] = {}
-        for entry in entries:
-            event = entry.dagster_event
-            if event is None:
-                continue
-            if event.event_type == event_type.STEP_START:
-                started[event.step_key] = entry.timestamp
-            elif event.event_type == event_type.STEP_SUCCESS:
-                begin = started[event.step_key]
-                during = [rss for at, rss in self.driver_samples if begin <= at <= entry.timestamp]
-                peaks[event.step_key] = round(max(during, default=0) / 1e9, 2)
+    def peak_by_step(self, role: str, windows: dict[str, tuple[float, float]]) -> dict[str, float]:
+        """A role's peak RSS (GB) while each step ran (`windows`: the steps' start and end;
+        the in-process executor runs one step at a time), the largest first."""
+        peaks = {
+            step: round(
+                max((rss[role] for at, rss in self.samples if begin <= at <= end), default=0) / 1e9,
+                2,
+            )
+            for step, (begin, end) in windows.items()
+        }
         return dict(sorted(peaks.items(), key=lambda step: -step[1]))
 
 
@@ -115,7 +109,7 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from dagster import DagsterEventType, DagsterInstance
 
-    from bench.batch_pipeline import stage_seconds
+    from bench.batch_pipeline import stage_seconds, step_windows
 
     started = time.perf_counter()
     # Generated elsewhere: the driver's memory is the job's alone.
@@ -138,10 +132,11 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         )
         total_s = time.perf_counter() - started
         assert result.success, "batch_retrain failed"
-        stages = stage_seconds(instance.all_logs(result.run_id), DagsterEventType)
+        entries = instance.all_logs(result.run_id)
+        stages = stage_seconds(entries, DagsterEventType)
+        windows = step_windows(entries, DagsterEventType)
         by_step = {
-            role: memory.peak_by_step(role, instance.all_logs(result.run_id), DagsterEventType)
-            for role in ("driver", "python_workers")
+            role: memory.peak_by_step(role, windows) for role in ("driver", "python_workers")
         }
         [ranked_on] = [
             event.asset_materialization.metadata["ranked_on"].value
@@ -160,7 +155,7 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         )
         micro_run_s = time.perf_counter() - started
         micro_driver_gb = (
-            max(rss["driver"] for at, rss in memory.samples if at >= micro_began) / 1e9
+            max((rss["driver"] for at, rss in memory.samples if at >= micro_began), default=0) / 1e9
         )
         assert micro.success, "micro_batch failed"
         micro_stages = stage_seconds(instance.all_logs(micro.run_id), DagsterEventType)

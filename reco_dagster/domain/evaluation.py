@@ -68,7 +68,7 @@ def popularity_baseline(
 
 def popularity_totals(popularity: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame) -> dict:
     """The baseline's ranking metrics as sums over the users of `train`, `popularity` every
-    training item with its score (`popular_items`)."""
+    training item with its score, best first (`popular_items`)."""
     ranked = first_unseen(
         train["user_id"].unique(),
         popularity["item_id"].to_numpy(),

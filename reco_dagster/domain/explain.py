@@ -44,7 +44,7 @@ def explain_lists(
         rank = latent.shape[1]
         gram = implicit_gram(latent) if implicit else np.zeros((rank, rank))
     ranked_columns = pd.Index(model.item_ids).get_indexer(ranked["item_id"])
-    item_ids = np.asarray(model.item_ids).astype(object, copy=False)
+    item_ids = np.asarray(model.item_ids).astype(str).astype(object)
     # Per user: the rows explained, their reasons (n columns, padded) and how many raised it.
     explained: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     ranked_by_user = pd.Series(np.arange(len(ranked))).groupby(ranked["user_id"].to_numpy()).indices

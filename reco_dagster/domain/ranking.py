@@ -8,8 +8,8 @@ import pandas as pd
 from reco_dagster.domain.recency import DAY_S
 
 SCORING_BLOCK_CELLS = 1 << 23
-"""User × item scores held at a time, whatever the catalogue's size: with the partition's
-indices (int64) and the negated copy, about 130 MB."""
+"""Scores (users by items) held at a time, whatever the catalogue's size: with the
+partition's indices (int64) and the negated copy, about 130 MB."""
 
 
 def top_k_items(
@@ -117,9 +117,9 @@ def fill_short_lists(
 def first_unseen(
     user_ids: np.ndarray, items: np.ndarray, scores: np.ndarray, seen: pd.DataFrame, k: int
 ) -> pd.DataFrame:
-    """`recommend` for a list every user shares (`items`, best first, with their `scores`):
-    each user's first k items of it they have not seen, found without scoring the catalogue
-    for each user. Ties keep the list's order."""
+    """Each user's first k items they have not seen of a list every user shares (`items`,
+    best first, with their `scores`): `recommend` with one score per item, without scoring
+    the catalogue for each user, and with ties in the list's order."""
     rows = pd.Index(user_ids).get_indexer(seen["user_id"])
     positions = pd.Index(items).get_indexer(seen["item_id"])
     known = (rows >= 0) & (positions >= 0)
