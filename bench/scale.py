@@ -154,9 +154,9 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
             run_config={"ops": {"score_new_events": {"config": {"files": ["micro-batch.csv"]}}}},
         )
         micro_run_s = time.perf_counter() - started
-        micro_driver_gb = (
-            max((rss["driver"] for at, rss in memory.samples if at >= micro_began), default=0) / 1e9
-        )
+        micro_driver_gb = memory.peak_by_step("driver", {"micro": (micro_began, time.time())})[
+            "micro"
+        ]
         assert micro.success, "micro_batch failed"
         micro_stages = stage_seconds(instance.all_logs(micro.run_id), DagsterEventType)
         [micro_output] = [
@@ -181,7 +181,7 @@ def run_one_size(n_events: int) -> dict[str, float | int]:
         "als_ranked_on": ranked_on,
         "micro_batch_fold_in_s": round(micro_stages["step_score_new_events"], 3),
         "micro_batch_run_s": round(micro_run_s, 2),
-        "micro_batch_driver_peak_rss_gb": round(micro_driver_gb, 2),
+        "micro_batch_driver_peak_rss_gb": micro_driver_gb,
         **{
             f"micro_batch_{name}": value.value
             for name, value in micro_output.items()

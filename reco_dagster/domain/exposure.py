@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from reco_dagster.domain.ranking import top_k_items
+from reco_dagster.domain.ranking import positions_within, run_starts, top_k_items
 
 EXPOSURE_EVERY = 10
 """One position in this many goes to a new item (0: none)."""
@@ -148,21 +148,20 @@ def with_new_items(
     # items. A position is a new item's when it is the user's slot in its block of `every`
     # and an offered item is left; otherwise it takes the next listed item.
     user = np.repeat(np.arange(len(users)), n_listed + n_offered)
-    starts = np.r_[0, np.cumsum(n_listed + n_offered)[:-1]]
-    position = np.arange(len(user)) - starts[user]
+    position = positions_within(n_listed + n_offered)
     from_offset = position - offsets[user]
     is_new = (
         (from_offset >= 0) & (from_offset % every == 0) & (from_offset // every < n_offered[user])
     )
-    new_before = np.cumsum(is_new) - is_new - np.r_[0, np.cumsum(is_new)][starts][user]
+    new_before = pd.Series(is_new).groupby(user).cumsum().to_numpy() - is_new
     listed_index = position - new_before
     usable = is_new | (listed_index < n_listed[user])
     # A list ends at its first position with nothing to take, or at `depth`.
     ended = pd.Series(~usable).groupby(user).cummax().to_numpy() | (position >= depth)
     keep = ~ended
     user, is_new, position = user[keep], is_new[keep], position[keep]
-    listed_row = np.r_[0, np.cumsum(n_listed)[:-1]][user] + listed_index[keep]
-    offered_row = np.r_[0, np.cumsum(n_offered)[:-1]][user] + from_offset[keep] // every
+    listed_row = run_starts(n_listed)[user] + listed_index[keep]
+    offered_row = run_starts(n_offered)[user] + from_offset[keep] // every
     item_ids = np.where(
         is_new,
         offered["item_id"].to_numpy()[np.where(is_new, offered_row, 0)] if len(offered) else None,

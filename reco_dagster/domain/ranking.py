@@ -92,24 +92,19 @@ def fill_short_lists(
     short = lengths[lengths < depth]
     if short.empty:
         return ranked
-    seen_by_user = seen[seen["user_id"].isin(short.index)].groupby("user_id")["item_id"].agg(set)
-    listed = ranked[ranked["user_id"].isin(short.index)].groupby("user_id")
-    fills = []
-    for user_id, group in listed:
-        taken = set(group["item_id"]) | seen_by_user.get(user_id, set())
-        extra = [item for item in fallback["item_id"] if item not in taken][: depth - len(group)]
-        last = group["score"].min()
-        fills.append(
-            pd.DataFrame(
-                {
-                    "user_id": user_id,
-                    "item_id": extra,
-                    "rank": np.arange(len(group) + 1, len(group) + 1 + len(extra), dtype=np.int16),
-                    "score": last - 1e-6 * np.arange(1, len(extra) + 1),
-                }
-            )
-        )
-    return pd.concat([ranked, *fills], ignore_index=True).sort_values(
+    listed = ranked[ranked["user_id"].isin(short.index)]
+    taken = pd.concat([seen.loc[seen["user_id"].isin(short.index), ["user_id", "item_id"]], listed])
+    items = fallback["item_id"].to_numpy()
+    fills = first_unseen(short.index.to_numpy(), items, np.zeros(len(items)), taken, depth)
+    by_user = listed.groupby("user_id")
+    given = fills["user_id"].map(by_user.size()).to_numpy()
+    fills = fills[fills["rank"].to_numpy() <= depth - given]
+    given, after = given[fills.index], fills["rank"].to_numpy()
+    fills = fills.assign(
+        rank=(given + after).astype(np.int16),
+        score=fills["user_id"].map(by_user["score"].min()).to_numpy() - 1e-6 * after,
+    )
+    return pd.concat([ranked, fills], ignore_index=True).sort_values(
         ["user_id", "rank"], kind="stable", ignore_index=True
     )
 
@@ -126,12 +121,10 @@ def first_unseen(
     seen_keys = rows[known].astype(np.int64) * len(items) + positions[known]
     # A user's k unseen items lie within the list's first k + (items they have seen).
     window = np.minimum(k + np.bincount(rows[known], minlength=len(user_ids)), len(items))
-    user = np.repeat(np.arange(len(user_ids)), window)
-    position = np.arange(len(user)) - np.repeat(np.cumsum(window) - window, window)
+    user, position = np.repeat(np.arange(len(user_ids)), window), positions_within(window)
     unseen = ~np.isin(user.astype(np.int64) * len(items) + position, seen_keys)
     user, position = user[unseen], position[unseen]
-    counts = np.bincount(user, minlength=len(user_ids))
-    rank = np.arange(len(user)) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+    rank = positions_within(np.bincount(user, minlength=len(user_ids))) + 1
     top = rank <= k
     return pd.DataFrame(
         {
@@ -141,6 +134,16 @@ def first_unseen(
             "score": np.asarray(scores, dtype=np.float64)[position[top]],
         }
     )
+
+
+def run_starts(counts: np.ndarray) -> np.ndarray:
+    """Where each run of rows begins, for runs of `counts[i]` consecutive rows."""
+    return np.cumsum(counts) - counts
+
+
+def positions_within(counts: np.ndarray) -> np.ndarray:
+    """Each row's position (0, 1, …) within its run, for runs of `counts[i]` rows."""
+    return np.arange(int(np.sum(counts))) - np.repeat(run_starts(counts), counts)
 
 
 def recommend(
