@@ -23,6 +23,12 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from reco_dagster.domain.models import FactorModel
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,6 +48,23 @@ TARGETS = {
     "stratified_ease_precision_at_10": (">=", 0.43),
     "stratified_ease_ndcg_at_10": (">=", 0.49),
 }
+PRE_ISSUE_SETTINGS = {
+    "als": {
+        "rank": 128,
+        "max_iter": 6,
+        "reg_param": 1.0,
+        "alpha": 20.0,
+        "implicit_prefs": True,
+        "confidence": "rating",
+        "popularity_prior": 0.05,
+        "seed": 42,
+    },
+    "ease": {"l2": 150.0, "rating_weighted": True, "item_normalization": 0.15},
+}
+"""Each family's settings before the issue (commit 96ff5e6), chosen on the stratified test
+split, no recency: what the stratified targets' figures were measured with, on another draw of
+that split. Refitted on this run's split, they are the same-split reference for "no
+regression"."""
 
 
 def main() -> None:
@@ -129,6 +152,9 @@ def run_protocol(protocol: str, dataset: Path, search_s: float | None) -> dict[s
         ("trending", served["trending_baseline"]),
     ):
         figures |= {f"{protocol}_{name}_{metric}": round(metrics[metric], 4) for metric in METRICS}
+    split = tuple(
+        pd.read_parquet(lake / f"{part}_interactions.parquet") for part in ("train", "test")
+    )
     for family in ("als", "ease"):
         settings = searched[family]["settings"]
         figures[f"{protocol}_{family}_half_life_events"] = settings["half_life_events"]
@@ -138,7 +164,14 @@ def run_protocol(protocol: str, dataset: Path, search_s: float | None) -> dict[s
         )
         figures |= {
             f"{protocol}_{family}_no_recency_{metric}": round(value, 4)
-            for metric, value in without_recency(lake, family).items()
+            for metric, value in without_recency(lake, family, split).items()
+            if metric in ("precision_at_10", "ndcg_at_10")
+        }
+    if protocol == "stratified":
+        figures |= {
+            f"{protocol}_{family}_pre_issue_settings_{metric}": round(value, 4)
+            for family, metrics in pre_issue_reference(split).items()
+            for metric, value in metrics.items()
             if metric in ("precision_at_10", "ndcg_at_10")
         }
     figures[f"{protocol}_served_family"] = live["family"]
@@ -147,23 +180,56 @@ def run_protocol(protocol: str, dataset: Path, search_s: float | None) -> dict[s
     return figures | figures_search
 
 
-def without_recency(lake: Path, family: str) -> dict[str, float]:
+Split = tuple[pd.DataFrame, pd.DataFrame]
+"""The run's (training, test) split."""
+
+
+def without_recency(lake: Path, family: str, split: Split) -> dict[str, float]:
     """The family's evaluation model scored with every event of a history counting alike:
     what recency adds, on the same fit and split."""
-    import pandas as pd
-
-    from reco_dagster.domain.evaluation import evaluate
-    from reco_dagster.domain.foldin import fold_in
     from resources.files import LocalFiles
     from resources.lake_io import StoredModel
 
     files = LocalFiles(root=str(lake.parent))
     model = StoredModel(files, f"lake/{family}_evaluation_model/").item_side()
-    undecayed = {**model.card.settings, "half_life_events": 0.0, "half_life_days": 0.0}
-    model = replace(model, card=replace(model.card, settings=undecayed))
-    train = pd.read_parquet(lake / "train_interactions.parquet")
-    test = pd.read_parquet(lake / "test_interactions.parquet")
-    return evaluate(fold_in(model, train), train, test)
+    undecayed = {**model.card.settings, **NO_RECENCY}
+    return test_metrics(replace(model, card=replace(model.card, settings=undecayed)), split)
+
+
+def pre_issue_reference(split: Split) -> dict[str, dict[str, float]]:
+    """Each family fitted with `PRE_ISSUE_SETTINGS` on the run's training split, its metrics
+    on the run's test split."""
+    from pyspark.sql import SparkSession
+
+    from reco_dagster.domain.families import fit_model, item_side
+    from resources.settings import spark_config
+
+    builder = SparkSession.builder
+    for key, value in spark_config().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    try:
+        return {
+            family: test_metrics(
+                item_side(fit_model(family, {**settings, **NO_RECENCY}, split[0], spark)), split
+            )
+            for family, settings in PRE_ISSUE_SETTINGS.items()
+        }
+    finally:
+        spark.stop()
+
+
+NO_RECENCY = {"half_life_events": 0.0, "half_life_days": 0.0, "recency_floor": 0.0}
+
+
+def test_metrics(item_side: FactorModel, split: Split) -> dict[str, float]:
+    """A model's item side scored on the run's test split, each user folded in from their
+    training history."""
+    from reco_dagster.domain.evaluation import evaluate
+    from reco_dagster.domain.foldin import fold_in
+
+    train, test = split
+    return evaluate(fold_in(item_side, train), train, test)
 
 
 if __name__ == "__main__":

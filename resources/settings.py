@@ -73,6 +73,9 @@ class EaseSettings(ConfigurableResource):
     item_normalization: float = 0.25
     """Each item's column of X is divided by (its squared norm)^this before fitting; 0 is
     plain EASE."""
+    user_normalization: float = 0.0
+    """Each user's row of X is divided by (their number of interactions)^this before fitting,
+    so that long histories weigh less in the co-occurrences; 0 is plain EASE."""
     half_life_events: float = 2.0
     """As ALS's: a user's row of X is weighted by recency when scored (X_w · B)."""
     half_life_days: float = 0.0

@@ -56,19 +56,25 @@ def test_ease_refuses_an_oversized_catalogue_clearly(interactions):
         fit_ease(interactions, card, l2=10.0, max_items=50, **EASE)
 
 
-def test_ease_with_item_normalization_scores_the_damped_closed_form(interactions):
-    """Z = X·D, D = diag(column norm² ^ -0.3); scores must be Z·B with B from Z's Gram."""
+@pytest.mark.parametrize("user_normalization", [0.0, 0.25])
+def test_ease_with_normalization_scores_the_damped_closed_form(interactions, user_normalization):
+    """Z = N·X·D, N = diag(user's interactions ^ -user_normalization), D = diag(Z's column
+    norm² ^ -0.3): scores must be X·D·B with B from Z's Gram (N cannot change a user's
+    ranking, so scoring leaves it out)."""
     settings = {**EASE, "l2": 5.0, "item_normalization": 0.3}
+    settings["user_normalization"] = user_normalization
     card = ModelCard.describe("ease", settings, interactions)
     model = fit_ease(interactions, card, max_items=1000, **settings)
     users = fold_in(model, interactions)
     x = users.user_factors.astype(np.float64)
-    z = x * (x**2).sum(axis=0) ** -0.3
+    n = x * (x > 0).sum(axis=1, keepdims=True) ** -user_normalization
+    d = (n**2).sum(axis=0) ** -0.3
+    z = n * d
     precision = np.linalg.inv(z.T @ z + 5.0 * np.eye(z.shape[1]))
     b = -precision / np.diag(precision)
     np.fill_diagonal(b, 0.0)
-    assert np.allclose(x @ model.item_factors.T, z @ b, atol=1e-4)
-    plain = fit_ease(interactions, card, max_items=1000, **{**settings, "item_normalization": 0.0})
+    assert np.allclose(x @ model.item_factors.T, (x * d) @ b, atol=1e-4)
+    plain = fit_ease(interactions, card, max_items=1000, **{**EASE, "l2": 5.0})
     assert not np.allclose(plain.item_factors, model.item_factors)
 
 

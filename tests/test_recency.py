@@ -25,6 +25,7 @@ EASE = {
     "l2": 50.0,
     "rating_weighted": False,
     "item_normalization": 0.0,
+    "user_normalization": 0.0,
     "half_life_events": 0.0,
     "half_life_days": 0.0,
     "recency_floor": 0.0,

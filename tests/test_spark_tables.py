@@ -170,7 +170,12 @@ def both_engines(spark, events):
     }
 
 
-EASE_SETTINGS = {"l2": 50.0, "rating_weighted": True, "item_normalization": 0.25}
+EASE_SETTINGS = {
+    "l2": 50.0,
+    "rating_weighted": True,
+    "item_normalization": 0.25,
+    "user_normalization": 0.2,
+}
 ALS_SETTINGS = {
     "rank": 8,
     "max_iter": 4,

@@ -48,6 +48,7 @@ FIT_SPACES: dict[str, Space] = {
     "ease": {
         "l2": ("log", 20.0, 3000.0),
         "item_normalization": ("linear", 0.0, 0.3),
+        "user_normalization": ("linear", 0.0, 0.4),
     },
 }
 
