@@ -40,7 +40,9 @@ def fit_ease(
     items' columns keeps them from dominating the Gram matrix, and damping heavy users' rows
     keeps a few long histories from dominating the co-occurrences (the defaults, and the
     search's range, in the README). N only shapes the fit: scaling a user's row does not
-    change their ranking, so scoring leaves it out.
+    change their ranking, so scoring leaves it out. `user_normalization` defaults to 0 for
+    the settings of versions registered before it existed (the live model is refitted with
+    its own to be compared on a new split).
 
     Fitting inverts an items x items matrix: O(items³) time and items² memory, so a catalogue
     over `max_items` is refused rather than left to run for hours or exhaust memory.
