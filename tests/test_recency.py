@@ -195,3 +195,29 @@ def test_the_search_scores_a_seeded_sample_of_validation_users_on_large_data():
         max_validation_users=40,
     )
     assert 0 < found.best.metrics["ndcg_at_k"] <= 1
+
+
+def test_the_search_fits_als_parts_with_the_regularization_the_whole_table_will_get():
+    """Spark's implicit ALS regularizes a user by reg_param times their interactions: a fit
+    part with 6 of a table's 8 rows is fitted with reg_param · 8/6, and the search reports
+    the reg_param meant for the whole table."""
+    rows = [("u1", f"i{n}", n) for n in range(6)] + [("u2", f"i{n}", n) for n in range(2)]
+    whole = table(rows)
+    fit_part, validation = whole[whole["timestamp"] < 4], whole[whole["timestamp"] >= 4]
+    als = {"reg_param": 0.6, "alpha": 10.0, "implicit_prefs": True}
+    sized = search.sized_for_fit_part("als", als, (fit_part, validation))
+    assert sized == {**als, "reg_param": pytest.approx(0.8)}
+    explicit = {**als, "implicit_prefs": False}
+    assert search.sized_for_fit_part("als", explicit, (fit_part, validation)) == explicit
+    assert search.sized_for_fit_part("ease", EASE, (fit_part, validation)) == EASE
+
+    fitted_with: list[float] = []
+
+    def fit(settings: dict, part: pd.DataFrame):
+        fitted_with.append(settings["reg_param"])
+        return fit_model("ease", EASE, part)
+
+    configured = {**als, "half_life_events": 0.0, "recency_floor": 0.0}
+    found = search_settings("als", configured, fit, [(fit_part, validation)], 0.0, 1)
+    assert fitted_with == [pytest.approx(0.8)]
+    assert found.best.settings["reg_param"] == 0.6

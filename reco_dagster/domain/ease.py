@@ -67,11 +67,9 @@ def fit_ease(
         )
     column_of_item = np.full(items["item_idx"].max() + 1, -1, dtype=np.int64)
     column_of_item[items["item_idx"].to_numpy()] = np.arange(n_items)
-    weighting = (rating_scale if rating_weighted else None, user_normalization)
-    if isinstance(interactions, pd.DataFrame):
-        co_occurrence = users_gram(interactions, column_of_item, *weighting)
-    else:
-        co_occurrence = _gram_on_spark(interactions, column_of_item, *weighting)
+    scale = rating_scale if rating_weighted else None
+    gram_of = users_gram if isinstance(interactions, pd.DataFrame) else _gram_on_spark
+    co_occurrence = gram_of(interactions, column_of_item, scale, user_normalization)
     # The damping from each item's squared column norm, the Gram matrix's diagonal.
     column_norms = np.maximum(np.diag(co_occurrence), 1e-12)
     damping = column_norms**-item_normalization

@@ -71,7 +71,7 @@ def new_item_affinity(
     by category affinity, best first: user_id, item_id, rank, score. Users whose history has
     no categorised item get candidates in a per-version order alone."""
     names = sorted({name for item_categories in categories.values() for name in item_categories})
-    users, user_rows = np.unique(history["user_id"].to_numpy(dtype=object), return_inverse=True)
+    user_rows, users = pd.factorize(history["user_id"].to_numpy(dtype=object), sort=True)
     in_category = category_matrix(list(history["item_id"]), categories, names)
     profiles = np.zeros((len(users), len(names)), dtype=np.float64)
     np.add.at(profiles, user_rows, in_category * weights[:, None])
