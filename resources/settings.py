@@ -47,8 +47,8 @@ def spark_config() -> dict[str, str]:
 class AlsSettings(ConfigurableResource):
     """The ALS settings to train with, and the first trial of the search. One set serves the
     evaluated and the served model, so the metrics describe the model users get. The defaults
-    won on validation splits carved (chronologically) out of MovieLens 100K's training split
-    (README)."""
+    are the best rating-confidence settings on a validation split carved (chronologically) out
+    of MovieLens 100K's training split (README)."""
 
     rank: int = 128
     max_iter: int = 6

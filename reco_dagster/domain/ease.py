@@ -38,11 +38,11 @@ def fit_ease(
     a mild preference for what users liked (on MovieLens 100K it adds about 0.005 to
     precision@10 and nDCG@10 over binary X; linear weights gain nothing). Damping popular
     items' columns keeps them from dominating the Gram matrix, and damping heavy users' rows
-    keeps a few long histories from dominating the co-occurrences (the defaults, and the
-    search's range, in the README). N only shapes the fit: scaling a user's row does not
-    change their ranking, so scoring leaves it out. `user_normalization` defaults to 0 for
-    the settings of versions registered before it existed (the live model is refitted with
-    its own to be compared on a new split).
+    keeps a few long histories from dominating the co-occurrences (defaults in
+    `EaseSettings`, the search's ranges in `search.FIT_SPACES`). N only shapes the fit:
+    scaling a user's row does not change their ranking, so scoring leaves it out.
+    `user_normalization` defaults to 0 for the settings of versions registered before it
+    existed (the live model is refitted with its own to be compared on a new split).
 
     Fitting inverts an items x items matrix: O(items³) time and items² memory, so a catalogue
     over `max_items` is refused rather than left to run for hours or exhaust memory.
