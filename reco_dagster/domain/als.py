@@ -173,12 +173,13 @@ def fit_als(
         training, user_ids, item_ids, item_users = _training_from_pandas(
             spark, interactions, implicit_prefs, confidence
         )
-        blocks = min(SPARK_ALS_BLOCKS, max(2, -(-len(interactions) // ROWS_PER_ALS_BLOCK)))
     else:
         training, user_ids, item_ids, item_users = _training_on_spark(
             interactions, implicit_prefs, confidence
         )
-        blocks = SPARK_ALS_BLOCKS
+    # Every interaction counted once per item on either engine: the same table gets the same
+    # blocks, and so the same initial factors, wherever it is.
+    blocks = min(MAX_ALS_BLOCKS, max(2, -(-int(item_users.sum()) // ROWS_PER_ALS_BLOCK)))
     estimator = ALS(
         numUserBlocks=blocks,
         numItemBlocks=blocks,
@@ -202,13 +203,12 @@ def fit_als(
     )
 
 
-SPARK_ALS_BLOCKS = 10
-"""Spark's default number of ALS blocks per side, kept for tables on the executors (the data
-engine puts the large ones there)."""
+MAX_ALS_BLOCKS = 10
+"""Spark's default number of ALS blocks per side, kept from 2.5M interactions on."""
 ROWS_PER_ALS_BLOCK = 250_000
-"""A table the driver holds is split into a block per this many interactions (at least 2):
-fewer than Spark's 10, whose tasks are mostly overhead on small data (MovieLens 100K's
-75,000 training rows on 2 cores: a fit took 4.5 s with 10 blocks, 2.5 s with 2)."""
+"""ALS splits each side into a block per this many interactions (2 to MAX_ALS_BLOCKS):
+Spark's fixed 10 blocks' tasks are mostly overhead on small data (MovieLens 100K's 75,000
+training rows on 2 cores: a fit took 4.5 s with 10 blocks, 2.5 s with 2)."""
 
 
 def preference(rows: pd.DataFrame, implicit_prefs: bool, confidence: Confidence) -> np.ndarray:
