@@ -228,13 +228,11 @@ def _write(path: Path, users: list[str], items: np.ndarray, rng: np.random.Gener
 
 
 def _fold_in_quality(data_dir: Path) -> dict[str, float]:
-    from pyspark.sql import SparkSession
-
     from reco_dagster.domain.als import fit_als
     from reco_dagster.domain.foldin import fold_in
     from reco_dagster.domain.metrics import ranking_metrics
     from reco_dagster.domain.models import ModelCard
-    from resources.settings import AlsSettings, spark_config
+    from resources.settings import AlsSettings, spark_session
 
     interactions = pd.read_parquet(data_dir / "lake" / "interactions.parquet")
     ordered = interactions.sort_values(["user_id", "timestamp"], kind="stable")
@@ -246,10 +244,7 @@ def _fold_in_quality(data_dir: Path) -> dict[str, float]:
         ordered[(position >= 0.5) & (position < 0.75)],
         ordered[position >= 0.75],
     )
-    builder = SparkSession.builder
-    for key, value in spark_config().items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = spark_session()
     settings = AlsSettings().model_dump()
 
     def fitted(table: pd.DataFrame):

@@ -199,15 +199,10 @@ def without_recency(lake: Path, family: str, split: Split) -> dict[str, float]:
 def pre_issue_reference(split: Split) -> dict[str, dict[str, float]]:
     """Each family fitted with `PRE_ISSUE_SETTINGS` on the run's training split, its metrics
     on the run's test split."""
-    from pyspark.sql import SparkSession
-
     from reco_dagster.domain.families import fit_model, item_side
-    from resources.settings import spark_config
+    from resources.settings import spark_session
 
-    builder = SparkSession.builder
-    for key, value in spark_config().items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = spark_session()
     try:
         return {
             family: test_metrics(

@@ -41,17 +41,13 @@ def main() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.ml.recommendation import ALS
-    from pyspark.sql import SparkSession
 
     from bench.scale import shape
     from reco_dagster.domain.ranking import top_k_items
     from reco_dagster.domain.spark_scoring import spark_top_k
-    from resources.settings import spark_config
+    from resources.settings import spark_session
 
-    builder = SparkSession.builder
-    for key, value in spark_config().items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = spark_session()
 
     from reco_dagster.domain.synthetic import synthetic_event_log
 

@@ -44,6 +44,14 @@ def spark_config() -> dict[str, str]:
     return config | json.loads(os.environ.get("RECO_SPARK_CONF", "{}"))
 
 
+def spark_session() -> Any:
+    """A SparkSession with `spark_config`, for code that runs outside Dagster (tests,
+    benchmarks); Dagster's runs get theirs from the `pyspark` resource."""
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.config(map=spark_config()).getOrCreate()
+
+
 class AlsSettings(ConfigurableResource):
     """The ALS settings to train with, and the first trial of the search. One set serves the
     evaluated and the served model, so the metrics describe the model users get. The defaults

@@ -22,7 +22,7 @@ from resources.files import FileStore, LocalFiles
 from resources.ingestion import EventWeights
 from resources.landing_zone import LandingZone
 from resources.model_archive import ModelArchive
-from resources.settings import spark_config
+from resources.settings import spark_session
 from resources.store import SqliteRecommendationStore
 from tests.servers import free_port
 from tests.servers.azure import AZURITE_KEY, COSMOS_EMULATOR_KEY, Server, azurite, cosmosdb_server
@@ -249,12 +249,7 @@ def files(request, data_dir) -> FileStore:
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession for the tests that call Spark directly."""
-    from pyspark.sql import SparkSession
-
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder
-    for key, value in spark_config().items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    session = spark_session()
     yield session
     session.stop()

@@ -190,18 +190,14 @@ def search_settings(
 
 def sized_for_fit_part(family: str, settings: dict[str, Any], fold: Fold) -> dict[str, Any]:
     """Settings meant for the table a fold was carved from, to fit the fold's smaller fit part
-    alike. Spark's implicit ALS adds reg_param times a user's (an item's) number of
-    interactions to their normal equations (ALS-WR), while the data side of those equations
-    is YᵀY over every item plus the confidence-weighted interactions: it grows more slowly
-    than the regularization as interactions are added. The whole table, with more
-    interactions per user and item than its fit part, is then more regularized by the same
-    reg_param; the fit part is fitted with reg_param scaled by the ratio of their rows, so
-    that validation judges each reg_param about as the whole table will be fitted with it
-    (exactly where YᵀY dominates, as with a small alpha). (Unscaled,
-    MovieLens 100K's stratified validation preferred 0.6-0.7 where the training split's best
-    was about 0.46, a ratio close to the fit part's 0.75 of the rows.) Explicit ALS's data
-    side grows with the ratings as its regularization does, and EASE's l2 does not grow with
-    the data: their settings carry over as they are."""
+    alike. Spark's implicit ALS adds reg_param times a user's (an item's) interactions to
+    their normal equations (ALS-WR), while the data side, YᵀY over every item plus the
+    confidence-weighted interactions, grows more slowly: the same reg_param regularizes the
+    whole table more than its fit part. Scaling it by the ratio of their rows lets validation
+    judge each reg_param about as the whole table will be fitted with it (exactly where YᵀY
+    dominates; the README has the measurement). Explicit ALS's data side grows as its
+    regularization does, and EASE's l2 does not grow with the data: those carry over as
+    they are."""
     if family != "als" or not settings["implicit_prefs"]:
         return settings
     fit_part, validation = fold
