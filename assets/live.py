@@ -19,7 +19,7 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 
 from reco_dagster.domain.evaluation import MODEL, evaluate, evaluate_on_spark
-from reco_dagster.domain.families import FAMILIES, fit_model, item_side
+from reco_dagster.domain.families import FAMILIES, fit_model, fitted_alike, item_side
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.gate import choose_family, gate_failures, gate_floors
 from reco_dagster.domain.search import bar_chart
@@ -191,7 +191,7 @@ def champion_on_split(
         (
             ev
             for ev in candidates.values()
-            if ev["family"] == family and _fitted_alike(ev["settings"], settings)
+            if ev["family"] == family and fitted_alike(family, ev["settings"], settings)
         ),
         None,
     )
@@ -206,13 +206,6 @@ def champion_on_split(
         else:
             metrics = evaluate_on_spark(refit, train, test, {})[MODEL]
     return {"version": live.version, "family": family, "settings": settings, "metrics": metrics}
-
-
-def _fitted_alike(one: dict, other: dict) -> bool:
-    """Same settings, leaving out what the data decides (EASE's rating scale)."""
-    return {k: v for k, v in one.items() if k != "rating_scale"} == {
-        k: v for k, v in other.items() if k != "rating_scale"
-    }
 
 
 def _comparison(

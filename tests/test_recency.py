@@ -151,11 +151,14 @@ def test_the_search_chooses_a_short_half_life_only_where_users_drift(shuffle_tim
 
 def test_the_champion_is_scored_on_the_challengers_split_not_its_own_old_one(tmp_path):
     """The live version's settings are refitted on this run's training split and scored on
-    its test split; a challenger with the same settings lends its metrics instead."""
+    its test split; a challenger with the same settings lends its metrics instead, also when
+    the live version was registered before a setting existed and the challenger has its
+    default."""
     interactions = drifting_events(shuffle_time=False, users=120)
     train, test = split_interactions(interactions, "chronological")
     store = SqliteRecommendationStore(path=str(tmp_path / "reco.sqlite"))
-    live_settings = {**EASE, "l2": 80.0, "half_life_events": 2.0}
+    before_user_normalization = {k: v for k, v in EASE.items() if k != "user_normalization"}
+    live_settings = {**before_user_normalization, "l2": 80.0, "half_life_events": 2.0}
     stale = {"precision_at_10": 0.99, "recall_at_10": 0.99, "ndcg_at_10": 0.99, "map_at_10": 0.9}
     store.register("ease-live", {"family": "ease", "settings": live_settings, "metrics": stale})
     store.write_version("ease-live", [("u0", [{"item_id": "g0-0", "score": 1.0}])], [])
@@ -172,7 +175,8 @@ def test_the_champion_is_scored_on_the_challengers_split_not_its_own_old_one(tmp
     assert champion["version"] == "ease-live"
     assert champion["metrics"] == evaluate(fold_in(refitted, train), train, test) != stale
 
-    alike = {**challenger, "settings": {**live_settings, "rating_scale": 1.0}}
+    with_default = {**live_settings, "user_normalization": 0.0, "rating_scale": 1.0}
+    alike = {**challenger, "settings": with_default}
     reused = champion_on_split(None, ease, store, {"ease": alike}, *lake.values())
     assert reused["metrics"] == {"x": 1.0}
 

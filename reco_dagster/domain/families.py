@@ -3,6 +3,7 @@ share."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pandas as pd
@@ -31,6 +32,23 @@ def fit_model(
         settings = {**settings, "rating_scale": rating_scale(top_rating(table))}
         return fit_ease(table, card_of("ease", settings, table), max_items=max_items, **settings)
     raise ValueError(f"unknown model family {family!r}: choose one of {', '.join(FAMILIES)}")
+
+
+def fitted_alike(family: str, one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two settings of `family` fit the same model. A setting left out is fitted with
+    its default (a version registered before the setting existed has none), and what the data
+    decides (EASE's rating scale) is not a setting."""
+    fit = {"als": fit_als, "ease": fit_ease}[family]
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(fit).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+    def fitted(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in {**defaults, **settings}.items() if k != "rating_scale"}
+
+    return fitted(one) == fitted(other)
 
 
 def card_of(family: str, settings: dict[str, Any], table: Any) -> ModelCard:
