@@ -84,6 +84,13 @@ class Health(msgspec.Struct, omit_defaults=True):
     detail: str | None = None
 
 
+class ComparedVersion(msgspec.Struct):
+    """The live version a new one was gated against, scored on the new one's split."""
+
+    version: str
+    metrics: dict[str, float]
+
+
 class ModelRecord(msgspec.Struct):
     version: str
     status: str
@@ -93,12 +100,20 @@ class ModelRecord(msgspec.Struct):
     family: str | None
     settings: dict[str, Any]
     data_fingerprint: str | None
+    protocol: str | None
+    """The evaluation protocol of the split `metrics` were measured on."""
     metrics: dict[str, float]
+    """On the test split."""
+    validation_metrics: dict[str, float]
+    """What the search chose the settings by, on validation carved out of the training split."""
+    compared_with: ComparedVersion | None
+    """None: there was no live version, or this was it."""
     rejected_because: str | None
 
     @classmethod
     def of(cls, record: ModelVersion) -> ModelRecord:
         info = record.info
+        champion = info.get("champion")
         return cls(
             version=record.version,
             status=record.status,
@@ -108,7 +123,12 @@ class ModelRecord(msgspec.Struct):
             family=info.get("family"),
             settings=info.get("settings", {}),
             data_fingerprint=info.get("data_fingerprint"),
+            protocol=info.get("protocol"),
             metrics=info.get("metrics", {}),
+            validation_metrics=info.get("validation", {}),
+            compared_with=(
+                ComparedVersion(champion["version"], champion["metrics"]) if champion else None
+            ),
             rejected_because=info.get("rejected_because"),
         )
 

@@ -99,6 +99,7 @@ from resources.store import (
     VersionNotPublishableError,
     WriteReport,
     split_reasons,
+    unpublishable_because,
 )
 
 if TYPE_CHECKING:
@@ -1058,14 +1059,14 @@ def _pointing_at(version: str, pointer: dict | None) -> dict:
 
 def _claimed(version: str, record: dict | None, revision: int) -> dict:
     """The record with a claim to go live at the pointer's `revision`, if it may go live."""
-    if record is None or record.get("kind") != "model":
-        raise VersionNotPublishableError(
-            f"version {version} has no complete lists in the store (unknown version)"
-        )
-    if record["lists"] != COMPLETE or record["status"] == "rejected":
-        raise VersionNotPublishableError(
-            f"version {version} has no complete lists in the store (it is {record['status']})"
-        )
+    registered = record is not None and record.get("kind") == "model"
+    if reason := unpublishable_because(
+        version,
+        record["status"] if registered else None,
+        registered and record["lists"] == COMPLETE,
+        record["info"].get("rejected_because") if registered else None,
+    ):
+        raise VersionNotPublishableError(reason)
     return record | {"claim": revision}
 
 

@@ -58,6 +58,19 @@ class VersionNotPublishableError(RuntimeError):
     pass
 
 
+def unpublishable_because(
+    version: str, status: str | None, has_lists: bool, rejected_because: str | None
+) -> str | None:
+    """Why `version` (None status: not registered) may not go live; None when it may."""
+    if status is None:
+        return f"version {version} is not in the registry"
+    if status == "rejected":
+        return f"version {version} was rejected by the quality gate: {rejected_because}"
+    if not has_lists:
+        return f"version {version} has no complete lists in the store (it is {status})"
+    return None
+
+
 Status = Literal["candidate", "live", "rejected", "retired"]
 T = TypeVar("T")
 
@@ -651,11 +664,13 @@ class SqliteRecommendationStore(RecommendationStore):
     def activate(self, version: str) -> None:
         with _writing(self._connection()) as connection:
             record = self.version(version)
-            if record is None or not record.has_lists or record.status == "rejected":
-                raise VersionNotPublishableError(
-                    f"version {version} has no complete lists in the store"
-                    + (f" (it is {record.status})" if record else " (unknown version)")
-                )
+            if reason := unpublishable_because(
+                version,
+                record.status if record else None,
+                bool(record and record.has_lists),
+                record.info.get("rejected_because") if record else None,
+            ):
+                raise VersionNotPublishableError(reason)
             connection.execute(
                 "UPDATE model_versions SET status = 'retired' "
                 "WHERE status = 'live' AND version != ?",

@@ -93,13 +93,29 @@ def registered(store, version: str, **info) -> None:
 def test_the_model_registry_is_public(data_dir, store):
     registered(store, "v1", metrics={"precision_at_10": 0.41}, data_fingerprint="abc")
     store.activate("v1")
-    store.register("v2", {"family": "als"}, rejected_because="ndcg_at_10 below the floor")
+    champion = {"version": "v1", "family": "als", "settings": {}, "metrics": {"ndcg_at_10": 0.5}}
+    store.register(
+        "v2",
+        {
+            "family": "als",
+            "protocol": "chronological",
+            "metrics": {"ndcg_at_10": 0.4},
+            "validation": {"ndcg_at_10": 0.3},
+            "champion": champion,
+        },
+        rejected_because="ndcg_at_10 below the floor",
+    )
     with running_api(data_dir) as url:
         listed = httpx.get(f"{url}/models").json()
         assert [(m["version"], m["status"]) for m in listed] == [("v2", "rejected"), ("v1", "live")]
         one = httpx.get(f"{url}/models/v1").json()
         assert one["metrics"] == {"precision_at_10": 0.41} and one["data_fingerprint"] == "abc"
-        assert httpx.get(f"{url}/models/v2").json()["rejected_because"].startswith("ndcg_at_10")
+        assert one["compared_with"] is None and one["validation_metrics"] == {}
+        two = httpx.get(f"{url}/models/v2").json()
+        assert two["rejected_because"].startswith("ndcg_at_10")
+        assert two["protocol"] == "chronological"
+        assert two["validation_metrics"] == {"ndcg_at_10": 0.3}
+        assert two["compared_with"] == {"version": "v1", "metrics": {"ndcg_at_10": 0.5}}
         assert httpx.get(f"{url}/models/nope").status_code == 404
 
 
@@ -118,7 +134,9 @@ def test_activation_needs_the_admin_token(data_dir, store):
         rolled_back = httpx.post(activate, headers=admin)
         assert rolled_back.status_code == 200 and rolled_back.json()["status"] == "live"
         assert httpx.get(f"{url}/users/196/recommendations").json()["model_version"] == "v1"
-        assert httpx.post(f"{url}/models/bad/activate", headers=admin).status_code == 409
+        refused = httpx.post(f"{url}/models/bad/activate", headers=admin)
+        assert refused.status_code == 409
+        assert "rejected by the quality gate: worse than live" in refused.json()["detail"]
         assert httpx.post(f"{url}/models/ghost/activate", headers=admin).status_code == 404
         assert store.live_version() == "v1"
 

@@ -145,7 +145,10 @@ def test_rejected_models_are_recorded_but_never_written_or_activated(store):
     store.register("bad", {"family": "als"}, rejected_because="precision_at_10 below floor")
     with pytest.raises(VersionNotPublishableError, match="rejected"):
         store.write_version("bad", lists("bad"), POPULAR)
-    with pytest.raises(VersionNotPublishableError, match="rejected"):
+    with pytest.raises(
+        VersionNotPublishableError,
+        match="rejected by the quality gate: precision_at_10 below floor",
+    ):
         store.activate("bad")
     bad = store.version("bad")
     assert (bad.status, bad.has_lists) == ("rejected", False)
