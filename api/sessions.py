@@ -30,6 +30,7 @@ from reco_dagster.domain.events import (
 )
 from reco_dagster.domain.explain import explain_lists
 from reco_dagster.domain.filters import CatalogIndex, pick, pick_with_fill
+from reco_dagster.domain.lists import SCORE_DECIMALS
 from reco_dagster.domain.models import ARCHIVE_FOLDER, CARD_FILE, FACTORS_FILE, FactorModel
 from reco_dagster.domain.session import (
     SESSION_USER,
@@ -178,7 +179,15 @@ def session_route(
                 wanted,
                 data.k,
             )
-            items = [RecommendedItem(item["item_id"], item["score"]) for item in chosen]
+            # Titled and rounded as stored lists are (a fill item from the popular list is).
+            items = [
+                RecommendedItem(
+                    item["item_id"],
+                    round(item["score"], SCORE_DECIMALS),
+                    index.titles.get(item["item_id"]),
+                )
+                for item in chosen
+            ]
             source = "session"
             if data.explain:
                 listed = pd.DataFrame(

@@ -98,6 +98,22 @@ def test_a_session_takes_the_filters_and_never_gets_an_unavailable_item(data_dir
         assert "i4" in asked(include_unavailable=True, category=["even"])
 
 
+def test_a_session_lists_catalog_titles_and_scores_as_stored_lists_do(data_dir):
+    _, _, store, _, _ = live_world(data_dir)
+    entries = [
+        {"item_id": f"i{n}", "title": f"Item {n}", "categories": [], "available": True}
+        for n in range(12)
+        if n != 3
+    ]
+    store.write_catalog(entries, "r1", read_at=1.0)
+    with running_api(data_dir) as base_url:
+        answer = httpx.post(f"{base_url}/recommendations", json={"items": ["i1"], "k": 12}).json()
+    titles = {item["item_id"]: item.get("title") for item in answer["items"]}
+    assert titles["i3"] is None and titles["i2"] == "Item 2"
+    assert all(titles[item] == f"Item {item[1:]}" for item in titles if item != "i3")
+    assert all(item["score"] == round(item["score"], 5) for item in answer["items"])
+
+
 MALFORMED = [
     ({"items": []}, "1 to 500 items"),
     ({"items": ["i1"], "k": 101}, "k"),

@@ -9,6 +9,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from reco_dagster.domain.lists import SCORE_DECIMALS
+
 AVAILABLE = 1
 """The bit of an item that may be served."""
 
@@ -29,13 +31,17 @@ class CatalogIndex:
     """Every catalog item's mask; an item the catalog does not list may be served and is in
     no category."""
 
-    __slots__ = ("bits", "hides_some", "masks", "revision")
+    __slots__ = ("bits", "hides_some", "masks", "revision", "titles")
 
     def __init__(self, revision: str | None, entries: Iterable[Mapping[str, Any]]) -> None:
         self.revision = revision
         self.bits: dict[str, int] = {}
         self.masks: dict[str, int] = {}
+        self.titles: dict[str, str] = {}
+        """For lists the store did not keep (a session's), titled as stored lists are."""
         for entry in entries:
+            if "title" in entry:
+                self.titles[entry["item_id"]] = entry["title"]
             mask = AVAILABLE if entry["available"] else 0
             for category in entry["categories"]:
                 bit = self.bits.get(category)
@@ -68,7 +74,9 @@ class CatalogIndex:
                 union = ((mask & ~AVAILABLE) | mine).bit_count()
                 scored.append((-shared / union, rank.get(other, len(rank)), other))
         scored.sort()
-        return [{"item_id": other, "score": round(-score, 5)} for score, _, other in scored]
+        return [
+            {"item_id": other, "score": round(-score, SCORE_DECIMALS)} for score, _, other in scored
+        ]
 
     def item_filter(
         self,

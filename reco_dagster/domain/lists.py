@@ -26,6 +26,8 @@ finds some in their tail. Cosmos DB keeps the three in the version's registry re
 most): about 0.5 MB at this depth."""
 SIMILAR_DEPTH = 100
 """Similar items stored per item."""
+SCORE_DECIMALS = 5
+"""A served score's decimals: enough to order a list, and short in every response."""
 LIST_COLUMNS = ["user_id", "item_id", "rank", "score", "new_item", "because"]
 """The columns of a ranked table (`<family>_recommendations`) a user's list is made of."""
 
@@ -122,7 +124,7 @@ class _Columns(NamedTuple):
 
 def _listed(columns: _Columns, titles: dict[str, str]) -> list[Item]:
     items: list[Item] = [
-        {"item_id": item_id, "score": round(score, 5)}
+        {"item_id": item_id, "score": round(score, SCORE_DECIMALS)}
         for item_id, score in zip(columns.item_ids.tolist(), columns.scores.tolist(), strict=True)
     ]
     if titles:
