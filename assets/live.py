@@ -109,7 +109,8 @@ def live_model(
     )
     for family, evaluation in evaluations.items():
         for failure in failures[family]:
-            context.log.error(f"{evaluation['model_version']} rejected: {failure}")
+            # A challenger that loses is the gate at work, not a failed run: a warning.
+            context.log.warning(f"{evaluation['model_version']} rejected: {failure}")
         yield AssetCheckResult(
             check_name=f"{family}_quality_gate",
             passed=not failures[family],
