@@ -107,7 +107,7 @@ class ModelRecord(msgspec.Struct):
     validation_metrics: dict[str, float]
     """What the search chose the settings by, on validation carved out of the training split."""
     compared_with: ComparedVersion | None
-    """None: there was no live version, or this was it."""
+    """None: there was no live version, this was it, or the live one could not be refitted."""
     rejected_because: str | None
 
     @classmethod

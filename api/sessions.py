@@ -184,7 +184,7 @@ def session_route(
                 RecommendedItem(
                     item["item_id"],
                     round(item["score"], SCORE_DECIMALS),
-                    index.titles.get(item["item_id"]),
+                    item.get("title") or index.titles.get(item["item_id"]),
                 )
                 for item in chosen
             ]

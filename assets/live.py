@@ -107,10 +107,12 @@ def live_model(
         passed,
         pinned,
     )
+    # A challenger that loses while another goes live is the gate at work: a warning. When
+    # none may go live, the run fails, and these lines name why.
+    log_rejection = context.log.warning if chosen else context.log.error
     for family, evaluation in evaluations.items():
         for failure in failures[family]:
-            # A challenger that loses is the gate at work, not a failed run: a warning.
-            context.log.warning(f"{evaluation['model_version']} rejected: {failure}")
+            log_rejection(f"{evaluation['model_version']} rejected: {failure}")
         yield AssetCheckResult(
             check_name=f"{family}_quality_gate",
             passed=not failures[family],

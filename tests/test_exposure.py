@@ -166,6 +166,7 @@ def test_new_items_get_their_marked_positions_the_log_and_similar_items_by_categ
     world[2].write_catalog(
         [
             {"item_id": i, "categories": [c], "available": True, "attributes": "{}"}
+            | ({"title": "Drama Three"} if i == "i3" else {})
             for i, c in zip(catalog["item_id"], catalog["categories"], strict=True)
         ],
         "r1",
@@ -182,6 +183,7 @@ def test_new_items_get_their_marked_positions_the_log_and_similar_items_by_categ
         similar = httpx.get(f"{base_url}/items/n-drama/similar").json()
         assert similar["based_on"] == "categories"
         assert [item["item_id"] for item in similar["items"]] == ["i3", "i0", "i2"]
+        assert [item.get("title") for item in similar["items"]] == ["Drama Three", None, None]
         assert httpx.get(f"{base_url}/items/unknown/similar").status_code == 404
     served = data_dir / "served"
     [line] = [json.loads(line) for f in served.glob("*.jsonl") for line in f.read_text().split()]

@@ -35,9 +35,10 @@ def fit_model(
 
 
 def fitted_alike(family: str, one: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Whether two settings of `family` fit the same model. A setting left out is fitted with
-    its default (a version registered before the setting existed has none), and what the data
-    decides (EASE's rating scale) is not a setting."""
+    """Whether two settings of `family` fit the same model. A fit setting with a default in
+    the fit function's signature (one added after versions were registered without it) counts
+    as that default when left out; what the data decides (EASE's rating scale) is not a
+    setting."""
     fit = {"als": fit_als, "ease": fit_ease}[family]
     defaults = {
         name: parameter.default

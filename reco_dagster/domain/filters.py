@@ -38,7 +38,8 @@ class CatalogIndex:
         self.bits: dict[str, int] = {}
         self.masks: dict[str, int] = {}
         self.titles: dict[str, str] = {}
-        """For lists the store did not keep (a session's), titled as stored lists are."""
+        """For lists the store does not keep (a session's, a new item's similar items),
+        titled as stored lists are."""
         for entry in entries:
             if "title" in entry:
                 self.titles[entry["item_id"]] = entry["title"]
@@ -74,9 +75,13 @@ class CatalogIndex:
                 union = ((mask & ~AVAILABLE) | mine).bit_count()
                 scored.append((-shared / union, rank.get(other, len(rank)), other))
         scored.sort()
-        return [
-            {"item_id": other, "score": round(-score, SCORE_DECIMALS)} for score, _, other in scored
-        ]
+        listed = []
+        for score, _, other in scored:
+            item = {"item_id": other, "score": round(-score, SCORE_DECIMALS)}
+            if other in self.titles:
+                item["title"] = self.titles[other]
+            listed.append(item)
+        return listed
 
     def item_filter(
         self,
