@@ -193,7 +193,9 @@ def without_recency(lake: Path, family: str, split: Split) -> dict[str, float]:
     files = LocalFiles(root=str(lake.parent))
     model = StoredModel(files, f"lake/{family}_evaluation_model/").item_side()
     undecayed = {**model.card.settings, **NO_RECENCY}
-    return test_metrics(replace(model, card=replace(model.card, settings=undecayed)), split)
+    return metrics_on_test_split(
+        replace(model, card=replace(model.card, settings=undecayed)), split
+    )
 
 
 def pre_issue_reference(split: Split) -> dict[str, dict[str, float]]:
@@ -205,7 +207,7 @@ def pre_issue_reference(split: Split) -> dict[str, dict[str, float]]:
     spark = spark_session()
     try:
         return {
-            family: test_metrics(
+            family: metrics_on_test_split(
                 item_side(fit_model(family, {**settings, **NO_RECENCY}, split[0], spark)), split
             )
             for family, settings in PRE_ISSUE_SETTINGS.items()
@@ -217,7 +219,7 @@ def pre_issue_reference(split: Split) -> dict[str, dict[str, float]]:
 NO_RECENCY = {"half_life_events": 0.0, "half_life_days": 0.0, "recency_floor": 0.0}
 
 
-def test_metrics(item_side: FactorModel, split: Split) -> dict[str, float]:
+def metrics_on_test_split(item_side: FactorModel, split: Split) -> dict[str, float]:
     """A model's item side scored on the run's test split, each user folded in from their
     training history."""
     from reco_dagster.domain.evaluation import evaluate

@@ -13,7 +13,9 @@ from reco_dagster.domain.ease import fit_ease, rating_scale
 from reco_dagster.domain.models import FactorModel, ModelCard
 from reco_dagster.domain.spark_tables import spark_data_fingerprint
 
-FAMILIES = ("als", "ease")
+FIT_FUNCTIONS = {"als": fit_als, "ease": fit_ease}
+"""Each family's fit, whose signature's defaults are its settings' defaults."""
+FAMILIES = tuple(FIT_FUNCTIONS)
 
 
 def fit_model(
@@ -39,10 +41,9 @@ def fitted_alike(family: str, one: dict[str, Any], other: dict[str, Any]) -> boo
     the fit function's signature (one added after versions were registered without it) counts
     as that default when left out; what the data decides (EASE's rating scale) is not a
     setting."""
-    fit = {"als": fit_als, "ease": fit_ease}[family]
     defaults = {
         name: parameter.default
-        for name, parameter in inspect.signature(fit).parameters.items()
+        for name, parameter in inspect.signature(FIT_FUNCTIONS[family]).parameters.items()
         if parameter.default is not inspect.Parameter.empty
     }
 
