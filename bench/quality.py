@@ -2,13 +2,16 @@
 whole batch job in a fresh data dir per protocol, as `scripts/start.sh` runs it.
 
     .venv/bin/python bench/quality.py [--protocols chronological temporal stratified]
+                                      [--extra-draws N]
 
 For each protocol (75/25; chronological is the default the job uses, stratified is random
 per user, as published figures are): P/R/nDCG/MAP@10 of ALS, EASE, the served model (the
 family the job put live), the all-time popular list and the trending list; the settings the
 search chose on validation (recency half-lives, family, cold-start half-life) and the wall
 time of the whole job. Items seen in training are excluded; metrics as Microsoft
-Recommenders defines them. The last line is one JSON object of the figures.
+Recommenders defines them. Stratified also runs the job's search on the draw of that split
+the issue measured its figures on, and with `--extra-draws` on more draws, each beside the
+settings from before the issue. The last line is one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -43,13 +49,25 @@ TARGETS = {
     "chronological_als_precision_at_10": (">=", 0.22),
     "chronological_als_ndcg_at_10": (">=", 0.245),
     "chronological_job_s": ("<=", 60.0),
-    "stratified_als_precision_at_10": (">=", 0.42),
-    "stratified_als_ndcg_at_10": (">=", 0.48),
-    "stratified_ease_precision_at_10": (">=", 0.43),
-    "stratified_ease_ndcg_at_10": (">=", 0.49),
-    # No regression on the same split: the pre-issue settings refitted on this run's split.
+    # The issue's stratified figures, on the job's draw and on the draw they were measured on.
     **{
-        f"stratified_{family}_minus_pre_issue_{metric}": (">=", 0.0)
+        f"{draw}_{family}_{metric}": (">=", target)
+        for draw in ("stratified", "stratified_issue_draw")
+        for family, metric, target in (
+            ("als", "precision_at_10", 0.42),
+            ("als", "ndcg_at_10", 0.48),
+            ("ease", "precision_at_10", 0.43),
+            ("ease", "ndcg_at_10", 0.49),
+        )
+    },
+    # No regression on the same split: the pre-issue settings refitted on each draw.
+    **{
+        f"{draw}_{family}_{difference}_{metric}": (">=", 0.0)
+        for draw, difference in (
+            ("stratified", "minus_pre_issue"),
+            ("stratified_issue_draw", "minus_pre_issue"),
+            ("stratified_extra_draws", "mean_minus_pre_issue"),
+        )
         for family in ("als", "ease")
         for metric in ("precision_at_10", "ndcg_at_10")
     },
@@ -77,11 +95,21 @@ PRE_ISSUE_SETTINGS = {
 split, no recency: what the stratified targets' figures were measured with, on another draw of
 that split. Refitted on this run's split, they are the same-split reference for "no
 regression"."""
+ISSUE_DRAW_SEED = 42
+"""The pre-issue split's seed, which the job's protocol keeps."""
+TRAIN_RATIO = 0.75
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    parser.add_argument(
+        "--extra-draws",
+        type=int,
+        default=0,
+        help="stratified: also search and compare on this many more draws of each kind "
+        "(about 5 minutes each on 2 cores)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -93,7 +121,7 @@ def main() -> None:
     fetch_dataset(["movielens-100k"])
     figures: dict[str, float | str] = {}
     for protocol in args.protocols:
-        figures |= run_protocol(protocol, dataset)
+        figures |= run_protocol(protocol, dataset, args.extra_draws)
     width = max(map(len, figures))
     for name, value in figures.items():
         verdict = ""
@@ -105,7 +133,7 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def run_protocol(protocol: str, dataset: Path) -> dict[str, float | str]:
+def run_protocol(protocol: str, dataset: Path, extra_draws: int) -> dict[str, float | str]:
     """The whole job in a fresh data dir with this protocol (stratified: with
     `STRATIFIED_TRIALS`); its figures, prefixed."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"reco-quality-{protocol}-"))
@@ -167,13 +195,9 @@ def run_protocol(protocol: str, dataset: Path) -> dict[str, float | str]:
             if metric in ("precision_at_10", "ndcg_at_10")
         }
     if protocol == "stratified":
-        for family, metrics in pre_issue_reference(split).items():
-            for metric in ("precision_at_10", "ndcg_at_10"):
-                reference = round(metrics[metric], 4)
-                figures[f"{protocol}_{family}_pre_issue_settings_{metric}"] = reference
-                figures[f"{protocol}_{family}_minus_pre_issue_{metric}"] = round(
-                    figures[f"{protocol}_{family}_{metric}"] - reference, 4
-                )
+        figures |= stratified_references(
+            figures, split, pd.read_parquet(lake / "interactions.parquet"), extra_draws
+        )
     figures[f"{protocol}_served_family"] = live["family"]
     figures[f"{protocol}_trending_half_life_days"] = searched["cold_start"]["half_life_days"]
     figures[f"{protocol}_job_s"] = round(job_s, 1)
@@ -198,22 +222,121 @@ def without_recency(lake: Path, family: str, split: Split) -> dict[str, float]:
     )
 
 
-def pre_issue_reference(split: Split) -> dict[str, dict[str, float]]:
-    """Each family fitted with `PRE_ISSUE_SETTINGS` on the run's training split, its metrics
-    on the run's test split."""
-    from reco_dagster.domain.families import fit_model, item_side
+def stratified_references(
+    figures: dict[str, float | str], split: Split, interactions: pd.DataFrame, extra_draws: int
+) -> dict[str, float | str]:
+    """What the stratified run is held against, as figures. On the run's split: the pre-issue
+    settings refitted. On the draw the issue's figures were measured on (`issue_draw`), and on
+    `extra_draws` more draws of each kind: the job's search and fit beside the pre-issue
+    settings (`searched_beside_pre_issue`), and the mean differences over the extra draws."""
     from resources.settings import spark_session
 
     spark = spark_session()
     try:
-        return {
-            family: metrics_on_test_split(
-                item_side(fit_model(family, {**settings, **NO_RECENCY}, split[0], spark)), split
-            )
-            for family, settings in PRE_ISSUE_SETTINGS.items()
-        }
+        references = compared_with_pre_issue("stratified", figures, pre_issue_metrics(split, spark))
+        references |= searched_beside_pre_issue(
+            "stratified_issue_draw", issue_draw, interactions, ISSUE_DRAW_SEED, spark
+        )
+        extra: dict[str, float | str] = {}
+        for draw in range(1, extra_draws + 1):
+            for kind, splitter in (("hashed", job_draw), ("numpy", issue_draw)):
+                extra |= searched_beside_pre_issue(
+                    f"stratified_{kind}_draw_{draw}", splitter, interactions, 100 * draw, spark
+                )
     finally:
         spark.stop()
+    for family, metric in product(STRATIFIED_TRIALS, ("precision_at_10", "ndcg_at_10")):
+        suffix = f"_{family}_minus_pre_issue_{metric}"
+        if differences := [value for name, value in extra.items() if name.endswith(suffix)]:
+            references[f"stratified_extra_draws_{family}_mean_minus_pre_issue_{metric}"] = round(
+                float(np.mean(differences)), 4
+            )
+    return references | extra
+
+
+def searched_beside_pre_issue(
+    prefix: str,
+    splitter: Callable[[pd.DataFrame, int], Split],
+    interactions: pd.DataFrame,
+    seed: int,
+    spark: Any,
+) -> dict[str, float | str]:
+    """One draw of the stratified split: each family's search as the job runs it (its
+    configured settings first, `STRATIFIED_TRIALS`, validation folds drawn alike out of the
+    training split), its best settings fitted on the training split and scored on the test
+    split, beside the pre-issue settings refitted there."""
+    from reco_dagster.domain.families import fit_model, item_side
+    from reco_dagster.domain.search import search_settings
+    from resources.settings import AlsSettings, EaseSettings, EvaluationProtocol
+
+    drawn = splitter(interactions, seed)
+    folds = [
+        splitter(drawn[0], seed + offset)
+        for offset in range(1, EvaluationProtocol().random_validation_folds + 1)
+    ]
+    configured = {"als": AlsSettings().model_dump(), "ease": EaseSettings().fit_settings()}
+    searched: dict[str, float | str] = {}
+    for family, trials in STRATIFIED_TRIALS.items():
+
+        def fit(settings: dict, fit_part: pd.DataFrame, family: str = family) -> FactorModel:
+            return item_side(fit_model(family, settings, fit_part, spark))
+
+        best = search_settings(
+            family, configured[family], fit, folds, STRATIFIED_CLOCK_CAP_S[family], trials
+        ).best
+        metrics = metrics_on_test_split(fit(best.settings, drawn[0]), drawn)
+        searched |= {f"{prefix}_{family}_{metric}": round(metrics[metric], 4) for metric in METRICS}
+        searched[f"{prefix}_{family}_validation_ndcg_at_10"] = round(best.metrics["ndcg_at_k"], 4)
+        searched[f"{prefix}_{family}_settings"] = json.dumps(best.settings, sort_keys=True)
+    return searched | compared_with_pre_issue(prefix, searched, pre_issue_metrics(drawn, spark))
+
+
+def job_draw(interactions: pd.DataFrame, seed: int) -> Split:
+    """The stratified split as the job draws it."""
+    from reco_dagster.domain.splits import split_interactions
+
+    return split_interactions(interactions, "stratified", TRAIN_RATIO, seed)
+
+
+def issue_draw(interactions: pd.DataFrame, seed: int) -> Split:
+    """The stratified split as the code before the issue (commit 96ff5e6) drew it, on which
+    the issue measured its figures: numpy's seeded uniform key per row of the interactions in
+    (user id, item id) order. The job draws a keyed hash of each pair instead, which Spark
+    reproduces whatever a table's order; this draw depends on row order."""
+    from reco_dagster.domain.splits import split_by_order
+
+    ordered = interactions.sort_values(["user_id", "item_id"], ignore_index=True)
+    keys = np.random.default_rng(seed).random(len(ordered))
+    return split_by_order(ordered, keys, TRAIN_RATIO)
+
+
+def pre_issue_metrics(split: Split, spark: Any) -> dict[str, dict[str, float]]:
+    """Each family fitted with `PRE_ISSUE_SETTINGS` on a training split, its metrics on the
+    test split."""
+    from reco_dagster.domain.families import fit_model, item_side
+
+    return {
+        family: metrics_on_test_split(
+            item_side(fit_model(family, {**settings, **NO_RECENCY}, split[0], spark)), split
+        )
+        for family, settings in PRE_ISSUE_SETTINGS.items()
+    }
+
+
+def compared_with_pre_issue(
+    prefix: str, figures: dict[str, float | str], pre_issue: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """The pre-issue settings' P and nDCG@10 on a split, and by how much the figures
+    `{prefix}_{family}_{metric}` of the same split exceed them."""
+    compared: dict[str, float] = {}
+    for family, metrics in pre_issue.items():
+        for metric in ("precision_at_10", "ndcg_at_10"):
+            reference = round(metrics[metric], 4)
+            compared[f"{prefix}_{family}_pre_issue_settings_{metric}"] = reference
+            compared[f"{prefix}_{family}_minus_pre_issue_{metric}"] = round(
+                float(figures[f"{prefix}_{family}_{metric}"]) - reference, 4
+            )
+    return compared
 
 
 NO_RECENCY = {"half_life_events": 0.0, "half_life_days": 0.0, "recency_floor": 0.0}

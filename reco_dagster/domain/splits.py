@@ -36,7 +36,7 @@ def stratified_random_split(
     interactions: pd.DataFrame, ratio: float = 0.75, seed: int = 42
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys = stratified_keys(interactions["user_id"], interactions["item_id"], seed)
-    return _split_by_order(interactions, keys, ratio)
+    return split_by_order(interactions, keys, ratio)
 
 
 def stratified_keys(user_ids: pd.Series, item_ids: pd.Series, seed: int) -> np.ndarray:
@@ -78,7 +78,7 @@ def chronological_split(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each user's earliest interactions train, the latest ones test (ties in time are broken
     by item id, so the split does not depend on the table's order)."""
-    return _split_by_order(interactions, interactions["timestamp"].to_numpy(), ratio)
+    return split_by_order(interactions, interactions["timestamp"].to_numpy(), ratio)
 
 
 def temporal_split(
@@ -101,9 +101,11 @@ def check_ratio(ratio: float) -> None:
         raise ValueError(f"split ratio must be between 0 and 1, got {ratio}")
 
 
-def _split_by_order(
+def split_by_order(
     interactions: pd.DataFrame, order_key: np.ndarray, ratio: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each user's first round(ratio * n) interactions by `order_key` (ties by item id) train,
+    the rest test."""
     check_ratio(ratio)
     keyed = interactions.assign(_key=order_key)
     ordered = keyed.sort_values(["user_id", "_key", "item_id"], kind="stable")
