@@ -43,6 +43,8 @@ from tests.conftest import dagster_job  # noqa: E402
 
 PROTOCOLS = ("chronological", "temporal", "stratified")
 METRICS = ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10")
+HEADLINE_METRICS = ("precision_at_10", "ndcg_at_10")
+"""The metrics the issue's targets name."""
 TARGETS = {
     "chronological_served_precision_at_10": (">=", 0.25),
     "chronological_served_ndcg_at_10": (">=", 0.28),
@@ -69,7 +71,7 @@ TARGETS = {
             ("stratified_extra_draws", "mean_minus_pre_issue"),
         )
         for family in ("als", "ease")
-        for metric in ("precision_at_10", "ndcg_at_10")
+        for metric in HEADLINE_METRICS
     },
 }
 STRATIFIED_TRIALS = {"als": 15, "ease": 50}
@@ -91,13 +93,11 @@ PRE_ISSUE_SETTINGS = {
     },
     "ease": {"l2": 150.0, "rating_weighted": True, "item_normalization": 0.15},
 }
-"""Each family's settings before the issue (commit 96ff5e6), chosen on the stratified test
-split, no recency: what the stratified targets' figures were measured with, on another draw of
-that split. Refitted on this run's split, they are the same-split reference for "no
-regression"."""
+"""Each family's settings before the issue (commit 96ff5e6), no recency: what the stratified
+targets' figures were measured with, on `issue_draw`. Refitted on each draw, they are its
+reference for "no regression"."""
 ISSUE_DRAW_SEED = 42
-"""The pre-issue split's seed, which the job's protocol keeps."""
-TRAIN_RATIO = 0.75
+"""The pre-issue split's seed (the job's protocol keeps it)."""
 
 
 def main() -> None:
@@ -107,8 +107,8 @@ def main() -> None:
         "--extra-draws",
         type=int,
         default=0,
-        help="stratified: also search and compare on this many more draws of each kind "
-        "(about 5 minutes each on 2 cores)",
+        help="stratified: also search and compare on this many more draws of each kind, "
+        "seeded 100, 200, ... (each adds two draws, about 6 minutes on 2 cores)",
     )
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -184,6 +184,7 @@ def run_protocol(protocol: str, dataset: Path, extra_draws: int) -> dict[str, fl
     )
     for family in ("als", "ease"):
         settings = searched[family]["settings"]
+        figures[f"{protocol}_{family}_settings"] = json.dumps(settings, sort_keys=True)
         figures[f"{protocol}_{family}_half_life_events"] = settings["half_life_events"]
         figures[f"{protocol}_{family}_recency_floor"] = settings["recency_floor"]
         figures[f"{protocol}_{family}_validation_ndcg_at_10"] = round(
@@ -192,7 +193,7 @@ def run_protocol(protocol: str, dataset: Path, extra_draws: int) -> dict[str, fl
         figures |= {
             f"{protocol}_{family}_no_recency_{metric}": round(value, 4)
             for metric, value in without_recency(lake, family, split).items()
-            if metric in ("precision_at_10", "ndcg_at_10")
+            if metric in HEADLINE_METRICS
         }
     if protocol == "stratified":
         figures |= stratified_references(
@@ -233,19 +234,21 @@ def stratified_references(
 
     spark = spark_session()
     try:
-        references = compared_with_pre_issue("stratified", figures, pre_issue_metrics(split, spark))
+        references: dict[str, float | str] = compared_with_pre_issue(
+            "stratified", figures, pre_issue_metrics(split, spark)
+        )
         references |= searched_beside_pre_issue(
             "stratified_issue_draw", issue_draw, interactions, ISSUE_DRAW_SEED, spark
         )
         extra: dict[str, float | str] = {}
-        for draw in range(1, extra_draws + 1):
+        for seed in range(100, 100 * extra_draws + 1, 100):
             for kind, splitter in (("hashed", job_draw), ("numpy", issue_draw)):
                 extra |= searched_beside_pre_issue(
-                    f"stratified_{kind}_draw_{draw}", splitter, interactions, 100 * draw, spark
+                    f"stratified_{kind}_seed_{seed}", splitter, interactions, seed, spark
                 )
     finally:
         spark.stop()
-    for family, metric in product(STRATIFIED_TRIALS, ("precision_at_10", "ndcg_at_10")):
+    for family, metric in product(STRATIFIED_TRIALS, HEADLINE_METRICS):
         suffix = f"_{family}_minus_pre_issue_{metric}"
         if differences := [value for name, value in extra.items() if name.endswith(suffix)]:
             references[f"stratified_extra_draws_{family}_mean_minus_pre_issue_{metric}"] = round(
@@ -266,6 +269,7 @@ def searched_beside_pre_issue(
     training split), its best settings fitted on the training split and scored on the test
     split, beside the pre-issue settings refitted there."""
     from reco_dagster.domain.families import fit_model, item_side
+    from reco_dagster.domain.gate import choose_family
     from reco_dagster.domain.search import search_settings
     from resources.settings import AlsSettings, EaseSettings, EvaluationProtocol
 
@@ -276,6 +280,7 @@ def searched_beside_pre_issue(
     ]
     configured = {"als": AlsSettings().model_dump(), "ease": EaseSettings().fit_settings()}
     searched: dict[str, float | str] = {}
+    validation_ndcg: dict[str, float] = {}
     for family, trials in STRATIFIED_TRIALS.items():
 
         def fit(settings: dict, fit_part: pd.DataFrame, family: str = family) -> FactorModel:
@@ -286,16 +291,21 @@ def searched_beside_pre_issue(
         ).best
         metrics = metrics_on_test_split(fit(best.settings, drawn[0]), drawn)
         searched |= {f"{prefix}_{family}_{metric}": round(metrics[metric], 4) for metric in METRICS}
-        searched[f"{prefix}_{family}_validation_ndcg_at_10"] = round(best.metrics["ndcg_at_k"], 4)
+        validation_ndcg[family] = best.metrics["ndcg_at_k"]
+        searched[f"{prefix}_{family}_validation_ndcg_at_10"] = round(validation_ndcg[family], 4)
         searched[f"{prefix}_{family}_settings"] = json.dumps(best.settings, sort_keys=True)
+    # What the job would serve (every family passing the gate).
+    searched[f"{prefix}_served_family"] = str(
+        choose_family(validation_ndcg, set(validation_ndcg), pinned=None)
+    )
     return searched | compared_with_pre_issue(prefix, searched, pre_issue_metrics(drawn, spark))
 
 
 def job_draw(interactions: pd.DataFrame, seed: int) -> Split:
     """The stratified split as the job draws it."""
-    from reco_dagster.domain.splits import split_interactions
+    from resources.settings import EvaluationProtocol
 
-    return split_interactions(interactions, "stratified", TRAIN_RATIO, seed)
+    return EvaluationProtocol(method="stratified", seed=seed).split(interactions)
 
 
 def issue_draw(interactions: pd.DataFrame, seed: int) -> Split:
@@ -304,10 +314,11 @@ def issue_draw(interactions: pd.DataFrame, seed: int) -> Split:
     (user id, item id) order. The job draws a keyed hash of each pair instead, which Spark
     reproduces whatever a table's order; this draw depends on row order."""
     from reco_dagster.domain.splits import split_by_order
+    from resources.settings import EvaluationProtocol
 
     ordered = interactions.sort_values(["user_id", "item_id"], ignore_index=True)
     keys = np.random.default_rng(seed).random(len(ordered))
-    return split_by_order(ordered, keys, TRAIN_RATIO)
+    return split_by_order(ordered, keys, EvaluationProtocol().train_ratio)
 
 
 def pre_issue_metrics(split: Split, spark: Any) -> dict[str, dict[str, float]]:
@@ -330,7 +341,7 @@ def compared_with_pre_issue(
     `{prefix}_{family}_{metric}` of the same split exceed them."""
     compared: dict[str, float] = {}
     for family, metrics in pre_issue.items():
-        for metric in ("precision_at_10", "ndcg_at_10"):
+        for metric in HEADLINE_METRICS:
             reference = round(metrics[metric], 4)
             compared[f"{prefix}_{family}_pre_issue_settings_{metric}"] = reference
             compared[f"{prefix}_{family}_minus_pre_issue_{metric}"] = round(
