@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from reco_dagster.domain.splits import SplitMethod, split_by_order  # noqa: E402
+from resources.settings import EvaluationProtocol  # noqa: E402
 from tests.conftest import dagster_job  # noqa: E402
 
 PROTOCOLS = ("chronological", "temporal", "stratified")
@@ -94,7 +95,7 @@ PRE_ISSUE_SETTINGS = {
     "ease": {"l2": 150.0, "rating_weighted": True, "item_normalization": 0.15},
 }
 """Each family's settings before the issue (commit 96ff5e6), no recency: what the stratified
-targets' figures were measured with, on `issue_draw`. Refitted on each draw, they are its
+targets' figures were measured with, on `IssueDraw`. Refitted on each draw, they are its
 reference for "no regression"."""
 ISSUE_DRAW_SEED = 42
 """The pre-issue split's seed (the job's protocol keeps it)."""
@@ -227,7 +228,7 @@ def stratified_references(
     figures: dict[str, float | str], split: Split, interactions: pd.DataFrame, extra_draws: int
 ) -> dict[str, float | str]:
     """What the stratified run is held against, as figures. On the run's split: the pre-issue
-    settings refitted. On the draw the issue's figures were measured on (`issue_draw`), and on
+    settings refitted. On the draw the issue's figures were measured on (`IssueDraw`), and on
     `extra_draws` more draws of each kind: the job's search and fit beside the pre-issue
     settings (`searched_beside_pre_issue`), and the mean differences over the extra draws."""
     from resources.settings import spark_session
@@ -238,13 +239,16 @@ def stratified_references(
             "stratified", figures, pre_issue_metrics(split, spark)
         )
         references |= searched_beside_pre_issue(
-            "stratified_issue_draw", issue_draw, interactions, ISSUE_DRAW_SEED, spark
+            "stratified_issue_draw", IssueDraw(seed=ISSUE_DRAW_SEED), interactions, spark
         )
         extra: dict[str, float | str] = {}
         for seed in range(100, 100 * extra_draws + 1, 100):
-            for kind, splitter in (("hashed", job_draw), ("numpy", issue_draw)):
+            for kind, protocol in (
+                ("hashed", EvaluationProtocol(method="stratified", seed=seed)),
+                ("numpy", IssueDraw(seed=seed)),
+            ):
                 extra |= searched_beside_pre_issue(
-                    f"stratified_{kind}_seed_{seed}", splitter, interactions, seed, spark
+                    f"stratified_{kind}_seed_{seed}", protocol, interactions, spark
                 )
     finally:
         spark.stop()
@@ -258,26 +262,19 @@ def stratified_references(
 
 
 def searched_beside_pre_issue(
-    prefix: str,
-    splitter: Callable[[pd.DataFrame, int], Split],
-    interactions: pd.DataFrame,
-    seed: int,
-    spark: Any,
+    prefix: str, protocol: EvaluationProtocol, interactions: pd.DataFrame, spark: Any
 ) -> dict[str, float | str]:
-    """One draw of the stratified split: each family's search as the job runs it (its
-    configured settings first, `STRATIFIED_TRIALS`, validation folds drawn alike out of the
-    training split), its best settings fitted on the training split and scored on the test
-    split, beside the pre-issue settings refitted there."""
+    """One draw of the stratified split (`protocol`'s): each family's search as the job runs
+    it (its configured settings first, `STRATIFIED_TRIALS`, the protocol's validation folds),
+    its best settings fitted on the training split and scored on the test split, beside the
+    pre-issue settings refitted there."""
     from reco_dagster.domain.families import fit_model, item_side
     from reco_dagster.domain.gate import choose_family
     from reco_dagster.domain.search import search_settings
-    from resources.settings import AlsSettings, EaseSettings, EvaluationProtocol
+    from resources.settings import AlsSettings, EaseSettings
 
-    drawn = splitter(interactions, seed)
-    folds = [
-        splitter(drawn[0], seed + offset)
-        for offset in range(1, EvaluationProtocol().random_validation_folds + 1)
-    ]
+    drawn = protocol.split(interactions)
+    folds = protocol.validation_folds(drawn[0])
     configured = {"als": AlsSettings().model_dump(), "ease": EaseSettings().fit_settings()}
     searched: dict[str, float | str] = {}
     validation_ndcg: dict[str, float] = {}
@@ -301,24 +298,19 @@ def searched_beside_pre_issue(
     return searched | compared_with_pre_issue(prefix, searched, pre_issue_metrics(drawn, spark))
 
 
-def job_draw(interactions: pd.DataFrame, seed: int) -> Split:
-    """The stratified split as the job draws it."""
-    from resources.settings import EvaluationProtocol
+class IssueDraw(EvaluationProtocol):
+    """The stratified protocol with its split drawn as the code before the issue (commit
+    96ff5e6) drew it, on which the issue measured its figures: numpy's seeded uniform key per
+    row of the interactions in (user id, item id) order. The job draws a keyed hash of each
+    pair instead, which Spark reproduces whatever a table's order; this draw depends on row
+    order. Validation folds are carved by the same draw (`validation_folds` calls `split`)."""
 
-    return EvaluationProtocol(method="stratified", seed=seed).split(interactions)
+    method: SplitMethod = "stratified"
 
-
-def issue_draw(interactions: pd.DataFrame, seed: int) -> Split:
-    """The stratified split as the code before the issue (commit 96ff5e6) drew it, on which
-    the issue measured its figures: numpy's seeded uniform key per row of the interactions in
-    (user id, item id) order. The job draws a keyed hash of each pair instead, which Spark
-    reproduces whatever a table's order; this draw depends on row order."""
-    from reco_dagster.domain.splits import split_by_order
-    from resources.settings import EvaluationProtocol
-
-    ordered = interactions.sort_values(["user_id", "item_id"], ignore_index=True)
-    keys = np.random.default_rng(seed).random(len(ordered))
-    return split_by_order(ordered, keys, EvaluationProtocol().train_ratio)
+    def split(self, table: pd.DataFrame, seed_offset: int = 0) -> tuple[pd.DataFrame, ...]:
+        ordered = table.sort_values(["user_id", "item_id"], ignore_index=True)
+        keys = np.random.default_rng(self.seed + seed_offset).random(len(ordered))
+        return split_by_order(ordered, keys, self.train_ratio)
 
 
 def pre_issue_metrics(split: Split, spark: Any) -> dict[str, dict[str, float]]:
