@@ -87,6 +87,7 @@ def model_search(
                 config.max_trials.get(family, 1),
                 config.seed,
                 config.max_validation_users,
+                split_method=protocol.method,
             )
         except CatalogueTooLargeError as error:
             context.log.warning(f"{family} is no candidate: {error}")

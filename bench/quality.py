@@ -284,7 +284,13 @@ def searched_beside_pre_issue(
             return item_side(fit_model(family, settings, fit_part, spark))
 
         best = search_settings(
-            family, configured[family], fit, folds, STRATIFIED_CLOCK_CAP_S[family], trials
+            family,
+            configured[family],
+            fit,
+            folds,
+            STRATIFIED_CLOCK_CAP_S[family],
+            trials,
+            split_method=protocol.method,
         ).best
         metrics = metrics_on_test_split(fit(best.settings, drawn[0]), drawn)
         searched |= {f"{prefix}_{family}_{metric}": round(metrics[metric], 4) for metric in METRICS}

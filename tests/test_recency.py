@@ -141,6 +141,7 @@ def test_the_search_chooses_a_short_half_life_only_where_users_drift(shuffle_tim
         [(fit_part, validation)],
         time_budget_s=30.0,
         max_trials=3,
+        split_method="chronological",
     )
     half_life = search.best.settings["half_life_events"]
     if shuffle_time:
@@ -197,6 +198,7 @@ def test_the_search_scores_a_seeded_sample_of_validation_users_on_large_data():
         time_budget_s=0.0,
         max_trials=1,
         max_validation_users=40,
+        split_method="chronological",
     )
     assert 0 < found.best.metrics["ndcg_at_k"] <= 1
 
@@ -209,11 +211,11 @@ def test_the_search_fits_als_parts_with_the_regularization_the_whole_table_will_
     whole = table(rows)
     fit_part, validation = whole[whole["timestamp"] < 4], whole[whole["timestamp"] >= 4]
     als = {"reg_param": 0.6, "alpha": 10.0, "implicit_prefs": True}
-    sized = search.sized_for_fit_part("als", als, (fit_part, validation))
+    sized = search.sized_for_fit_part("als", als, (fit_part, validation), "chronological")
     assert sized == {**als, "reg_param": pytest.approx(0.8)}
     explicit = {**als, "implicit_prefs": False}
-    assert search.sized_for_fit_part("als", explicit, (fit_part, validation)) == explicit
-    assert search.sized_for_fit_part("ease", EASE, (fit_part, validation)) == EASE
+    fold = (fit_part, validation)
+    assert search.sized_for_fit_part("als", explicit, fold, "stratified") == explicit
 
     fitted_with: list[float] = []
 
@@ -222,6 +224,34 @@ def test_the_search_fits_als_parts_with_the_regularization_the_whole_table_will_
         return fit_model("ease", EASE, part)
 
     configured = {**als, "half_life_events": 0.0, "recency_floor": 0.0}
-    found = search_settings("als", configured, fit, [(fit_part, validation)], 0.0, 1)
+    found = search_settings(
+        "als", configured, fit, [(fit_part, validation)], 0.0, 1, split_method="chronological"
+    )
     assert fitted_with == [pytest.approx(0.8)]
     assert found.best.settings["reg_param"] == 0.6
+
+
+@pytest.mark.parametrize(
+    ("split_method", "fold_l2"), [("stratified", 82.72), ("chronological", 50.0)]
+)
+def test_the_search_fits_ease_on_randomly_thinned_histories_with_a_larger_l2(split_method, fold_l2):
+    """A fit part keeps 6 of a table's 8 rows. Carved by the stratified protocol (rows
+    dropped at random), with item and user normalization 0.25, it is fitted with
+    l2 · (8/6)^(1 + 0.5 + 0.5 · 0.5) = 50 · 1.6544; carved by time, with l2 as it is. The
+    search reports the l2 meant for the whole table."""
+    rows = [("u1", f"i{n}", n) for n in range(6)] + [("u2", f"i{n}", n) for n in range(2)]
+    whole = table(rows)
+    fit_part, validation = whole[whole["timestamp"] < 4], whole[whole["timestamp"] >= 4]
+    ease = {**EASE, "item_normalization": 0.25, "user_normalization": 0.25}
+    fitted_with: list[float] = []
+
+    def fit(settings: dict, part: pd.DataFrame):
+        fitted_with.append(settings["l2"])
+        return fit_model("ease", settings, part)
+
+    configured = {**ease, "half_life_events": 0.0, "recency_floor": 0.0}
+    found = search_settings(
+        "ease", configured, fit, [(fit_part, validation)], 0.0, 1, split_method=split_method
+    )
+    assert fitted_with == [pytest.approx(fold_l2, abs=0.01)]
+    assert found.best.settings["l2"] == 50.0

@@ -22,6 +22,7 @@ import pandas as pd
 from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.metrics import ranking_metrics
 from reco_dagster.domain.models import FactorModel
+from reco_dagster.domain.splits import SplitMethod
 
 OBJECTIVE = "ndcg_at_k"
 K = 10
@@ -46,7 +47,7 @@ FIT_SPACES: dict[str, Space] = {
         "popularity_prior": ("choice", [0.0, 0.05, 0.1]),
     },
     "ease": {
-        "l2": ("log", 20.0, 3000.0),
+        "l2": ("log", 10.0, 3000.0),
         "item_normalization": ("linear", 0.0, 0.3),
         "user_normalization": ("linear", 0.0, 0.4),
     },
@@ -137,9 +138,12 @@ def search_settings(
     max_trials: int,
     seed: int = 0,
     max_validation_users: int = 10_000,
+    *,
+    split_method: SplitMethod,
 ) -> Search:
-    """The best settings for `family`, by validation metrics averaged over `folds`. `fit`
-    fits the family with the given settings on a fit part and returns its item side; a seeded
+    """The best settings for `family`, by validation metrics averaged over `folds` (carved
+    by `split_method`). `fit` fits the family with the given settings on a fit part (sized for
+    it: `sized_for_fit_part`) and returns its item side; a seeded
     sample of at most `max_validation_users` users is scored (scoring every user of a large
     catalogue for every decay would cost more than the fits). With no time budget only the
     configured settings are scored, as they are."""
@@ -151,7 +155,11 @@ def search_settings(
     def score(settings: dict[str, Any], decays: Iterable[tuple[float, float]]) -> Trial:
         trial_started = time.perf_counter()
         fitted = [
-            (fit(sized_for_fit_part(family, settings, fold), fold[0]), history, validation)
+            (
+                fit(sized_for_fit_part(family, settings, fold, split_method), fold[0]),
+                history,
+                validation,
+            )
             for fold, (history, validation) in zip(folds, scored_users, strict=True)
         ]
         scored = []
@@ -188,21 +196,40 @@ def search_settings(
     return search
 
 
-def sized_for_fit_part(family: str, settings: dict[str, Any], fold: Fold) -> dict[str, Any]:
+def sized_for_fit_part(
+    family: str, settings: dict[str, Any], fold: Fold, split_method: SplitMethod
+) -> dict[str, Any]:
     """Settings meant for the table a fold was carved from, to fit the fold's smaller fit part
-    alike. Spark's implicit ALS adds reg_param times a user's (an item's) interactions to
-    their normal equations (ALS-WR), while the data side, YᵀY over every item plus the
+    alike, so that the settings validation chooses are the ones that suit the whole table.
+
+    Spark's implicit ALS adds reg_param times a user's (an item's) interactions to their
+    normal equations (ALS-WR), while the data side, YᵀY over every item plus the
     confidence-weighted interactions, grows more slowly: the same reg_param regularizes the
     whole table more than its fit part. Scaling it by the ratio of their rows lets validation
     judge each reg_param about as the whole table will be fitted with it (exactly where YᵀY
     dominates; the README has the measurement). Explicit ALS's data side grows as its
-    regularization does, and EASE's l2 does not grow with the data: those carry over as
-    they are."""
-    if family != "als" or not settings["implicit_prefs"]:
-        return settings
+    regularization does.
+
+    EASE's l2, where a stratified fold thins every history at random to a share f of its
+    rows: N and D are computed from the thinned rows, so Z = N·X·D's entries scale by
+    f^-(u + i·(1 - 2u)) (u, i: user and item normalization) and a ridge penalty must scale by
+    their square to weigh the same; and each target column keeps share f of its ones, so the
+    co-occurrence weights that predict it shrink by f while its noise variance shrinks by f
+    only, which moves the best penalty (noise over weight variance) by 1/f more. A fit part
+    is therefore fitted with l2 times ratio^(1 + 2u + 2i·(1 - 2u)), ratio the whole table's
+    rows over the fit part's (the README has the measurement). A time-ordered fold drops each
+    history's latest rows, not a random share; there l2 carries over as it is (scaling it
+    measured worse)."""
     fit_part, validation = fold
     ratio = (len(fit_part) + len(validation)) / len(fit_part)
-    return {**settings, "reg_param": settings["reg_param"] * ratio}
+    if family == "als" and settings["implicit_prefs"]:
+        return {**settings, "reg_param": settings["reg_param"] * ratio}
+    if family == "ease" and split_method == "stratified":
+        users = settings.get("user_normalization", 0.0)
+        items = settings["item_normalization"]
+        exponent = 1 + 2 * users + 2 * items * (1 - 2 * users)
+        return {**settings, "l2": settings["l2"] * ratio**exponent}
+    return settings
 
 
 def _sampled(
