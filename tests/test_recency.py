@@ -232,17 +232,18 @@ def test_the_search_fits_als_parts_with_the_regularization_the_whole_table_will_
 
 
 @pytest.mark.parametrize(
-    ("split_method", "fold_l2"), [("stratified", 82.72), ("chronological", 50.0)]
+    ("split_method", "fold_l2"),
+    [("stratified", 81.07), ("chronological", 50.0), ("temporal", 50.0)],
 )
 def test_the_search_fits_ease_on_randomly_thinned_histories_with_a_larger_l2(split_method, fold_l2):
     """A fit part keeps 6 of a table's 8 rows. Carved by the stratified protocol (rows
-    dropped at random), with item and user normalization 0.25, it is fitted with
-    l2 · (8/6)^(1 + 0.5 + 0.5 · 0.5) = 50 · 1.6544; carved by time, with l2 as it is. The
-    search reports the l2 meant for the whole table."""
+    dropped at random), with item normalization 0.3 and user normalization 0.1, it is fitted
+    with l2 · (8/6)^(1 + 0.2 + 0.6 · 0.8) = 50 · 1.6214; carved by time, with l2 as it is.
+    The search reports the l2 meant for the whole table."""
     rows = [("u1", f"i{n}", n) for n in range(6)] + [("u2", f"i{n}", n) for n in range(2)]
     whole = table(rows)
     fit_part, validation = whole[whole["timestamp"] < 4], whole[whole["timestamp"] >= 4]
-    ease = {**EASE, "item_normalization": 0.25, "user_normalization": 0.25}
+    ease = {**EASE, "item_normalization": 0.3, "user_normalization": 0.1}
     fitted_with: list[float] = []
 
     def fit(settings: dict, part: pd.DataFrame):

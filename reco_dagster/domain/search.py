@@ -47,6 +47,8 @@ FIT_SPACES: dict[str, Space] = {
         "popularity_prior": ("choice", [0.0, 0.05, 0.1]),
     },
     "ease": {
+        # Stratified folds fit l2 10 as about 17 (`sized_for_fit_part`), near where their
+        # validation peaks.
         "l2": ("log", 10.0, 3000.0),
         "item_normalization": ("linear", 0.0, 0.3),
         "user_normalization": ("linear", 0.0, 0.4),
@@ -143,10 +145,10 @@ def search_settings(
 ) -> Search:
     """The best settings for `family`, by validation metrics averaged over `folds` (carved
     by `split_method`). `fit` fits the family with the given settings on a fit part (sized for
-    it: `sized_for_fit_part`) and returns its item side; a seeded
-    sample of at most `max_validation_users` users is scored (scoring every user of a large
-    catalogue for every decay would cost more than the fits). With no time budget only the
-    configured settings are scored, as they are."""
+    it: `sized_for_fit_part`) and returns its item side; a seeded sample of at most
+    `max_validation_users` users is scored (scoring every user of a large catalogue for every
+    decay would cost more than the fits). With no time budget only the configured settings
+    are scored, as they are."""
     search, started = Search(family), time.perf_counter()
     scored_users = [
         _sampled(fit_part, validation, max_validation_users, seed) for fit_part, validation in folds
@@ -208,28 +210,34 @@ def sized_for_fit_part(
     whole table more than its fit part. Scaling it by the ratio of their rows lets validation
     judge each reg_param about as the whole table will be fitted with it (exactly where YᵀY
     dominates; the README has the measurement). Explicit ALS's data side grows as its
-    regularization does.
+    regularization does, so its reg_param carries over as it is.
 
-    EASE's l2, where a stratified fold thins every history at random to a share f of its
-    rows: N and D are computed from the thinned rows, so Z = N·X·D's entries scale by
-    f^-(u + i·(1 - 2u)) (u, i: user and item normalization) and a ridge penalty must scale by
-    their square to weigh the same; and each target column keeps share f of its ones, so the
-    co-occurrence weights that predict it shrink by f while its noise variance shrinks by f
-    only, which moves the best penalty (noise over weight variance) by 1/f more. A fit part
-    is therefore fitted with l2 times ratio^(1 + 2u + 2i·(1 - 2u)), ratio the whole table's
-    rows over the fit part's (the README has the measurement). A time-ordered fold drops each
-    history's latest rows, not a random share; there l2 carries over as it is (scaling it
+    A stratified fold thins every history at random to about a share f of its rows, and
+    EASE's l2 needs scaling for it twice. N and D are computed from the thinned rows: N
+    divides a row by f^u more, a column's squared norm keeps share f of its entries, each
+    scaled by f^-2u, so D divides a column by f^(i·(1 - 2u)) more, and Z = N·X·D's entries
+    scale by f^-(u + i·(1 - 2u)) (u, i: user and item normalization); a ridge penalty must
+    scale by their square to weigh the same. And each target column keeps share f of its
+    nonzeros: the weights that predict it shrink by about f (their variance by f²) while its
+    noise variance shrinks by f only, so the best penalty, noise over weight variance, grows
+    by 1/f. A fit part is therefore fitted with l2 times ratio^(1 + 2u + 2i·(1 - 2u)), ratio
+    the whole table's rows over the fit part's (the README has the measurement). A
+    time-ordered fold drops the latest rows, not a random share, so the argument does not
+    hold and l2 carries over as it is (on the chronological training split, scaling it
     measured worse)."""
-    fit_part, validation = fold
-    ratio = (len(fit_part) + len(validation)) / len(fit_part)
     if family == "als" and settings["implicit_prefs"]:
-        return {**settings, "reg_param": settings["reg_param"] * ratio}
+        return {**settings, "reg_param": settings["reg_param"] * _rows_ratio(fold)}
     if family == "ease" and split_method == "stratified":
-        users = settings.get("user_normalization", 0.0)
-        items = settings["item_normalization"]
+        users, items = settings["user_normalization"], settings["item_normalization"]
         exponent = 1 + 2 * users + 2 * items * (1 - 2 * users)
-        return {**settings, "l2": settings["l2"] * ratio**exponent}
+        return {**settings, "l2": settings["l2"] * _rows_ratio(fold) ** exponent}
     return settings
+
+
+def _rows_ratio(fold: Fold) -> float:
+    """The rows of the table a fold was carved from over its fit part's."""
+    fit_part, validation = fold
+    return (len(fit_part) + len(validation)) / len(fit_part)
 
 
 def _sampled(
