@@ -223,8 +223,7 @@ def sized_for_fit_part(
     by 1/f. A fit part is therefore fitted with l2 times ratio^(1 + 2u + 2i·(1 - 2u)), ratio
     the whole table's rows over the fit part's (the README has the measurement). A
     time-ordered fold drops the latest rows, not a random share, so the argument does not
-    hold and l2 carries over as it is (on the chronological training split, scaling it
-    measured worse)."""
+    hold and l2 carries over as it is."""
     if family == "als" and settings["implicit_prefs"]:
         return {**settings, "reg_param": settings["reg_param"] * _rows_ratio(fold)}
     if family == "ease" and split_method == "stratified":
