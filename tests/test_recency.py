@@ -203,32 +203,51 @@ def test_the_search_scores_a_seeded_sample_of_validation_users_on_large_data():
     assert 0 < found.best.metrics["ndcg_at_k"] <= 1
 
 
+def six_of_eight_rows() -> search.Fold:
+    """A fit part holding 6 of a table's 8 rows, and its validation."""
+    rows = [("u1", f"i{n}", n) for n in range(6)] + [("u2", f"i{n}", n) for n in range(2)]
+    whole = table(rows)
+    return whole[whole["timestamp"] < 4], whole[whole["timestamp"] >= 4]
+
+
+def fitted_and_reported(
+    family: str, configured: dict, setting: str, split_method: str
+) -> tuple[float, float]:
+    """One search trial of `configured` on `six_of_eight_rows`: the value of `setting` the
+    fit part was fitted with, and the one the search reports."""
+    fitted_with: list[float] = []
+
+    def fit(settings: dict, part: pd.DataFrame):
+        fitted_with.append(settings[setting])
+        # An EASE fit stands in for ALS's: only the settings it was handed are checked.
+        return fit_model("ease", settings if family == "ease" else EASE, part)
+
+    no_decay = {"half_life_events": 0.0, "recency_floor": 0.0}
+    found = search_settings(
+        family,
+        {**configured, **no_decay},
+        fit,
+        [six_of_eight_rows()],
+        0.0,
+        1,
+        split_method=split_method,
+    )
+    (fitted,) = fitted_with
+    return fitted, found.best.settings[setting]
+
+
 def test_the_search_fits_als_parts_with_the_regularization_the_whole_table_will_get():
     """Spark's implicit ALS regularizes a user by reg_param times their interactions: a fit
     part with 6 of a table's 8 rows is fitted with reg_param · 8/6, and the search reports
     the reg_param meant for the whole table."""
-    rows = [("u1", f"i{n}", n) for n in range(6)] + [("u2", f"i{n}", n) for n in range(2)]
-    whole = table(rows)
-    fit_part, validation = whole[whole["timestamp"] < 4], whole[whole["timestamp"] >= 4]
     als = {"reg_param": 0.6, "alpha": 10.0, "implicit_prefs": True}
-    sized = search.sized_for_fit_part("als", als, (fit_part, validation), "chronological")
+    fold = six_of_eight_rows()
+    sized = search.sized_for_fit_part("als", als, fold, "chronological")
     assert sized == {**als, "reg_param": pytest.approx(0.8)}
     explicit = {**als, "implicit_prefs": False}
-    fold = (fit_part, validation)
     assert search.sized_for_fit_part("als", explicit, fold, "stratified") == explicit
-
-    fitted_with: list[float] = []
-
-    def fit(settings: dict, part: pd.DataFrame):
-        fitted_with.append(settings["reg_param"])
-        return fit_model("ease", EASE, part)
-
-    configured = {**als, "half_life_events": 0.0, "recency_floor": 0.0}
-    found = search_settings(
-        "als", configured, fit, [(fit_part, validation)], 0.0, 1, split_method="chronological"
-    )
-    assert fitted_with == [pytest.approx(0.8)]
-    assert found.best.settings["reg_param"] == 0.6
+    fitted = fitted_and_reported("als", als, "reg_param", "chronological")
+    assert fitted == (pytest.approx(0.8), 0.6)
 
 
 @pytest.mark.parametrize(
@@ -240,19 +259,6 @@ def test_the_search_fits_ease_on_randomly_thinned_histories_with_a_larger_l2(spl
     dropped at random), with item normalization 0.3 and user normalization 0.1, it is fitted
     with l2 · (8/6)^(1 + 0.2 + 0.6 · 0.8) = 50 · 1.6214; carved by time, with l2 as it is.
     The search reports the l2 meant for the whole table."""
-    rows = [("u1", f"i{n}", n) for n in range(6)] + [("u2", f"i{n}", n) for n in range(2)]
-    whole = table(rows)
-    fit_part, validation = whole[whole["timestamp"] < 4], whole[whole["timestamp"] >= 4]
     ease = {**EASE, "item_normalization": 0.3, "user_normalization": 0.1}
-    fitted_with: list[float] = []
-
-    def fit(settings: dict, part: pd.DataFrame):
-        fitted_with.append(settings["l2"])
-        return fit_model("ease", settings, part)
-
-    configured = {**ease, "half_life_events": 0.0, "recency_floor": 0.0}
-    found = search_settings(
-        "ease", configured, fit, [(fit_part, validation)], 0.0, 1, split_method=split_method
-    )
-    assert fitted_with == [pytest.approx(fold_l2, abs=0.01)]
-    assert found.best.settings["l2"] == 50.0
+    fitted = fitted_and_reported("ease", ease, "l2", split_method)
+    assert fitted == (pytest.approx(fold_l2, abs=0.01), 50.0)
