@@ -34,7 +34,7 @@ class SearchConfig(Config):
     """Trials per family (each fit scored with every decay of the grid). A seeded count, not a
     clock, ends the search, so the same data chooses the same settings and so the same
     version. The default keeps MovieLens 100K's whole batch job within a minute on 2 cores
-    (an EASE trial, its fit and 21 decays scored, takes about 1.8 s there): ALS keeps its
+    (an EASE trial, its fit and 21 decays scored, takes about 1.7 s there): ALS keeps its
     validated fit settings and searches the decay."""
     time_budget_s: dict[str, float] = Field(default_factory=lambda: {"als": 120.0, "ease": 60.0})
     """A cap on each family's search, for slow machines; 0 scores the configured settings as
