@@ -15,7 +15,7 @@ from reco_dagster.domain.foldin import fold_in
 from reco_dagster.domain.interactions import build_interactions
 from reco_dagster.domain.recency import DAY_S, recency_weights
 from reco_dagster.domain.search import search_settings
-from reco_dagster.domain.splits import split_interactions
+from reco_dagster.domain.splits import SplitMethod, split_interactions
 from resources.files import LocalFiles
 from resources.lake_tables import read_table
 from resources.settings import EaseSettings
@@ -211,7 +211,7 @@ def six_of_eight_rows() -> search.Fold:
 
 
 def fitted_and_reported(
-    family: str, configured: dict, setting: str, split_method: str
+    family: str, configured: dict, setting: str, split_method: SplitMethod
 ) -> tuple[float, float]:
     """One search trial of `configured` on `six_of_eight_rows`: the value of `setting` the
     fit part was fitted with, and the one the search reports."""
